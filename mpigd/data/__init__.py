@@ -1,0 +1,47 @@
+"""The data layer: HDF5 datasets, row ranges per rank, validation, synth/import/inspect.
+
+A dataset is one HDF5 file or a directory of shards (DESIGN.md, "Dataset format").
+:func:`open_dataset` validates the metadata, :func:`load_rank_rows` reads one rank's
+contiguous rows; nothing here uses MPI.
+
+=====================  ===========================================================
+module                 job
+=====================  ===========================================================
+``dataset``            open and validate a dataset, read and check row ranges
+``writer``             write shard files atomically (used by synth and import)
+``synth``              synthetic data with a known true model
+``importers``          libsvm / CSV / npz to HDF5
+``inspect``            summary of a dataset: size, shards, label distribution
+=====================  ===========================================================
+"""
+
+from mpigd.data.dataset import (
+    TASKS,
+    DatasetInfo,
+    LocalRows,
+    load_rank_rows,
+    open_dataset,
+    read_labels,
+    read_rows,
+    row_range,
+)
+from mpigd.data.importers import FORMATS, import_file
+from mpigd.data.inspect import inspect_dataset
+from mpigd.data.synth import write_synthetic
+from mpigd.data.writer import write_dataset
+
+__all__ = [
+    "FORMATS",
+    "TASKS",
+    "DatasetInfo",
+    "LocalRows",
+    "import_file",
+    "inspect_dataset",
+    "load_rank_rows",
+    "open_dataset",
+    "read_labels",
+    "read_rows",
+    "row_range",
+    "write_dataset",
+    "write_synthetic",
+]

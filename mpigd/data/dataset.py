@@ -1,0 +1,336 @@
+"""Open a dataset (one HDF5 file or a directory of shards) and read global row ranges.
+
+The dataset contract (DESIGN.md): each file holds ``X`` (2-D, float32/float64, shape
+``(n_i, d)``) and ``y`` (1-D, length ``n_i``), with root attributes ``task`` and, for
+classification, ``n_classes``. Shards of a directory (``*.h5``, sorted by name) form one
+table of ``N = sum(n_i)`` rows. Rank ``r`` of ``P`` owns rows ``[r*N//P, (r+1)*N//P)`` and
+reads only those, with hyperslab reads straight into one preallocated array.
+
+Every function here is serial and MPI-free: the trainer calls them on each rank and agrees
+on errors itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from mpigd.errors import DataError
+
+TASKS = ("regression", "binary", "multiclass")
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_CHECK_ELEMENTS = 1 << 20  # elements per slab when scanning for NaN/Inf (8 MiB of float64)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Metadata of a validated dataset; no row data.
+
+    Attributes
+    ----------
+    path : the file or directory the user gave.
+    files : shard files in sorted name order (one entry for a single file).
+    rows_per_file : rows ``n_i`` of each file, same order as ``files``.
+    n_rows : total rows ``N``.
+    n_features : features ``d`` (columns of ``X``).
+    dtype : dtype of ``X``, float32 or float64.
+    task : one of :data:`TASKS`.
+    n_classes : ``C`` for classification (2 for binary), ``None`` for regression.
+    """
+
+    path: str
+    files: tuple[str, ...]
+    rows_per_file: tuple[int, ...]
+    n_rows: int
+    n_features: int
+    dtype: np.dtype
+    task: str
+    n_classes: int | None
+
+
+@dataclass
+class LocalRows:
+    """The rows ``[start, stop)`` of a dataset, held by one rank.
+
+    Attributes
+    ----------
+    X : ndarray, shape (stop - start, d), dataset dtype, C-contiguous.
+    y : ndarray, shape (stop - start,); float64 targets for regression, int64 class ids
+        ``0..C-1`` for classification.
+    start, stop : global index of the first row and one past the last.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    start: int
+    stop: int
+
+
+def open_dataset(path: str | os.PathLike) -> DatasetInfo:
+    """Validate a dataset's metadata (no row data is read) and describe it.
+
+    Parameters
+    ----------
+    path : an HDF5 file, or a directory whose ``*.h5`` files are the shards.
+
+    Raises
+    ------
+    DataError
+        If the path is missing, a file is not HDF5, ``X``/``y`` are missing or malformed,
+        shards disagree on features, dtype or task, the task attributes are invalid, or
+        the dataset has no rows.
+    """
+    path = os.fspath(path)
+    files = _shard_files(path)
+    metas = [_file_meta(f) for f in files]
+    first_file, first = files[0], metas[0]
+    for f, meta in zip(files[1:], metas[1:], strict=True):
+        for key, what in (("d", "features"), ("dtype", "X dtype"), ("task", "task")):
+            if meta[key] != first[key]:
+                raise DataError(
+                    f"shards disagree on {what}: {first_file} has {first[key]} "
+                    f"but {f} has {meta[key]}"
+                )
+        if meta["n_classes"] != first["n_classes"]:
+            raise DataError(
+                f"shards disagree on n_classes: {first_file} has {first['n_classes']} "
+                f"but {f} has {meta['n_classes']}"
+            )
+    rows = tuple(m["rows"] for m in metas)
+    if sum(rows) == 0:
+        raise DataError(f"dataset {path} has no rows")
+    return DatasetInfo(
+        path=path,
+        files=tuple(files),
+        rows_per_file=rows,
+        n_rows=sum(rows),
+        n_features=first["d"],
+        dtype=first["dtype"],
+        task=first["task"],
+        n_classes=first["n_classes"],
+    )
+
+
+def row_range(n_rows: int, rank: int, size: int) -> tuple[int, int]:
+    """Global rows ``[start, stop)`` owned by ``rank`` of ``size``: ``[r*N//P, (r+1)*N//P)``.
+
+    Ranks get ``N//P`` or ``N//P + 1`` rows, contiguous and in rank order.
+    """
+    if size < 1 or not 0 <= rank < size:
+        raise ValueError(f"rank {rank} is not in 0..{size - 1}")
+    if n_rows < 0:
+        raise ValueError(f"n_rows must be >= 0, got {n_rows}")
+    return rank * n_rows // size, (rank + 1) * n_rows // size
+
+
+def load_rank_rows(info: DatasetInfo, rank: int, size: int) -> LocalRows:
+    """Read and validate the rows that ``rank`` of ``size`` owns (see :func:`row_range`)."""
+    if info.n_rows < size:
+        raise DataError(
+            f"dataset {info.path} has {info.n_rows} rows but the job has {size} ranks; "
+            "each rank needs at least one row"
+        )
+    return read_rows(info, *row_range(info.n_rows, rank, size))
+
+
+def read_rows(info: DatasetInfo, start: int, stop: int) -> LocalRows:
+    """Read global rows ``[start, stop)``, possibly across shard boundaries, and validate them.
+
+    Each overlapping shard is opened read-only and its hyperslab read directly into one
+    preallocated ``X`` of shape ``(stop - start, d)``; no copy of the whole block is made.
+
+    Raises
+    ------
+    DataError
+        On NaN/Inf in ``X`` or ``y``, or a classification label that is not an integer
+        in ``0..C-1``; the message names the file and the global row.
+    """
+    _check_range(info, start, stop)
+    X = np.empty((stop - start, info.n_features), dtype=info.dtype)
+    y = np.empty(stop - start, dtype=_label_dtype(info))
+    for f, lo, hi, offset in _pieces(info, start, stop):
+        out = slice(offset, offset + hi - lo)
+        with _open(f) as h5:
+            h5["X"].read_direct(X, np.s_[lo:hi], np.s_[out])
+            y[out] = _checked_labels(info, f, h5["y"][lo:hi], start + offset)
+        bad = first_nonfinite_row(X[out])
+        if bad is not None:
+            row = X[offset + bad]
+            column = int(np.flatnonzero(~np.isfinite(row))[0])
+            raise DataError(
+                f"file {f} has a non-finite value ({row[column]}) in X at row {lo + bad}, "
+                f"column {column} (global row {start + offset + bad})"
+            )
+    return LocalRows(X=X, y=y, start=start, stop=stop)
+
+
+def read_labels(info: DatasetInfo, start: int, stop: int) -> np.ndarray:
+    """Read and validate only ``y`` of global rows ``[start, stop)`` (as in :func:`read_rows`)."""
+    _check_range(info, start, stop)
+    y = np.empty(stop - start, dtype=_label_dtype(info))
+    for f, lo, hi, offset in _pieces(info, start, stop):
+        with _open(f) as h5:
+            y[offset : offset + hi - lo] = _checked_labels(info, f, h5["y"][lo:hi], start + offset)
+    return y
+
+
+def first_nonfinite_row(block: np.ndarray) -> int | None:
+    """Index of the first row of ``block`` (shape (n,) or (n, d)) holding NaN/Inf, else None.
+
+    Scans slabs of about ``_CHECK_ELEMENTS`` elements. A slab's sum is finite exactly when
+    all its values are, barring overflow, so the elementwise test (and its boolean
+    temporary, one slab in size) runs only on a slab whose sum is not finite.
+    """
+    rows = block.reshape(block.shape[0], -1)
+    step = max(1, _CHECK_ELEMENTS // max(1, rows.shape[1]))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for lo in range(0, rows.shape[0], step):
+            slab = rows[lo : lo + step]
+            if np.isfinite(slab.sum()):
+                continue
+            bad = np.flatnonzero(~np.isfinite(slab).all(axis=1))
+            if bad.size:
+                return lo + int(bad[0])
+    return None
+
+
+def _shard_files(path: str) -> list[str]:
+    """The dataset's files: ``[path]`` for a file, sorted ``*.h5`` for a directory."""
+    if not os.path.exists(path):
+        raise DataError(f"dataset path {path} does not exist")
+    if not os.path.isdir(path):
+        return [path]
+    names = sorted(
+        n
+        for n in os.listdir(path)
+        if n.endswith(".h5") and not n.startswith(".") and os.path.isfile(os.path.join(path, n))
+    )
+    if not names:
+        raise DataError(f"dataset directory {path} contains no *.h5 shard files")
+    return [os.path.join(path, n) for n in names]
+
+
+def _open(f: str) -> h5py.File:
+    """Open ``f`` read-only, turning h5py's OSError into a DataError."""
+    try:
+        return h5py.File(f, "r")
+    except OSError as exc:
+        if os.path.isfile(f) and not h5py.is_hdf5(f):
+            raise DataError(f"dataset file {f} is not an HDF5 file") from exc
+        raise DataError(f"cannot open dataset file {f}: {exc}") from exc
+
+
+def _file_meta(f: str) -> dict:
+    """Shape, dtype and task attributes of one file, validated against the contract."""
+    with _open(f) as h5:
+        for name, what in (("X", "the feature matrix"), ("y", "the labels")):
+            if not isinstance(h5.get(name), h5py.Dataset):
+                raise DataError(f"file {f} has no dataset '{name}' ({what})")
+        X, y = h5["X"], h5["y"]
+        if X.ndim != 2:
+            raise DataError(f"dataset 'X' in {f} must be 2-D (rows, features), got shape {X.shape}")
+        if X.dtype not in _FLOAT_DTYPES:
+            raise DataError(f"dataset 'X' in {f} has dtype {X.dtype}; expected float32 or float64")
+        if X.shape[1] < 1:
+            raise DataError(f"dataset 'X' in {f} has no feature columns (shape {X.shape})")
+        if y.ndim != 1:
+            raise DataError(f"dataset 'y' in {f} must be 1-D, got shape {y.shape}")
+        if y.dtype.kind not in "biuf":
+            raise DataError(f"dataset 'y' in {f} has non-numeric dtype {y.dtype}")
+        if y.shape[0] != X.shape[0]:
+            raise DataError(f"file {f} has {X.shape[0]} rows in X but {y.shape[0]} in y")
+        task = _task_attr(f, h5.attrs)
+        n_classes = None if task == "regression" else _n_classes_attr(f, h5.attrs, task)
+        return {
+            "rows": int(X.shape[0]),
+            "d": int(X.shape[1]),
+            "dtype": X.dtype,
+            "task": task,
+            "n_classes": n_classes,
+        }
+
+
+def _task_attr(f: str, attrs: h5py.AttributeManager) -> str:
+    """The root attribute ``task``, decoded and checked against :data:`TASKS`."""
+    if "task" not in attrs:
+        raise DataError(f"file {f} has no root attribute 'task' (one of {', '.join(TASKS)})")
+    task = attrs["task"]
+    if isinstance(task, np.ndarray) and task.size == 1:
+        task = task.item()
+    if isinstance(task, bytes):
+        task = task.decode("utf-8", "replace")
+    if task not in TASKS:
+        raise DataError(f"file {f} has task attribute {task!r}; expected one of {', '.join(TASKS)}")
+    return task
+
+
+def _n_classes_attr(f: str, attrs: h5py.AttributeManager, task: str) -> int:
+    """The root attribute ``n_classes``: 2 for binary, an integer >= 2 for multiclass."""
+    if "n_classes" not in attrs:
+        raise DataError(f"file {f} has task {task!r} but no root attribute 'n_classes'")
+    value = np.asarray(attrs["n_classes"])
+    if value.size != 1 or value.dtype.kind not in "iuf" or not float(value.item()).is_integer():
+        raise DataError(f"file {f} has n_classes attribute {value!r}; expected an integer")
+    n_classes = int(value.item())
+    if task == "binary" and n_classes != 2:
+        raise DataError(f"file {f} has task 'binary' but n_classes {n_classes}; expected 2")
+    if n_classes < 2:
+        raise DataError(f"file {f} has task {task!r} but n_classes {n_classes}; expected >= 2")
+    return n_classes
+
+
+def _check_range(info: DatasetInfo, start: int, stop: int) -> None:
+    if not 0 <= start <= stop <= info.n_rows:
+        raise ValueError(f"rows [{start}, {stop}) are not within [0, {info.n_rows})")
+
+
+def _label_dtype(info: DatasetInfo) -> np.dtype:
+    return np.dtype(np.float64 if info.task == "regression" else np.int64)
+
+
+def _pieces(info: DatasetInfo, start: int, stop: int) -> Iterator[tuple[str, int, int, int]]:
+    """Yield ``(file, lo, hi, offset)``: file rows ``[lo, hi)`` land at ``offset`` of the block.
+
+    Only files overlapping global rows ``[start, stop)`` are yielded.
+    """
+    file_start = 0
+    for f, n in zip(info.files, info.rows_per_file, strict=True):
+        lo, hi = max(start, file_start), min(stop, file_start + n)
+        if lo < hi:
+            yield f, lo - file_start, hi - file_start, lo - start
+        file_start += n
+
+
+def _checked_labels(info: DatasetInfo, f: str, y: np.ndarray, first_row: int) -> np.ndarray:
+    """Validate labels read from ``f`` (global rows from ``first_row``); return them converted.
+
+    Regression targets must be finite; class labels integers in ``0..n_classes-1``.
+    """
+    if y.dtype.kind == "f":
+        bad = first_nonfinite_row(y)
+        if bad is not None:
+            raise DataError(
+                f"file {f} has a non-finite label {y[bad]} at global row {first_row + bad}"
+            )
+    if info.task == "regression":
+        return y
+    if y.dtype.kind == "f":
+        fractional = np.flatnonzero(y != np.round(y))
+        if fractional.size:
+            i = fractional[0]
+            raise DataError(
+                f"file {f} has non-integer class label {y[i]} at global row {first_row + i}"
+            )
+    outside = np.flatnonzero((y < 0) | (y >= info.n_classes))
+    if outside.size:
+        i = outside[0]
+        raise DataError(
+            f"file {f} has class label {y[i]} at global row {first_row + i}, "
+            f"outside 0..{info.n_classes - 1}"
+        )
+    return y
