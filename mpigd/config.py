@@ -1,0 +1,89 @@
+"""The training configuration: every option of ``mpigd train``, with its default.
+
+The CLI fills it from flags and an optional TOML config file (flags win); ``run.json``
+stores it whole, and ``eval`` reads the model part back from ``model.h5``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from mpigd.errors import ConfigError
+from mpigd.models import MODELS
+from mpigd.optim import OPTIMIZERS, SCHEDULES
+from mpigd.strategies import DEFAULT_STRATEGY, STRATEGIES
+
+BACKENDS = ("numpy", "reference", "cupy")
+PROGRESS_MODES = ("bar", "quiet", "json")
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run. Units: learning rates per step, tolerances absolute."""
+
+    data: str
+    out: str
+    model: str
+    test_data: str | None = None
+    strategy: str = DEFAULT_STRATEGY
+    optimizer: str = "gd"
+    lr: float = 0.1
+    lr_schedule: str = "constant"
+    lr_step_epochs: int = 10
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    batch_size: int | None = None
+    epochs: int = 10
+    tol: float = 0.0
+    lbfgs_memory: int = 10
+    l2: float = 0.0
+    class_weight: str = "none"
+    svm_loss: str = "hinge"
+    seed: int = 0
+    backend: str = "numpy"
+    progress: str = "bar"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for values no run can use."""
+        choices = {
+            "model": tuple(MODELS),
+            "strategy": tuple(STRATEGIES),
+            "optimizer": OPTIMIZERS,
+            "lr_schedule": SCHEDULES,
+            "class_weight": ("none", "balanced"),
+            "svm_loss": ("hinge", "squared-hinge"),
+            "backend": BACKENDS,
+            "progress": PROGRESS_MODES,
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(
+                    f"--{key.replace('_', '-')} {getattr(self, key)!r} is not one of "
+                    f"{', '.join(allowed)}"
+                )
+        positive = {
+            "epochs": self.epochs,
+            "lbfgs_memory": self.lbfgs_memory,
+            "lr_step_epochs": self.lr_step_epochs,
+        }
+        if self.batch_size is not None:
+            positive["batch_size"] = self.batch_size
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        for key in ("l2", "tol"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"--{key} must be non-negative, got {getattr(self, key)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

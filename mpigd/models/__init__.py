@@ -1,0 +1,42 @@
+"""Models by name. Each model owns a flat parameter layout and calls the kernels.
+
+=========  ==================  ====================  ==========================
+``--model``  class              tasks                 layout of the flat vector
+=========  ==================  ====================  ==========================
+linreg     LinReg              regression            w (d), b
+logreg     LogReg              binary                w (d), b
+softmax    Softmax             binary, multiclass    W (C, d), b (C)
+svm        LinearSVM           binary                w (d), b
+=========  ==================  ====================  ==========================
+"""
+
+from __future__ import annotations
+
+from mpigd.errors import ConfigError
+from mpigd.models.base import Model
+from mpigd.models.linear import LinearSVM, LinReg, LogReg
+from mpigd.models.softmax import Softmax
+
+MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (LinReg, LogReg, Softmax, LinearSVM)}
+
+
+def create_model(
+    name: str, backend, n_features: int, task: str, n_classes: int | None, svm_loss="hinge"
+) -> Model:
+    """Build the model ``name`` for a dataset of ``task`` with ``n_features`` columns.
+
+    Raises ConfigError when the model cannot fit that task (e.g. logreg on regression).
+    """
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    cls = MODELS[name]
+    if task not in cls.tasks:
+        raise ConfigError(
+            f"model {name!r} needs a {' or '.join(cls.tasks)} dataset, but the data is {task}"
+        )
+    if cls is LinearSVM:
+        return LinearSVM(backend, n_features, n_classes, svm_loss=svm_loss)
+    return cls(backend, n_features, n_classes)
+
+
+__all__ = ["MODELS", "Model", "create_model"]

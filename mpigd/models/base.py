@@ -1,0 +1,69 @@
+"""The interface every model implements: a flat parameter layout and kernel calls."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class Model(ABC):
+    """A model whose parameters live in one contiguous float64 vector.
+
+    Subclasses fix the layout of that vector (documented in their docstring and in
+    :meth:`layout`) and say which kernel computes its loss and gradient. A model never
+    communicates: every method works on the rows of one rank and returns *sums* over
+    those rows, which a strategy adds up across ranks.
+
+    Attributes
+    ----------
+    name : the ``--model`` name.
+    tasks : dataset tasks the model can be trained on.
+    n_params : length of the flat parameter vector.
+    reg_mask : (n_params,) float64, 1.0 where the L2 penalty applies, 0.0 on intercepts.
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+
+    def __init__(self, backend, n_features: int, n_classes: int | None) -> None:
+        self.backend = backend
+        self.n_features = n_features
+        self.n_classes = n_classes
+
+    @property
+    @abstractmethod
+    def n_params(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def reg_mask(self) -> np.ndarray: ...
+
+    @abstractmethod
+    def layout(self) -> dict:
+        """JSON-able description of the flat vector: name -> [offset, shape]."""
+
+    def init_params(self, rng: np.random.Generator) -> np.ndarray:
+        """Starting parameters (n_params,) float64. Convex models start at zero."""
+        del rng
+        return np.zeros(self.n_params)
+
+    def targets(self, y: np.ndarray) -> np.ndarray:
+        """The label array in the form this model's kernel reads (converted once at load)."""
+        return y
+
+    @abstractmethod
+    def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None) -> float:
+        """Sum over rows of (weighted) per-row loss; ``grad_out`` gets the summed gradient.
+
+        X : (n, d) local rows; y : output of :meth:`targets`; sample_weight : (n,) or None;
+        params, grad_out : (n_params,) float64; rows : optional int64 row indices.
+        """
+
+    @abstractmethod
+    def predict(self, X, params) -> np.ndarray:
+        """Predictions for the rows of X: class ids (classification) or values (regression)."""
+
+    def count_correct(self, X, y, params) -> int:
+        """Number of rows whose predicted class equals the label (classification only)."""
+        return int(np.count_nonzero(self.predict(X, params) == y))

@@ -1,0 +1,41 @@
+"""Multinomial logistic (softmax) regression.
+
+Flat parameter layout (n_params = C d + C): ``W`` of shape (C, d) row-major, then the
+intercepts ``b`` of shape (C,). Per-row loss: cross-entropy −log softmax(W x + b)_y.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpigd.models.base import Model
+
+
+class Softmax(Model):
+    """Softmax regression over ``n_classes`` classes (``--model softmax``)."""
+
+    name = "softmax"
+    tasks = ("binary", "multiclass")
+
+    @property
+    def n_params(self) -> int:
+        return self.n_classes * (self.n_features + 1)
+
+    @property
+    def reg_mask(self) -> np.ndarray:
+        mask = np.ones(self.n_params)
+        mask[self.n_classes * self.n_features :] = 0.0
+        return mask
+
+    def layout(self) -> dict:
+        c, d = self.n_classes, self.n_features
+        return {"W": [0, [c, d]], "b": [c * d, [c]]}
+
+    def targets(self, y: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(y, dtype=np.int64)
+
+    def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None) -> float:
+        return self.backend.softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=rows)
+
+    def predict(self, X, params) -> np.ndarray:
+        return np.argmax(self.backend.softmax_decision(X, params), axis=1)

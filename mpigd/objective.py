@@ -1,0 +1,86 @@
+"""The training objective on one rank's rows, as sums ready to be combined across ranks.
+
+Objective (DESIGN.md): f(θ) = (1/n) Σ_i s_i ℓ_i(θ) + (l2/2) ||w||², the mean over the n
+rows of a batch (all training rows for full batch, on all ranks) with per-row weights
+s_i (1, or the balanced class weights), the intercepts not regularised.
+
+One rank contributes a *packed* vector ``[Σ s_i ∇ℓ_i (n_params) | Σ s_i ℓ_i | n_local]``;
+a strategy sums the packed vectors of all ranks in one collective (so gradient, loss
+and row count travel together and uneven shares still give the exact global mean), and
+:meth:`LocalObjective.finish` turns the global sums into f and ∇f.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpigd.timing import PhaseTimer
+
+
+class LocalObjective:
+    """This rank's rows, the model and the L2 term.
+
+    Parameters
+    ----------
+    model : a :class:`mpigd.models.Model`.
+    X : (n_local, d) this rank's training rows.  y : their targets (``model.targets``).
+    sample_weight : (n_local,) float64 or None.
+    l2 : the L2 coefficient.  timer : where compute time is booked.
+    """
+
+    def __init__(self, model, X, y, sample_weight, l2: float, timer: PhaseTimer) -> None:
+        self.model = model
+        self.X, self.y, self.sample_weight = X, y, sample_weight
+        self.l2 = l2
+        self.reg_mask = model.reg_mask
+        self.timer = timer
+        self.n_params = model.n_params
+
+    def packed_buffer(self) -> np.ndarray:
+        """A fresh (n_params + 2,) float64 buffer for :meth:`local_sums`."""
+        return np.zeros(self.n_params + 2)
+
+    def local_sums(self, params: np.ndarray, rows: np.ndarray | None, packed: np.ndarray) -> None:
+        """Fill ``packed`` with this rank's gradient sum, loss sum and row count.
+
+        ``rows`` selects local row indices (a mini-batch); ``None`` means all local rows.
+        """
+        with self.timer.phase("compute"):
+            grad_sum = packed[: self.n_params]
+            loss_sum = self.model.loss_grad(
+                self.X, self.y, self.sample_weight, params, grad_sum, rows=rows
+            )
+            packed[self.n_params] = loss_sum
+            packed[self.n_params + 1] = len(self.X) if rows is None else len(rows)
+
+    def finish(self, packed: np.ndarray, params: np.ndarray, grad_out: np.ndarray) -> float:
+        """From global sums: write ∇f into ``grad_out`` and return f (both at ``params``).
+
+        An empty global batch (count 0) gives f = L2 term and only its gradient.
+        """
+        with self.timer.phase("compute"):
+            count = packed[self.n_params + 1]
+            scale = 1.0 / count if count > 0 else 0.0
+            np.multiply(packed[: self.n_params], scale, out=grad_out)
+            weights = params * self.reg_mask
+            grad_out += self.l2 * weights
+            return float(packed[self.n_params] * scale + 0.5 * self.l2 * (weights @ weights))
+
+
+def memoize_last(closure):
+    """Wrap a closure so a repeated call at the same parameters costs no pass.
+
+    The trainer evaluates the full-batch objective after every epoch for ``train_loss``;
+    a full-batch optimiser's next step asks for the same point, and gets it from here.
+    """
+    last: dict = {}
+
+    def cached(params: np.ndarray, grad_out: np.ndarray) -> float:
+        key = params.tobytes()
+        if last.get("key") != key:
+            grad = np.empty_like(grad_out)
+            last.update(key=key, loss=closure(params, grad), grad=grad)
+        grad_out[:] = last["grad"]
+        return last["loss"]
+
+    return cached

@@ -1,0 +1,56 @@
+"""What every optimiser shares: flat vectors in, flat vectors out, and a closure.
+
+A *closure* evaluates the global objective (mean loss over the batch's rows on all ranks
+plus the L2 term) at the parameters it is given::
+
+    loss = closure(params, grad_out)   # fills grad_out, returns the objective
+
+It is collective: every rank calls it with the same parameters, in the same order.
+Optimisers update ``params`` in place and never see data, models or MPI.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import numpy as np
+
+Closure = Callable[[np.ndarray, np.ndarray], float]
+
+
+class Optimizer(ABC):
+    """Base class. ``stop_reason`` becomes a sentence once the optimiser has converged.
+
+    Parameters
+    ----------
+    n_params : length of the flat parameter vector.
+    tol : stop when the infinity norm of the full-batch gradient is at most ``tol``
+        (checked only when ``full_batch``, where that gradient is the true one).
+    full_batch : whether every closure covers all training rows.
+    """
+
+    def __init__(self, n_params: int, tol: float = 0.0, full_batch: bool = True) -> None:
+        self.grad = np.zeros(n_params)
+        self.tol = tol
+        self.full_batch = full_batch
+        self.steps = 0
+        self.stop_reason: str | None = None
+
+    @abstractmethod
+    def step(self, params: np.ndarray, closure: Closure) -> float:
+        """Take one step in place; return the objective at the parameters it started from."""
+
+    def epoch_fields(self) -> dict:
+        """Optimiser-specific fields for the epoch's metrics line."""
+        return {}
+
+    def converged(self, grad: np.ndarray) -> bool:
+        """Record and report whether ``grad`` (a full-batch gradient) meets the tolerance."""
+        if not self.full_batch or self.tol <= 0:
+            return False
+        norm = float(np.max(np.abs(grad))) if grad.size else 0.0
+        if norm <= self.tol:
+            self.stop_reason = f"converged: gradient infinity norm {norm:.3e} <= tol {self.tol:g}"
+            return True
+        return False

@@ -1,0 +1,75 @@
+"""First-order optimisers on flat vectors: gd/sgd, momentum (heavy ball or Nesterov), Adam.
+
+Update rules (g the closure's gradient, η the scheduled rate), as in PyTorch:
+
+* ``gd`` / ``sgd``: θ ← θ − η g. The two differ only in the batch the closure covers.
+* ``momentum``: v ← μ v + g; θ ← θ − η v, or with Nesterov θ ← θ − η (g + μ v).
+* ``adam``: m ← β₁ m + (1−β₁) g; v ← β₂ v + (1−β₂) g²;
+  θ ← θ − η m̂ / (sqrt(v̂) + ε), with bias-corrected m̂, v̂.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpigd.optim.base import Closure, Optimizer
+from mpigd.optim.schedule import Schedule
+
+
+class GradientDescent(Optimizer):
+    """Plain (stochastic) gradient descent."""
+
+    def __init__(self, n_params: int, schedule: Schedule, **kwargs) -> None:
+        super().__init__(n_params, **kwargs)
+        self.schedule = schedule
+
+    def step(self, params: np.ndarray, closure: Closure) -> float:
+        loss = closure(params, self.grad)
+        if not self.converged(self.grad):
+            self._update(params, self.schedule.rate(self.steps))
+            self.steps += 1
+        return loss
+
+    def epoch_fields(self) -> dict:
+        return {"lr": self.schedule.rate(self.steps)}
+
+    def _update(self, params: np.ndarray, lr: float) -> None:
+        params -= lr * self.grad
+
+
+class Momentum(GradientDescent):
+    """SGD with momentum ``mu``; Nesterov's variant when ``nesterov``."""
+
+    def __init__(self, n_params, schedule, mu: float = 0.9, nesterov: bool = False, **kw):
+        super().__init__(n_params, schedule, **kw)
+        self.mu = mu
+        self.nesterov = nesterov
+        self.velocity = np.zeros(n_params)
+
+    def _update(self, params: np.ndarray, lr: float) -> None:
+        self.velocity *= self.mu
+        self.velocity += self.grad
+        if self.nesterov:
+            params -= lr * (self.grad + self.mu * self.velocity)
+        else:
+            params -= lr * self.velocity
+
+
+class Adam(GradientDescent):
+    """Adam (Kingma & Ba) with bias correction."""
+
+    def __init__(self, n_params, schedule, beta1=0.9, beta2=0.999, eps=1e-8, **kw):
+        super().__init__(n_params, schedule, **kw)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.m = np.zeros(n_params)
+        self.v = np.zeros(n_params)
+
+    def _update(self, params: np.ndarray, lr: float) -> None:
+        t = self.steps + 1
+        self.m *= self.beta1
+        self.m += (1.0 - self.beta1) * self.grad
+        self.v *= self.beta2
+        self.v += (1.0 - self.beta2) * self.grad**2
+        m_hat = self.m / (1.0 - self.beta1**t)
+        v_hat = self.v / (1.0 - self.beta2**t)
+        params -= lr * m_hat / (np.sqrt(v_hat) + self.eps)

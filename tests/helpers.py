@@ -1,0 +1,71 @@
+"""Shared test helpers: small datasets written straight with h5py, and mpirun launching."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_h5(path, X, y, task, n_classes=None, **attrs) -> Path:
+    """One dataset file in the DESIGN.md format (no validation: tests write bad ones too)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("X", data=X)
+        handle.create_dataset("y", data=y)
+        handle.attrs["task"] = task
+        if n_classes is not None:
+            handle.attrs["n_classes"] = n_classes
+        for key, value in attrs.items():
+            handle.attrs[key] = value
+    return path
+
+
+def make_problem(task, n_rows=1001, d=6, n_classes=None, seed=0, dtype=np.float64):
+    """A small random classification or regression problem: (X, y)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_rows, d)).astype(dtype)
+    if task == "regression":
+        y = X @ rng.standard_normal(d) + 0.5 + 0.1 * rng.standard_normal(n_rows)
+    elif task == "binary":
+        y = (X @ rng.standard_normal(d) + 0.3 + rng.logistic(size=n_rows) > 0).astype(np.int64)
+    else:
+        Z = X @ rng.standard_normal((d, n_classes)) + rng.gumbel(size=(n_rows, n_classes))
+        y = np.argmax(Z, axis=1).astype(np.int64)
+    return X, y
+
+
+def write_sharded(directory, X, y, task, n_classes=None, sizes=(400, 350)) -> Path:
+    """Split rows into shards of the given sizes (the rest in a last shard)."""
+    directory = Path(directory)
+    bounds = np.cumsum((0, *sizes, len(X) - sum(sizes)))
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        write_h5(directory / f"part-{i:05d}.h5", X[lo:hi], y[lo:hi], task, n_classes)
+    return directory
+
+
+def mpirun_command(n_ranks: int, *args: str) -> list[str]:
+    """``mpirun -n N python -m mpigd ARGS`` with the mpirun that sits beside this Python."""
+    mpirun = shutil.which("mpirun", path=os.path.dirname(sys.executable)) or "mpirun"
+    return [mpirun, "-n", str(n_ranks), sys.executable, "-m", "mpigd", *args]
+
+
+def run_mpigd(n_ranks: int, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run mpigd under mpirun; a hang fails the test after ``timeout`` seconds."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.run(
+        mpirun_command(n_ranks, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+    )

@@ -1,0 +1,264 @@
+"""The command line end to end, under real mpirun: synth -> train -> eval, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from helpers import REPO, make_problem, mpirun_command, run_mpigd, write_h5
+
+pytestmark = pytest.mark.timeout(300)
+
+METRIC_FIELDS = {
+    "epoch",
+    "train_loss",
+    "time_s",
+    "compute_s",
+    "comm_s",
+    "io_s",
+    "samples_per_s",
+    "test_loss",
+    "test_accuracy",
+}
+RUN_FIELDS = {
+    "config",
+    "git_commit",
+    "mpi_library",
+    "world_size",
+    "hosts",
+    "versions",
+    "start_time",
+    "end_time",
+    "status",
+    "stop_reason",
+}
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "binary"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpigd",
+            "data",
+            "synth",
+            "--task",
+            "binary",
+            "--rows",
+            "3000",
+            "--features",
+            "8",
+            "--shards",
+            "3",
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_synth_train_eval_on_two_ranks(synth_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_mpigd(
+        2,
+        "train",
+        "--data",
+        str(synth_dir / "train"),
+        "--test-data",
+        str(synth_dir / "test"),
+        "--model",
+        "logreg",
+        "--optimizer",
+        "lbfgs",
+        "--epochs",
+        "15",
+        "--l2",
+        "1e-3",
+        "--out",
+        str(run_dir),
+    )
+    assert result.returncode == 0, result.stderr
+    run = json.loads((run_dir / "run.json").read_text())
+    assert RUN_FIELDS <= set(run)
+    assert run["status"] == "completed" and run["world_size"] == 2 and len(run["hosts"]) == 2
+    assert {"python", "numpy", "h5py", "cupy", "mpi4py", "backend"} <= set(run["versions"])
+    assert run["config"]["model"] == "logreg"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(METRIC_FIELDS <= set(row) for row in rows)
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    # Only rank 0 prints: one progress line per epoch.
+    assert result.stdout.count("train_loss") == len(rows) == run["epochs_run"]
+    with h5py.File(run_dir / "model.h5", "r") as handle:
+        assert handle["params"].shape == (9,)
+
+    evaluated = run_mpigd(1, "eval", str(run_dir), "--data", str(synth_dir / "test"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["accuracy"] > 0.75
+    assert metrics["loss"] == pytest.approx(rows[-1]["test_loss"], rel=1e-9)
+
+
+def test_config_file_with_flags_overriding(synth_dir, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'data = "{synth_dir / "train"}"\nmodel = "svm"\noptimizer = "adam"\n'
+        "lr = 0.05\nbatch-size = 256\nepochs = 5\n"
+    )
+    run_dir = tmp_path / "run"
+    result = run_mpigd(
+        2, "train", "--config", str(config), "--epochs", "2", "--json", "--out", str(run_dir)
+    )
+    assert result.returncode == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["epoch"] for row in printed] == [1, 2]
+    assert printed[0]["steps"] == 10  # ceil(2400 / 256) global mini-batches per epoch
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["config"]["epochs"] == 2 and run["config"]["batch_size"] == 256
+
+
+def bad_dataset(kind: str, root):
+    """Write one broken dataset; return (path, words the error must contain)."""
+    X, y = make_problem("binary", n_rows=40, d=3)
+    if kind == "missing":
+        return root / "nowhere.h5", "nowhere.h5"
+    if kind == "not-hdf5":
+        (root / "text.h5").write_text("just some text\n")
+        return root / "text.h5", "HDF5"
+    if kind == "missing-y":
+        path = root / "bad.h5"
+        with h5py.File(path, "w") as handle:
+            handle["X"] = X
+            handle.attrs["task"] = "binary"
+            handle.attrs["n_classes"] = 2
+        return path, "y"
+    if kind == "length-mismatch":
+        return write_h5(root / "bad.h5", X, y[:-1], "binary", 2), "40"
+    if kind == "features-differ":
+        write_h5(root / "d/part-0.h5", X, y, "binary", 2)
+        write_h5(root / "d/part-1.h5", X[:, :2], y, "binary", 2)
+        return root / "d", "feature"
+    if kind == "dtype-differs":
+        write_h5(root / "d/part-0.h5", X, y, "binary", 2)
+        write_h5(root / "d/part-1.h5", X.astype(np.float32), y, "binary", 2)
+        return root / "d", "dtype"
+    if kind == "nan-on-last-rank":
+        X[-1, 1] = np.nan
+        return write_h5(root / "bad.h5", X, y, "binary", 2), "NaN"
+    if kind == "inf-label":
+        y = y.astype(np.float64)
+        y[3] = np.inf
+        return write_h5(root / "bad.h5", X, y, "binary", 2), "Inf"
+    if kind == "label-out-of-range":
+        y[-2] = 7
+        return write_h5(root / "bad.h5", X, y, "binary", 2), "7"
+    if kind == "fewer-rows-than-ranks":
+        return write_h5(root / "bad.h5", X[:1], y[:1], "binary", 2), "ranks"
+    if kind == "empty-file":
+        return write_h5(root / "bad.h5", X[:0], y[:0], "binary", 2), "no rows"
+    if kind == "empty-directory":
+        (root / "d").mkdir()
+        return root / "d", "no"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "missing",
+        "not-hdf5",
+        "missing-y",
+        "length-mismatch",
+        "features-differ",
+        "dtype-differs",
+        "nan-on-last-rank",
+        "inf-label",
+        "label-out-of-range",
+        "fewer-rows-than-ranks",
+        "empty-file",
+        "empty-directory",
+    ],
+)
+def test_bad_input_ends_every_rank_with_one_clear_message(kind, tmp_path):
+    path, words = bad_dataset(kind, tmp_path)
+    run_dir = tmp_path / "run"
+    result = run_mpigd(
+        2, "train", "--data", str(path), "--model", "logreg", "--out", str(run_dir), timeout=60
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mpigd: error")]
+    assert len(errors) == 1, result.stderr
+    assert words.lower() in errors[0].lower()
+    assert "Traceback" not in result.stderr
+    assert not (run_dir / "model.h5").exists()
+
+
+def test_model_that_does_not_fit_the_task_is_refused(tmp_path):
+    X, y = make_problem("regression", n_rows=30, d=3)
+    path = write_h5(tmp_path / "reg.h5", X, y, "regression")
+    result = run_mpigd(
+        2,
+        "train",
+        "--data",
+        str(path),
+        "--model",
+        "logreg",
+        "--out",
+        str(tmp_path / "run"),
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "needs a binary dataset" in result.stderr
+
+
+def test_divergence_fails_the_run_and_leaves_no_model(tmp_path):
+    X, y = make_problem("regression", n_rows=50, d=3)
+    path = write_h5(tmp_path / "reg.h5", 1e3 * X, y, "regression")
+    run_dir = tmp_path / "run"
+    result = run_mpigd(
+        2,
+        "train",
+        "--data",
+        str(path),
+        "--model",
+        "linreg",
+        "--lr",
+        "10",
+        "--epochs",
+        "50",
+        "--out",
+        str(run_dir),
+        timeout=60,
+    )
+    assert result.returncode != 0 and "diverged" in result.stderr
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert not (run_dir / "model.h5").exists()
+
+
+def test_an_unexpected_crash_on_one_rank_ends_the_whole_job():
+    """Rank 1 raises while rank 0 waits in a collective: the job must still end, non-zero."""
+    script = (
+        "from mpi4py import MPI\n"
+        "from mpigd.comm import run_guarded\n"
+        "def main():\n"
+        "    if MPI.COMM_WORLD.rank == 1:\n"
+        "        raise RuntimeError('injected failure')\n"
+        "    MPI.COMM_WORLD.Barrier()\n"
+        "raise SystemExit(run_guarded(main))\n"
+    )
+    command = mpirun_command(2)[:-2] + ["-c", script]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode != 0
+    assert "rank 1 of 2 failed: RuntimeError: injected failure" in result.stderr

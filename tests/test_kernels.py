@@ -1,0 +1,224 @@
+"""Tests of :mod:`kernels`: gradients against finite differences, the ``numpy`` backend
+against the ``reference`` backend, numerical stability, argument checks and the factory."""
+
+import math
+
+import numpy as np
+import pytest
+
+from kernels import fused, get_backend, reference
+
+LOSSES = reference.LINEAR_LOSSES
+BACKENDS = ("numpy", "reference")
+# Enough rows for several softmax blocks and a partial last block, and n % 4 != 0.
+SOFTMAX_ROWS = 2 * fused.SOFTMAX_BLOCK_ROWS + 37
+
+
+def linear_problem(loss, n=43, d=6, dtype=np.float64, seed=0):
+    """Random ``X``, targets (values or 0/1 labels), weights and ``[w, b]``."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(dtype)
+    y = rng.standard_normal(n) if loss == "squared" else (rng.random(n) < 0.5).astype(float)
+    return X, y, rng.uniform(0.5, 2.0, n), rng.standard_normal(d + 1)
+
+
+def softmax_problem(n=SOFTMAX_ROWS, d=5, n_classes=4, dtype=np.float64, seed=1):
+    """Random ``X``, class ids, weights and ``[W, b]``."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(dtype)
+    y = rng.integers(0, n_classes, n)
+    return X, y, rng.uniform(0.5, 2.0, n), rng.standard_normal(n_classes * (d + 1))
+
+
+def away_from_kinks(X, y, params, loss):
+    """Drop the rows whose hinge margin ``t z`` is within 0.05 of the kink at 1."""
+    if loss not in ("hinge", "squared_hinge"):
+        return X, y
+    t_z = (2.0 * y - 1.0) * reference.linear_decision(X, params)
+    keep = np.abs(1.0 - t_z) > 0.05
+    return np.ascontiguousarray(X[keep]), y[keep]
+
+
+def finite_difference_gradient(loss_of, params, h=1e-6):
+    """Central differences of the scalar function ``loss_of`` at ``params``."""
+    grad = np.empty_like(params)
+    for k in range(params.size):
+        step = np.zeros_like(params)
+        step[k] = h
+        grad[k] = (loss_of(params + step) - loss_of(params - step)) / (2.0 * h)
+    return grad
+
+
+def assert_close(actual, expected, rtol=1e-12):
+    """Equal up to ``rtol`` relative to the largest entry (entries may cancel to ~0)."""
+    expected = np.asarray(expected)
+    scale = np.abs(expected).max() if expected.size else 0.0
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def row_selections(n, seed=2):
+    """``rows=`` arguments: all, a shuffled subset, empty, and repeated indices."""
+    rng = np.random.default_rng(seed)
+    return {
+        "all": None,
+        "subset": rng.permutation(n)[: n // 2 + 3],
+        "empty": np.array([], dtype=np.int64),
+        "repeated": np.array([5, 5, 5, 0, n - 1, 5, 7], dtype=np.int64),
+    }
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_linear_gradient_matches_finite_differences(backend, loss, weighted):
+    kernels = get_backend(backend)
+    X, y, weight, params = linear_problem(loss)
+    X, y = away_from_kinks(X, y, params, loss)
+    weight = weight[: len(y)] if weighted else None
+    grad = np.full_like(params, np.nan)
+
+    def loss_of(p):
+        return kernels.linear_loss_grad(loss, X, y, weight, p, np.empty_like(p))
+
+    value = kernels.linear_loss_grad(loss, X, y, weight, params, grad)
+    assert isinstance(value, float)
+    assert_close(grad, finite_difference_gradient(loss_of, params), rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_softmax_gradient_matches_finite_differences(backend, weighted):
+    kernels = get_backend(backend)
+    X, y, weight, params = softmax_problem(n=40)
+    weight = weight if weighted else None
+    grad = np.full_like(params, np.nan)
+
+    def loss_of(p):
+        return kernels.softmax_loss_grad(X, y, weight, p, np.empty_like(p))
+
+    value = kernels.softmax_loss_grad(X, y, weight, params, grad)
+    assert isinstance(value, float)
+    assert_close(grad, finite_difference_gradient(loss_of, params), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("selection", ["all", "subset", "empty", "repeated"])
+def test_linear_numpy_matches_reference(loss, dtype, weighted, selection):
+    X, y, weight, params = linear_problem(loss, n=103, d=13, dtype=dtype)
+    weight = weight if weighted else None
+    rows = row_selections(len(y))[selection]
+    expected_grad = np.empty_like(params)
+    expected = reference.linear_loss_grad(loss, X, y, weight, params, expected_grad, rows=rows)
+    grad = np.full_like(params, np.nan)
+    value = get_backend("numpy").linear_loss_grad(loss, X, y, weight, params, grad, rows=rows)
+    assert_close(value, expected)
+    assert_close(grad, expected_grad)
+    if selection == "empty":
+        assert value == 0.0 and not grad.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("selection", ["all", "subset", "empty", "repeated"])
+def test_softmax_numpy_matches_reference(dtype, weighted, selection):
+    X, y, weight, params = softmax_problem(d=9, n_classes=5, dtype=dtype)
+    weight = weight if weighted else None
+    rows = row_selections(len(y))[selection]
+    expected_grad = np.empty_like(params)
+    expected = reference.softmax_loss_grad(X, y, weight, params, expected_grad, rows=rows)
+    grad = np.full_like(params, np.nan)
+    value = get_backend("numpy").softmax_loss_grad(X, y, weight, params, grad, rows=rows)
+    assert_close(value, expected)
+    assert_close(grad, expected_grad)
+    if selection == "empty":
+        assert value == 0.0 and not grad.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_decisions_match_reference(dtype):
+    numpy_backend = get_backend("numpy")
+    X, _, _, params = linear_problem("squared", dtype=dtype)
+    assert_close(numpy_backend.linear_decision(X, params), reference.linear_decision(X, params))
+    X, _, _, params = softmax_problem(dtype=dtype)
+    Z = numpy_backend.softmax_decision(X, params)
+    assert Z.shape == (X.shape[0], 4) and Z.dtype == np.float64
+    assert_close(Z, reference.softmax_decision(X, params))
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_linear_huge_outputs_are_finite(backend, loss):
+    z = np.array([1e3, -1e3, 1e3, -1e3, 700.0, -745.0])
+    X = np.ascontiguousarray(z[:, None])
+    y = np.array([0.0, 1.0, 1.0, 0.0, 0.0, 1.0])
+    params = np.array([1.0, 0.0])
+    grad = np.empty(2)
+    value = get_backend(backend).linear_loss_grad(loss, X, y, None, params, grad)
+    assert np.isfinite(value) and np.isfinite(grad).all()
+    if loss == "logistic":  # rows 0, 1, 4 and 5 cost |z|; rows 2 and 3 almost nothing
+        assert value == pytest.approx(1e3 + 1e3 + 700.0 + 745.0, rel=1e-15)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logistic_loss_is_accurate_for_confident_rows(backend):
+    X = np.array([[-40.0], [40.0]])
+    y = np.array([0.0, 1.0])
+    value = get_backend(backend).linear_loss_grad(
+        "logistic", X, y, None, np.array([1.0, 0.0]), np.empty(2)
+    )
+    assert value == pytest.approx(2 * math.log1p(math.exp(-40.0)), rel=1e-14)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_softmax_huge_logits_are_finite(backend):
+    X = np.array([[1.0], [-1.0], [1.0]])
+    y = np.array([0, 0, 2])
+    params = np.array([1e3, 0.0, -1e3, 0.0, 0.0, 0.0])  # W = [1e3, 0, -1e3], b = 0
+    grad = np.empty(6)
+    value = get_backend(backend).softmax_loss_grad(X, y, None, params, grad)
+    assert np.isfinite(value) and np.isfinite(grad).all()
+    assert value == pytest.approx(4e3, rel=1e-15)  # z_max - z_y per row: 0, 2e3, 2e3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_arguments_raise(backend):
+    kernels = get_backend(backend)
+    X, y, _, params = linear_problem("logistic")
+    grad = np.empty_like(params)
+    with pytest.raises(ValueError, match="unknown linear loss"):
+        kernels.linear_loss_grad("cubic", X, y, None, params, grad)
+    with pytest.raises(ValueError, match="d \\+ 1"):
+        kernels.linear_loss_grad("logistic", X, y, None, params[:-1], grad[:-1])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        kernels.linear_loss_grad("logistic", np.asfortranarray(X), y, None, params, grad)
+    with pytest.raises(IndexError):
+        kernels.linear_loss_grad("logistic", X, y, None, params, grad, rows=np.array([0, -1]))
+    with pytest.raises(IndexError):
+        kernels.linear_loss_grad("logistic", X, y, None, params, grad, rows=np.array([len(y)]))
+    X, y, _, params = softmax_problem()
+    with pytest.raises(ValueError, match="class ids"):
+        kernels.softmax_loss_grad(X, y + 4, None, params, np.empty_like(params))
+    with pytest.raises(ValueError, match="C \\* \\(d \\+ 1\\)"):
+        kernels.softmax_decision(X, params[:-1])
+
+
+def test_backends_expose_the_same_interface():
+    names = ("name", "xp", "LINEAR_LOSSES", "linear_loss_grad", "softmax_loss_grad")
+    names += ("linear_decision", "softmax_decision")
+    for backend in BACKENDS:
+        module = get_backend(backend)
+        assert module.name == backend
+        assert module.xp is np
+        assert all(hasattr(module, attribute) for attribute in names)
+        assert module.LINEAR_LOSSES == ("squared", "logistic", "hinge", "squared_hinge")
+
+
+def test_get_backend_errors():
+    with pytest.raises(ValueError, match="CuPy backend is not available yet"):
+        get_backend("cupy")
+    with pytest.raises(ValueError, match="numpy, reference, cupy"):
+        get_backend("torch")
