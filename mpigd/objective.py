@@ -40,6 +40,19 @@ class LocalObjective:
         """A fresh (n_params + 2,) float64 buffer for :meth:`local_sums`."""
         return np.zeros(self.n_params + 2)
 
+    def warm_up(self, params: np.ndarray) -> None:
+        """Run the kernels once on one row (full-batch form) and on no rows (mini-batch form).
+
+        Compiled kernels (Numba) are built on first call; doing it here keeps compile
+        time out of the first epoch's ``compute_s``.
+        """
+        scratch = np.empty(self.n_params)
+        head = slice(0, min(1, len(self.X)))
+        weights = None if self.sample_weight is None else self.sample_weight[head]
+        self.model.loss_grad(self.X[head], self.y[head], weights, params, scratch)
+        no_rows = np.zeros(0, dtype=np.int64)
+        self.model.loss_grad(self.X, self.y, self.sample_weight, params, scratch, rows=no_rows)
+
     def local_sums(self, params: np.ndarray, rows: np.ndarray | None, packed: np.ndarray) -> None:
         """Fill ``packed`` with this rank's gradient sum, loss sum and row count.
 

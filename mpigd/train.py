@@ -39,120 +39,131 @@ from mpigd.timing import PhaseTimer
 
 def train(config: TrainConfig, ranks: mpi.RankInfo | None = None) -> dict:
     """Run one training job collectively; return the final summary (on every rank)."""
-    ranks = ranks or mpi.world()
-    timer = PhaseTimer()
-    backend = _backend(config.backend)
-    load_start = time.perf_counter()
-    with timer.phase("io"):
-        info, train_rows = load_local_rows(config.data, ranks)
-        test = None
-        if config.test_data:
-            test = load_local_rows(config.test_data, ranks, every_rank_needs_rows=False)
-            _check_compatible(info, test[0])
-    load_s = time.perf_counter() - load_start
+    return Trainer(config, ranks or mpi.world()).run()
 
-    model = create_model(
-        config.model, backend, info.n_features, info.task, info.n_classes, config.svm_loss
-    )
-    objective = LocalObjective(
-        model, train_rows.X, model.targets(train_rows.y), None, config.l2, timer
-    )
-    strategy = create_strategy(config.strategy, ranks, objective, timer)
-    if config.class_weight == "balanced":
-        objective.sample_weight = _balanced_weights(train_rows.y, info, strategy)
 
-    n_steps = steps_per_epoch(info.n_rows, config.batch_size)
-    schedule = Schedule(
-        config.lr,
-        config.lr_schedule,
-        steps_per_epoch=n_steps,
-        total_steps=n_steps * config.epochs,
-        step_epochs=config.lr_step_epochs,
-        gamma=config.lr_gamma,
-    )
-    optimizer = create_optimizer(config.optimizer, model.n_params, schedule, config)
-    params = model.init_params(np.random.default_rng(config.seed))
+class Trainer:
+    """One training run on this rank: set-up in the constructor, the loop in :meth:`run`.
 
-    record = _start_record(config, ranks, info, model, load_s)
-    try:
-        summary = _epochs(
-            config,
-            ranks,
-            timer,
-            strategy,
-            optimizer,
-            model,
-            params,
-            train_rows,
-            info,
-            test,
-            record,
-            load_s,
+    Collective throughout: every rank constructs it and calls ``run`` with the same
+    config. ``record`` (the run directory writer) exists on rank 0 only.
+    """
+
+    def __init__(self, config: TrainConfig, ranks: mpi.RankInfo) -> None:
+        self.config, self.ranks = config, ranks
+        self.timer = PhaseTimer()
+        backend = _backend(config.backend)
+        load_start = time.perf_counter()
+        with self.timer.phase("io"):
+            self.info, self.rows = load_local_rows(config.data, ranks)
+            self.test = None
+            if config.test_data:
+                test_info, self.test = load_local_rows(
+                    config.test_data, ranks, every_rank_needs_rows=False
+                )
+                _check_compatible(self.info, test_info)
+        self.load_s = time.perf_counter() - load_start
+
+        info = self.info
+        self.model = create_model(
+            config.model, backend, info.n_features, info.task, info.n_classes, config.svm_loss
         )
-    except MpigdError as exc:
-        if record:
-            record.finish("failed", stop_reason=str(exc))
-        raise
-    if record:
-        record.save_model(params, _model_info(config, info, model))
-        record.finish("completed", **summary)
-    return summary
+        targets = self.model.targets(self.rows.y)
+        objective = LocalObjective(self.model, self.rows.X, targets, None, config.l2, self.timer)
+        self.strategy = create_strategy(config.strategy, ranks, objective, self.timer)
+        if config.class_weight == "balanced":
+            objective.sample_weight = _balanced_weights(self.rows.y, info, self.strategy)
 
+        n_steps = steps_per_epoch(info.n_rows, config.batch_size)
+        schedule = Schedule(
+            config.lr,
+            config.lr_schedule,
+            steps_per_epoch=n_steps,
+            total_steps=n_steps * config.epochs,
+            step_epochs=config.lr_step_epochs,
+            gamma=config.lr_gamma,
+        )
+        self.optimizer = create_optimizer(config.optimizer, self.model.n_params, schedule, config)
+        self.params = self.model.init_params(np.random.default_rng(config.seed))
+        warm_start = time.perf_counter()
+        objective.warm_up(self.params)
+        self.warmup_s = time.perf_counter() - warm_start
+        self.record = _start_record(config, ranks, info, self.model, self.load_s, self.warmup_s)
 
-def _epochs(
-    config, ranks, timer, strategy, optimizer, model, params, train_rows, info, test, record, load_s
-) -> dict:
-    """The epoch loop; returns the summary that ends up in run.json."""
-    grad = np.empty_like(params)
-    pending_load_s = load_s
-    stop_reason = f"reached --epochs {config.epochs}"
-    for epoch in range(1, config.epochs + 1):
+    def run(self) -> dict:
+        """The epochs, then model.h5 and the final run.json (rank 0); returns the summary."""
+        try:
+            summary = self._epochs()
+        except MpigdError as exc:
+            if self.record:
+                self.record.finish("failed", stop_reason=str(exc))
+            raise
+        if self.record:
+            self.record.save_model(self.params, _model_info(self.config, self.info, self.model))
+            self.record.finish("completed", **summary)
+        return summary
+
+    def _epochs(self) -> dict:
+        config = self.config
+        stop_reason = f"reached --epochs {config.epochs}"
+        for epoch in range(1, config.epochs + 1):
+            row = self._epoch(epoch)
+            if not np.isfinite(row["train_loss"]):
+                raise MpigdError(
+                    f"training diverged at epoch {epoch} (train_loss = {row['train_loss']}); "
+                    "try a smaller --lr"
+                )
+            if self.record:
+                self.record.append_metrics(row)
+                _report(config.progress, row, config.epochs)
+            if self.optimizer.stop_reason:
+                stop_reason = self.optimizer.stop_reason
+                break
+        return {
+            "stop_reason": stop_reason,
+            "epochs_run": epoch,
+            "final_train_loss": row["train_loss"],
+        }
+
+    def _epoch(self, epoch: int) -> dict:
+        """Train one epoch and measure it; return its metrics line (on every rank)."""
+        config, ranks = self.config, self.ranks
         start = time.perf_counter()
         batches = epoch_batches(
-            len(train_rows.X),
+            len(self.rows.X),
             ranks.rank,
             ranks.size,
-            info.n_rows,
+            self.info.n_rows,
             config.batch_size,
             config.seed,
             epoch,
         )
-        extra = strategy.run_epoch(optimizer, params, batches)
+        extra = self.strategy.run_epoch(self.optimizer, self.params, batches)
         eval_start = time.perf_counter()
-        train_loss = strategy.full_closure(params, grad)
-        row = {"epoch": epoch, "train_loss": train_loss, "grad_norm": float(np.max(np.abs(grad)))}
-        if test is not None:
-            test_metrics = evaluate(model, test[1].X, test[1].y, params, ranks)
-            row.update(
-                {f"test_{key}": value for key, value in test_metrics.items() if key != "rows"}
-            )
+        grad = np.empty_like(self.params)
+        row = {
+            "epoch": epoch,
+            "train_loss": self.strategy.full_closure(self.params, grad),
+            "grad_norm": float(np.max(np.abs(grad))),
+        }
+        if self.test is not None:
+            metrics = evaluate(self.model, self.test.X, self.test.y, self.params, ranks)
+            row.update({f"test_{k}": v for k, v in metrics.items() if k != "rows"})
         end = time.perf_counter()
-        phases = timer.take()
-        phases["io_s"] += pending_load_s
-        pending_load_s = 0.0
-        worst = strategy.max_across_ranks(np.array(list(phases.values())))
-        time_s = end - start + (load_s if epoch == 1 else 0.0)
-        row.update(dict(zip(phases, worst.tolist(), strict=True)))
+        # Epoch 1 also carries the initial read of the data (already in the io phase).
+        time_s = end - start + (self.load_s if epoch == 1 else 0.0)
+        phases = self.timer.take()
+        worst = self.strategy.max_across_ranks(np.array(list(phases.values())))
+        row.update(zip(phases, worst.tolist(), strict=True))
         row.update(
             time_s=time_s,
             eval_s=end - eval_start,
-            samples_per_s=info.n_rows / time_s,
+            samples_per_s=self.info.n_rows / time_s,
             steps=len(batches),
         )
-        row.update(optimizer.epoch_fields())
+        row.update(self.optimizer.epoch_fields())
         row.update(extra)
-        if not np.isfinite(train_loss):
-            raise MpigdError(
-                f"training diverged at epoch {epoch} (train_loss = {train_loss}); "
-                "try a smaller --lr"
-            )
-        if record:
-            record.append_metrics(row)
-            _report(config.progress, row, config.epochs)
-        if optimizer.stop_reason:
-            stop_reason = optimizer.stop_reason
-            break
-    return {"stop_reason": stop_reason, "epochs_run": epoch, "final_train_loss": train_loss}
+        return row
 
 
 def _backend(name: str):
@@ -207,7 +218,7 @@ def _model_info(config: TrainConfig, info, model) -> dict:
     }
 
 
-def _start_record(config, ranks, info, model, load_s) -> RunRecord | None:
+def _start_record(config, ranks, info, model, load_s, warmup_s) -> RunRecord | None:
     """Collective: rank 0 creates the run directory and run.json; None on other ranks."""
     hosts = mpi.host_names(ranks.comm)
     record, error = None, None
@@ -234,6 +245,7 @@ def _start_record(config, ranks, info, model, load_s) -> RunRecord | None:
                     },
                     "model_info": _model_info(config, info, model),
                     "load_s": load_s,
+                    "warmup_s": warmup_s,
                 }
             )
         except OSError as exc:
