@@ -262,3 +262,40 @@ def test_an_unexpected_crash_on_one_rank_ends_the_whole_job():
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode != 0
     assert "rank 1 of 2 failed: RuntimeError: injected failure" in result.stderr
+
+
+def test_import_csv_then_inspect(tmp_path):
+    X, y = make_problem("multiclass", n_rows=50, d=3, n_classes=3)
+    csv = tmp_path / "table.csv"
+    np.savetxt(csv, np.column_stack([X, y + 1]), delimiter=",", header="a,b,c,label", comments="")
+    out = tmp_path / "imported.h5"
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpigd",
+            "data",
+            "import",
+            str(csv),
+            "--format",
+            "csv",
+            "--label-column",
+            "-1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert imported.returncode == 0, imported.stderr
+    shown = subprocess.run(
+        [sys.executable, "-m", "mpigd", "data", "inspect", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    summary = json.loads(shown.stdout)
+    assert (summary["rows"], summary["features"], summary["task"]) == (50, 3, "multiclass")

@@ -1,0 +1,119 @@
+"""The ``numpy`` backend: the interface of :mod:`kernels`, computed by :mod:`kernels.fused`.
+
+This module only checks arguments (the compiled kernels do no bounds checking) and maps
+loss names to the kernels' integer codes; the work, one read of ``X`` per call, is in
+:mod:`kernels.fused`, whose docstring gives the design and the measurements behind it.
+"""
+
+import numpy
+
+from kernels import fused
+from kernels.reference import (
+    LINEAR_LOSSES,
+    check_arrays,
+    check_linear_params,
+    check_loss,
+    n_classes,
+)
+
+name = "numpy"
+xp = numpy
+
+__all__ = [
+    "LINEAR_LOSSES",
+    "linear_decision",
+    "linear_loss_grad",
+    "name",
+    "softmax_decision",
+    "softmax_loss_grad",
+    "xp",
+]
+
+_LOSS_CODES = {
+    "squared": fused.SQUARED,
+    "logistic": fused.LOGISTIC,
+    "hinge": fused.HINGE,
+    "squared_hinge": fused.SQUARED_HINGE,
+}
+
+
+def _as_rows(rows):
+    """``rows`` as an int64 array (no copy when it already is one), or None."""
+    return None if rows is None else numpy.asarray(rows, dtype=numpy.int64)
+
+
+def _as_weights(sample_weight, n_rows):
+    """``sample_weight`` as a float64 array of length ``n_rows``, or None."""
+    if sample_weight is None:
+        return None
+    sample_weight = numpy.asarray(sample_weight, dtype=numpy.float64)
+    if sample_weight.shape != (n_rows,):
+        raise ValueError(f"sample_weight must have shape ({n_rows},)")
+    return sample_weight
+
+
+def _as_targets(y, n_rows, dtype):
+    """``y`` as a contiguous array of ``dtype`` and length ``n_rows``."""
+    y = numpy.ascontiguousarray(y, dtype=dtype)
+    if y.shape != (n_rows,):
+        raise ValueError(f"y must have shape ({n_rows},), got {y.shape}")
+    return y
+
+
+def linear_loss_grad(loss, X, y, sample_weight, params, grad_out, rows=None):
+    """Weighted loss sum of a linear model and its gradient, one read of ``X``.
+
+    Same contract as :func:`kernels.reference.linear_loss_grad`.
+    """
+    check_loss(loss)
+    check_arrays(X, params, grad_out)
+    check_linear_params(X, params)
+    n_rows = X.shape[0]
+    return float(
+        fused.linear_loss_grad(
+            _LOSS_CODES[loss],
+            X,
+            _as_targets(y, n_rows, numpy.float64),
+            _as_weights(sample_weight, n_rows),
+            params,
+            grad_out,
+            _as_rows(rows),
+        )
+    )
+
+
+def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=None):
+    """Weighted cross-entropy sum of a softmax model and its gradient, one read of ``X``.
+
+    Same contract as :func:`kernels.reference.softmax_loss_grad`.
+    """
+    check_arrays(X, params, grad_out)
+    n_classes(params, X.shape[1])
+    n_rows = X.shape[0]
+    return float(
+        fused.softmax_loss_grad(
+            X,
+            _as_targets(y, n_rows, numpy.int64),
+            _as_weights(sample_weight, n_rows),
+            params,
+            grad_out,
+            _as_rows(rows),
+        )
+    )
+
+
+def linear_decision(X, params):
+    """``X @ w + b``, shape (n,), float64. Same contract as the reference."""
+    check_arrays(X, params)
+    check_linear_params(X, params)
+    out = numpy.empty(X.shape[0])
+    fused.linear_decision(X, params, out)
+    return out
+
+
+def softmax_decision(X, params):
+    """``X @ W.T + b``, shape (n, C), float64. Same contract as the reference."""
+    check_arrays(X, params)
+    out = numpy.empty((X.shape[0], n_classes(params, X.shape[1])))
+    fused.softmax_decision(X, params, out)
+    return out
