@@ -103,6 +103,30 @@ def _add_train_command(commands) -> None:
     train.add_argument("--class-weight", choices=("none", "balanced"))
     train.add_argument("--seed", type=int)
     train.add_argument("--backend", choices=BACKENDS)
+    train.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="K",
+        help="write checkpoint.h5 every K epochs (always at the end)",
+    )
+    train.add_argument(
+        "--checkpoint-every-steps",
+        type=int,
+        metavar="K",
+        help="write checkpoint.h5 every K optimiser steps",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue from OUT/checkpoint.h5 (start fresh if there is none)",
+    )
+    train.add_argument(
+        "--force-resume",
+        action="store_true",
+        default=None,
+        help="resume even from a checkpoint of another config or dataset",
+    )
     output = train.add_mutually_exclusive_group()
     output.add_argument("--progress", choices=PROGRESS_MODES)
     output.add_argument("--quiet", dest="progress", action="store_const", const="quiet")

@@ -8,14 +8,20 @@ Every rank of a run must end the same way. Two mechanisms guarantee it:
   same :class:`~mpigd.errors.MpigdError`, carrying the lowest failing rank's message,
   so all ranks leave the collective phase together and exit non-zero.
 * :func:`run_guarded` wraps a rank's whole program: an agreed ``MpigdError`` is printed
-  once (by rank 0) and every rank exits with status 2; any other exception is printed
-  with its rank and traceback, and ``MPI_Abort`` ends the whole job (exit status 1), so
-  no rank is ever left waiting in a collective that a dead peer will never join.
+  once (by rank 0) and every rank exits with status 2; an agreed stop for a signal
+  exits with :data:`EXIT_PREEMPTED` (75); any other exception, in the main thread or
+  any other, is printed with its rank and traceback, the abort hooks run (the trainer's
+  marks ``run.json`` aborted) and ``MPI_Abort`` ends the whole job (exit status 1), so
+  no rank is ever left waiting in a collective that a dead peer will never join. A
+  rank killed outright is noticed by the launcher (``mpirun``, ``srun``), which ends
+  the others.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,9 +29,13 @@ from dataclasses import dataclass
 from mpi4py import MPI
 
 from mpigd.errors import MpigdError
+from mpigd.preemption import Preempted
 
-EXIT_USER_ERROR = 2
 EXIT_ABORT = 1
+EXIT_USER_ERROR = 2
+#: A run stopped by SIGTERM/SIGUSR1 after writing its checkpoint; resume with --resume.
+#: (75 is EX_TEMPFAIL from sysexits.h: "try again later"; the Slurm scripts requeue on it.)
+EXIT_PREEMPTED = 75
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,22 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+_abort_hooks: list[Callable[[str], None]] = []
+
+
+def on_abort(hook: Callable[[str], None]) -> None:
+    """Register ``hook(message)`` to run on a failing rank just before ``MPI_Abort``."""
+    _abort_hooks.append(hook)
+
+
+def abort(info: RankInfo, message: str) -> None:
+    """Print ``message`` with this rank's name, run the abort hooks, end every rank."""
+    print(f"mpigd: rank {info.rank} of {info.size} failed: {message}", file=sys.stderr, flush=True)
+    for hook in _abort_hooks:
+        hook(f"rank {info.rank} of {info.size} failed: {message}")
+    info.comm.Abort(EXIT_ABORT)
+
+
 def run_guarded(main: Callable[[], int | None], rank_info: RankInfo | None = None) -> int:
     """Run ``main`` on this rank; end the whole job cleanly whatever it raises.
 
@@ -86,8 +112,15 @@ def run_guarded(main: Callable[[], int | None], rank_info: RankInfo | None = Non
     exception calls ``MPI_Abort``, which does not return.
     """
     info = rank_info or world()
+    threading.excepthook = lambda args: abort(
+        info, f"in thread {args.thread.name}: {_describe(args.exc_value)}"
+    )
     try:
         return int(main() or 0)
+    except Preempted as exc:
+        if info.is_root:
+            print(f"mpigd: {exc}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
     except MpigdError as exc:
         if info.is_root or info.size == 1:
             print(f"mpigd: error: {exc}", file=sys.stderr, flush=True)
@@ -97,13 +130,8 @@ def run_guarded(main: Callable[[], int | None], rank_info: RankInfo | None = Non
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank
         if isinstance(exc, SystemExit) and not exc.code:
             return 0
-        prefix = f"mpigd: rank {info.rank} of {info.size} failed: "
-        print(prefix + _describe(exc), file=sys.stderr, flush=True)
         traceback.print_exc(file=sys.stderr)
-        sys.stderr.flush()
-        if info.size == 1:
-            return EXIT_ABORT
-        info.comm.Abort(EXIT_ABORT)
+        abort(info, _describe(exc))
     return EXIT_ABORT
 
 
@@ -113,9 +141,12 @@ def sum_across(comm: MPI.Comm, values):
     return values
 
 
-def host_names(comm: MPI.Comm) -> list[str]:
-    """Collective: the host name of every rank, in rank order (on every rank)."""
-    return comm.allgather(MPI.Get_processor_name())
+def rank_places(comm: MPI.Comm) -> list[dict]:
+    """Collective: ``{"host": ..., "pid": ...}`` of every rank, in rank order (on every rank).
+
+    Recorded in run.json, so that a launcher's report of a dead PID names its rank.
+    """
+    return comm.allgather({"host": MPI.Get_processor_name(), "pid": os.getpid()})
 
 
 def mpi_library_version() -> str:

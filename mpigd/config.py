@@ -43,6 +43,10 @@ class TrainConfig:
     seed: int = 0
     backend: str = "numpy"
     progress: str = "bar"
+    checkpoint_every: int = 0
+    checkpoint_every_steps: int = 0
+    resume: bool = False
+    force_resume: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -77,6 +81,9 @@ class TrainConfig:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        for key in ("checkpoint_every", "checkpoint_every_steps"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be >= 0 (0: only at the end)")
         for key in ("l2", "tol"):
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"--{key} must be non-negative, got {getattr(self, key)}")

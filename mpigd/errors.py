@@ -11,3 +11,7 @@ class DataError(MpigdError):
 
 class ConfigError(MpigdError):
     """The command line or config file asks for something impossible."""
+
+
+class DivergenceError(MpigdError):
+    """The loss or gradient became NaN or Inf: the learning rate is too large."""

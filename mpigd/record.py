@@ -31,14 +31,25 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def replace_atomically(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename over ``path``; no partial file survives."""
+def replace_atomically(path: Path, write, before_rename=None) -> None:
+    """Call ``write(tmp_path)``, fsync, rename over ``path``, fsync the directory.
+
+    A crash at any moment leaves the old ``path`` or the new one, never a partial file.
+    ``before_rename`` (tests only) runs between the fsync and the rename.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        if before_rename:
+            before_rename()
         os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -82,11 +93,20 @@ class RunRecord:
         self.dir = Path(out_dir)
         self.run: dict = {}
 
-    def start(self, run_info: dict) -> None:
-        """Create the directory, clear a previous run's results, write run.json."""
+    def start(self, run_info: dict, keep_epochs: int | None = None) -> None:
+        """Create the directory, clear a previous run's results, write run.json.
+
+        ``keep_epochs`` (on resume) keeps the metrics lines of epochs up to that one and
+        drops later ones, which the resumed run will compute again.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in (MODEL_FILE, METRICS_FILE):
-            (self.dir / stale).unlink(missing_ok=True)
+        (self.dir / MODEL_FILE).unlink(missing_ok=True)
+        metrics = self.dir / METRICS_FILE
+        kept = []
+        if keep_epochs is not None and metrics.exists():
+            lines = metrics.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line)["epoch"] <= keep_epochs]
+        metrics.write_text("".join(line + "\n" for line in kept))
         self.run = dict(run_info, start_time=now_iso(), end_time=None, status="running")
         self._write_run()
 
@@ -116,6 +136,17 @@ class RunRecord:
             tmp.write_text(json.dumps(self.run, indent=2, default=str) + "\n")
 
         replace_atomically(self.dir / RUN_FILE, write)
+
+
+def mark_aborted(run_dir: str, message: str) -> None:
+    """Record in run.json that the job was aborted (any rank may call this, once)."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        run = json.loads(path.read_text())
+        run.update(status="aborted", stop_reason=message, end_time=now_iso())
+        replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(run, indent=2) + "\n"))
+    except (OSError, ValueError):
+        pass  # best effort: the job is being torn down either way
 
 
 def load_model(run_dir: str) -> tuple[np.ndarray, dict]:

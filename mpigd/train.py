@@ -1,4 +1,4 @@
-"""The training loop: load, step, measure, record. Runs identically on every rank.
+"""The training loop: load, step, measure, checkpoint, record. Identical on every rank.
 
 Per epoch the trainer lets the strategy take the epoch's steps, then evaluates the
 full training objective (``train_loss``, over all rows of all ranks, with the L2 term)
@@ -12,27 +12,33 @@ and the test metrics, and rank 0 appends one line to ``metrics.jsonl``:
 
 A full-batch optimiser's next step needs the objective at exactly the point where the
 epoch's evaluation computed it, so that pass is memoised and done once, not twice.
+
+Reliability: ``checkpoint.h5`` is written every ``--checkpoint-every`` epochs and/or
+``--checkpoint-every-steps`` steps, when a stop signal is agreed, and at the end;
+``--resume`` continues from it exactly (same rank count: bit for bit). A NaN or Inf in
+the loss or gradient stops the run at that step and keeps the last good checkpoint.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 
 import numpy as np
 
 import kernels
+from mpigd import checkpoint, faults, preemption, progress
 from mpigd import comm as mpi
 from mpigd.batching import epoch_batches, steps_per_epoch
 from mpigd.config import TrainConfig
-from mpigd.errors import ConfigError, DataError, MpigdError
+from mpigd.errors import ConfigError, DataError, DivergenceError, MpigdError
 from mpigd.evaluate import evaluate
 from mpigd.loading import load_local_rows
 from mpigd.models import create_model
 from mpigd.objective import LocalObjective
 from mpigd.optim import Schedule, create_optimizer
-from mpigd.record import RunRecord, git_commit, software_versions
+from mpigd.preemption import Preempted
+from mpigd.record import RunRecord, mark_aborted
+from mpigd.run_info import describe_run
 from mpigd.strategies import create_strategy
 from mpigd.timing import PhaseTimer
 
@@ -51,6 +57,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, ranks: mpi.RankInfo) -> None:
         self.config, self.ranks = config, ranks
+        preemption.install()
+        self.fault = _configured_fault()
         self.timer = PhaseTimer()
         backend = _backend(config.backend)
         load_start = time.perf_counter()
@@ -74,12 +82,12 @@ class Trainer:
         if config.class_weight == "balanced":
             objective.sample_weight = _balanced_weights(self.rows.y, info, self.strategy)
 
-        n_steps = steps_per_epoch(info.n_rows, config.batch_size)
+        self.steps_per_epoch = steps_per_epoch(info.n_rows, config.batch_size)
         schedule = Schedule(
             config.lr,
             config.lr_schedule,
-            steps_per_epoch=n_steps,
-            total_steps=n_steps * config.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.steps_per_epoch * config.epochs,
             step_epochs=config.lr_step_epochs,
             gamma=config.lr_gamma,
         )
@@ -88,12 +96,24 @@ class Trainer:
         warm_start = time.perf_counter()
         objective.warm_up(self.params)
         self.warmup_s = time.perf_counter() - warm_start
-        self.record = _start_record(config, ranks, info, self.model, self.load_s, self.warmup_s)
+
+        self.data_fingerprint = checkpoint.data_fingerprint(info) if ranks.is_root else None
+        self.start_epoch, self.first_step, self.global_step = 1, 0, 0
+        self.last_checkpoint_step = -1
+        resumed = self._resume() if config.resume else None
+        self.record = self._start_record(resumed)
+        mpi.on_abort(lambda message: mark_aborted(config.out, message))
+
+    # -- the loop -------------------------------------------------------------------
 
     def run(self) -> dict:
-        """The epochs, then model.h5 and the final run.json (rank 0); returns the summary."""
+        """The epochs, then checkpoint, model.h5 and the final run.json (rank 0)."""
         try:
             summary = self._epochs()
+        except Preempted as exc:
+            if self.record:
+                self.record.finish("preempted", stop_reason=str(exc))
+            raise
         except MpigdError as exc:
             if self.record:
                 self.record.finish("failed", stop_reason=str(exc))
@@ -106,39 +126,54 @@ class Trainer:
     def _epochs(self) -> dict:
         config = self.config
         stop_reason = f"reached --epochs {config.epochs}"
-        for epoch in range(1, config.epochs + 1):
-            row = self._epoch(epoch)
-            if not np.isfinite(row["train_loss"]):
-                raise MpigdError(
-                    f"training diverged at epoch {epoch} (train_loss = {row['train_loss']}); "
-                    "try a smaller --lr"
-                )
+        epochs_run = self.start_epoch - 1
+        for epoch in range(self.start_epoch, config.epochs + 1):
+            try:
+                row = self._epoch(epoch)
+            except DivergenceError as exc:
+                raise DivergenceError(
+                    f"training diverged at epoch {epoch}, step {self.global_step}: {exc}; "
+                    f"the last good checkpoint is kept; try a smaller --lr (now {config.lr})"
+                ) from exc
+            if row is None:  # cut short at a step boundary by an agreed stop signal
+                self._checkpoint(epoch - 1, self.step_in_epoch)
+                raise Preempted(self._preempted_message(epoch))
+            epochs_run = epoch
             if self.record:
                 self.record.append_metrics(row)
-                _report(config.progress, row, config.epochs)
+                progress.report(config.progress, row, config.epochs)
+            last = epoch == config.epochs or self.optimizer.stop_reason is not None
+            every = config.checkpoint_every
+            if last or self.strategy.stop_agreed or (every and epoch % every == 0):
+                self._checkpoint(epoch, 0)
+            if self.strategy.stop_agreed and not last:
+                raise Preempted(self._preempted_message(epoch + 1))
             if self.optimizer.stop_reason:
                 stop_reason = self.optimizer.stop_reason
                 break
-        return {
-            "stop_reason": stop_reason,
-            "epochs_run": epoch,
-            "final_train_loss": row["train_loss"],
-        }
+        final_loss = self.strategy.full_closure(self.params, np.empty_like(self.params))
+        return {"stop_reason": stop_reason, "epochs_run": epochs_run,
+                "final_train_loss": final_loss}  # fmt: skip
 
-    def _epoch(self, epoch: int) -> dict:
-        """Train one epoch and measure it; return its metrics line (on every rank)."""
+    def _epoch(self, epoch: int) -> dict | None:
+        """Train one epoch and measure it; its metrics line, or None if a stop cut it short."""
         config, ranks = self.config, self.ranks
         start = time.perf_counter()
-        batches = epoch_batches(
-            len(self.rows.X),
-            ranks.rank,
-            ranks.size,
-            self.info.n_rows,
-            config.batch_size,
-            config.seed,
-            epoch,
-        )
-        extra = self.strategy.run_epoch(self.optimizer, self.params, batches)
+        batches = epoch_batches(len(self.rows.X), ranks.rank, ranks.size, self.info.n_rows,
+                                config.batch_size, config.seed, epoch)  # fmt: skip
+        first = self.first_step if epoch == self.start_epoch else 0
+
+        def before_step(i: int) -> None:
+            every = config.checkpoint_every_steps
+            if every and self.global_step > 0 and self.global_step % every == 0:
+                self._checkpoint(epoch - 1, first + i)
+            faults.before_step(self.fault, ranks.rank, self.global_step)
+            self.global_step += 1
+
+        taken = self.strategy.run_epoch(self.optimizer, self.params, batches[first:], before_step)
+        self.step_in_epoch = first + taken
+        if self.step_in_epoch < len(batches) and not self.optimizer.stop_reason:
+            return None
         eval_start = time.perf_counter()
         grad = np.empty_like(self.params)
         row = {
@@ -155,15 +190,124 @@ class Trainer:
         phases = self.timer.take()
         worst = self.strategy.max_across_ranks(np.array(list(phases.values())))
         row.update(zip(phases, worst.tolist(), strict=True))
-        row.update(
-            time_s=time_s,
-            eval_s=end - eval_start,
-            samples_per_s=self.info.n_rows / time_s,
-            steps=len(batches),
-        )
+        row.update(time_s=time_s, eval_s=end - eval_start, steps=taken,
+                   samples_per_s=self.info.n_rows * taken / len(batches) / time_s)  # fmt: skip
+        if first:
+            row["resumed_at_step"] = first
         row.update(self.optimizer.epoch_fields())
-        row.update(extra)
+        row.update(self.strategy.epoch_fields())
         return row
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def _checkpoint(self, epochs_done: int, step_in_epoch: int) -> None:
+        """Collective: rank 0 writes checkpoint.h5 for this step boundary."""
+        if self.global_step == self.last_checkpoint_step:
+            return
+        self.last_checkpoint_step = self.global_step
+        error = None
+        if self.ranks.is_root:
+            state = checkpoint.Checkpoint(
+                params=self.params,
+                optimizer_state=self.optimizer.state_dict(),
+                epoch=epochs_done,
+                step_in_epoch=step_in_epoch,
+                global_step=self.global_step,
+                world_size=self.ranks.size,
+                config=checkpoint.config_fingerprint(self.config),
+                data=self.data_fingerprint,
+            )
+
+            def crash() -> None:
+                faults.crash_in_checkpoint(self.fault, self.ranks.rank, self.global_step)
+
+            try:
+                checkpoint.save(self.config.out, state, before_rename=crash)
+            except OSError as exc:
+                error = MpigdError(f"cannot write the checkpoint in {self.config.out}: {exc}")
+        mpi.agree(self.ranks.comm, error)
+
+    def _resume(self) -> dict | None:
+        """Collective: load checkpoint.h5 (rank 0 reads, all receive); None if there is none."""
+        state, error = None, None
+        if self.ranks.is_root:
+            try:
+                state = checkpoint.load(self.config.out)
+                if state is not None:
+                    _refuse_mismatch(state, self.config, self.data_fingerprint)
+            except MpigdError as exc:
+                error = exc
+        mpi.agree(self.ranks.comm, error)
+        state = self.ranks.comm.bcast(state, root=0)
+        if state is None:
+            if self.ranks.is_root:
+                progress.note("no checkpoint to resume from; starting fresh")
+            return None
+        self.params[:] = state.params
+        self.optimizer.load_state_dict(state.optimizer_state)
+        self.start_epoch = state.epoch + 1
+        self.first_step = state.step_in_epoch
+        self.global_step = self.last_checkpoint_step = state.global_step
+        notes = [f"resumed after epoch {state.epoch}, step {state.step_in_epoch} of the next"]
+        if state.world_size != self.ranks.size:
+            notes.append(
+                f"checkpoint written by {state.world_size} ranks, resuming on "
+                f"{self.ranks.size}: the rows are split anew"
+                + (
+                    " and the rest of this epoch's mini-batches differ from the original run"
+                    if state.step_in_epoch
+                    else ""
+                )  # fmt: skip
+            )
+        if self.ranks.is_root:
+            for note in notes:
+                progress.note(note)
+        return {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+                "global_step": state.global_step, "world_size": state.world_size,
+                "notes": notes}  # fmt: skip
+
+    def _preempted_message(self, epoch: int) -> str:
+        signals = "/".join(preemption.received()) or "a stop signal on another rank"
+        return (
+            f"stopped by {signals} at epoch {epoch}, step {self.global_step}; checkpoint "
+            f"written to {self.config.out}/{checkpoint.CHECKPOINT_FILE}; continue with --resume"
+        )
+
+    def _start_record(self, resumed: dict | None) -> RunRecord | None:
+        """Collective: rank 0 creates the run directory and run.json; None elsewhere."""
+        places = mpi.rank_places(self.ranks.comm)
+        record, error = None, None
+        if self.ranks.is_root:
+            info = describe_run(self.config, self.ranks, places, self.info,
+                                _model_info(self.config, self.info, self.model))  # fmt: skip
+            info.update(load_s=self.load_s, warmup_s=self.warmup_s, resumed_from=resumed)
+            try:
+                record = RunRecord(self.config.out)
+                record.start(info, keep_epochs=resumed["epoch"] if resumed else None)
+                if not resumed:
+                    (record.dir / checkpoint.CHECKPOINT_FILE).unlink(missing_ok=True)
+            except OSError as exc:
+                error = MpigdError(f"cannot write the run directory {self.config.out}: {exc}")
+        mpi.agree(self.ranks.comm, error)
+        return record
+
+
+def _refuse_mismatch(state, config: TrainConfig, data_fingerprint: dict) -> None:
+    """ConfigError if the checkpoint belongs to another config or dataset, unless forced."""
+    found = checkpoint.mismatches(state, checkpoint.config_fingerprint(config), data_fingerprint)
+    if found and not config.force_resume:
+        raise ConfigError(
+            f"{config.out}/{checkpoint.CHECKPOINT_FILE} was written for another run ("
+            + "; ".join(found)
+            + "); use another --out, or --force-resume to continue from it anyway"
+        )
+
+
+def _configured_fault():
+    try:
+        return faults.configured()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _backend(name: str):
@@ -216,60 +360,3 @@ def _model_info(config: TrainConfig, info, model) -> dict:
         "n_params": model.n_params,
         "layout": model.layout(),
     }
-
-
-def _start_record(config, ranks, info, model, load_s, warmup_s) -> RunRecord | None:
-    """Collective: rank 0 creates the run directory and run.json; None on other ranks."""
-    hosts = mpi.host_names(ranks.comm)
-    record, error = None, None
-    if ranks.is_root:
-        try:
-            record = RunRecord(config.out)
-            record.start(
-                {
-                    "config": config.to_dict(),
-                    "command": sys.argv,
-                    "git_commit": git_commit(),
-                    "mpi_library": mpi.mpi_library_version(),
-                    "world_size": ranks.size,
-                    "hosts": hosts,
-                    "versions": software_versions(config.backend),
-                    "dataset": {
-                        "path": info.path,
-                        "rows": info.n_rows,
-                        "features": info.n_features,
-                        "dtype": str(info.dtype),
-                        "task": info.task,
-                        "n_classes": info.n_classes,
-                        "shards": len(info.files),
-                    },
-                    "model_info": _model_info(config, info, model),
-                    "load_s": load_s,
-                    "warmup_s": warmup_s,
-                }
-            )
-        except OSError as exc:
-            error = MpigdError(f"cannot write the run directory {config.out}: {exc}")
-    mpi.agree(ranks.comm, error)
-    return record
-
-
-def _report(mode: str, row: dict, epochs: int) -> None:
-    """Rank 0's console output: one line per epoch, a JSON line, or nothing."""
-    if mode == "quiet":
-        return
-    if mode == "json":
-        print(json.dumps(row), flush=True)
-        return
-    parts = [
-        f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}",
-        f"train_loss {row['train_loss']:.6g}",
-    ]
-    for key in ("test_loss", "test_accuracy", "test_r2"):
-        if row.get(key) is not None:
-            parts.append(f"{key} {row[key]:.4g}")
-    parts.append(
-        f"{row['time_s']:.3f} s (compute {row['compute_s']:.3f}, "
-        f"comm {row['comm_s']:.3f}, io {row['io_s']:.3f})"
-    )
-    print("  ".join(parts), flush=True)

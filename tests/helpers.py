@@ -58,9 +58,14 @@ def mpirun_command(n_ranks: int, *args: str) -> list[str]:
     return [mpirun, "-n", str(n_ranks), sys.executable, "-m", "mpigd", *args]
 
 
-def run_mpigd(n_ranks: int, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run mpigd under mpirun; a hang fails the test after ``timeout`` seconds."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+def run_mpigd(
+    n_ranks: int, *args: str, timeout: float = 120, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run mpigd under mpirun; a hang fails the test after ``timeout`` seconds.
+
+    ``env`` adds variables (e.g. ``MPIGD_FAULT``) to this process's environment.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", **(env or {}))
     return subprocess.run(
         mpirun_command(n_ranks, *args),
         capture_output=True,

@@ -30,6 +30,9 @@ class Optimizer(ABC):
     full_batch : whether every closure covers all training rows.
     """
 
+    #: Names of the array attributes that make up the optimiser's state (checkpoints).
+    STATE_ARRAYS: tuple[str, ...] = ()
+
     def __init__(self, n_params: int, tol: float = 0.0, full_batch: bool = True) -> None:
         self.grad = np.zeros(n_params)
         self.tol = tol
@@ -40,6 +43,18 @@ class Optimizer(ABC):
     @abstractmethod
     def step(self, params: np.ndarray, closure: Closure) -> float:
         """Take one step in place; return the objective at the parameters it started from."""
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: ``steps`` and the state arrays (copies)."""
+        state = {name: getattr(self, name).copy() for name in self.STATE_ARRAYS}
+        state["steps"] = self.steps
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (e.g. read back from a checkpoint)."""
+        for name in self.STATE_ARRAYS:
+            getattr(self, name)[...] = state[name]
+        self.steps = int(state["steps"])
 
     def epoch_fields(self) -> dict:
         """Optimiser-specific fields for the epoch's metrics line."""

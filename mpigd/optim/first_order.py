@@ -40,6 +40,8 @@ class GradientDescent(Optimizer):
 class Momentum(GradientDescent):
     """SGD with momentum ``mu``; Nesterov's variant when ``nesterov``."""
 
+    STATE_ARRAYS = ("velocity",)
+
     def __init__(self, n_params, schedule, mu: float = 0.9, nesterov: bool = False, **kw):
         super().__init__(n_params, schedule, **kw)
         self.mu = mu
@@ -57,6 +59,8 @@ class Momentum(GradientDescent):
 
 class Adam(GradientDescent):
     """Adam (Kingma & Ba) with bias correction."""
+
+    STATE_ARRAYS = ("m", "v")
 
     def __init__(self, n_params, schedule, beta1=0.9, beta2=0.999, eps=1e-8, **kw):
         super().__init__(n_params, schedule, **kw)

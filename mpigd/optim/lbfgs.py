@@ -111,6 +111,26 @@ class LBFGS(Optimizer):
         self.converged(new_grad)
         return loss
 
+    def state_dict(self) -> dict:
+        """Steps, evaluations, the last objective and the (s, y) pairs as (k, n) arrays."""
+        n = self.grad.size
+        return {
+            "steps": self.steps,
+            "evaluations": self.evaluations,
+            "previous_loss": np.nan if self.previous_loss is None else self.previous_loss,
+            "s": np.array([s for s, _, _ in self.pairs]).reshape(-1, n),
+            "y": np.array([y for _, y, _ in self.pairs]).reshape(-1, n),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        self.evaluations = int(state["evaluations"])
+        previous = float(state["previous_loss"])
+        self.previous_loss = None if np.isnan(previous) else previous
+        self.pairs.clear()
+        for s, y in zip(np.asarray(state["s"]), np.asarray(state["y"]), strict=True):
+            self.pairs.append((s.copy(), y.copy(), 1.0 / float(s @ y)))
+
     def epoch_fields(self) -> dict:
         """``evaluations``: distributed passes (closure calls) since the start."""
         return {"evaluations": self.evaluations}

@@ -9,12 +9,14 @@ sums and maxima the trainer needs for metrics, so the trainer never touches MPI.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from functools import cached_property
 
 import numpy as np
 from mpi4py import MPI
 
 from mpigd.comm import RankInfo, sum_across
+from mpigd.errors import DivergenceError
 from mpigd.objective import LocalObjective, memoize_last
 from mpigd.optim import Closure, Optimizer
 from mpigd.timing import PhaseTimer
@@ -37,6 +39,9 @@ class Strategy(ABC):
         self.comm = ranks.comm
         self.objective = objective
         self.timer = timer
+        #: True on every rank once any rank asked to stop (SIGTERM/SIGUSR1), agreed
+        #: through a collective so that all ranks stop after the same step.
+        self.stop_agreed = False
 
     @abstractmethod
     def closure(self, rows: np.ndarray | None) -> Closure:
@@ -48,13 +53,46 @@ class Strategy(ABC):
         return memoize_last(self.closure(None))
 
     @abstractmethod
-    def run_epoch(self, optimizer: Optimizer, params: np.ndarray, batches: list) -> dict:
-        """Take one optimiser step per batch, updating ``params`` in place on every rank.
+    def step(self, optimizer: Optimizer, params: np.ndarray, rows: np.ndarray | None) -> None:
+        """One optimiser step on this batch (``rows`` of this rank; ``None`` = all rows),
+        updating ``params`` in place wherever the strategy keeps them."""
 
-        ``batches`` holds this rank's local row indices per step (``None`` = all rows);
-        every rank gets the same number of batches. Returns strategy-specific metric
-        fields for the epoch (may be empty). Stops early if ``optimizer.stop_reason``.
+    def run_epoch(
+        self,
+        optimizer: Optimizer,
+        params: np.ndarray,
+        batches: list,
+        before_step: Callable[[int], None],
+    ) -> int:
+        """Take one step per batch; return how many were taken.
+
+        ``batches`` holds this rank's local row indices per step; every rank gets the same
+        number. ``before_step(i)`` runs before the i-th of them (the trainer's hook for
+        step checkpoints and fault injection). Stops early, at the same step on every
+        rank, when the optimiser has converged or the ranks agreed to stop
+        (:attr:`stop_agreed`).
         """
+        for taken, rows in enumerate(batches):
+            before_step(taken)
+            self.step(optimizer, params, rows)
+            if optimizer.stop_reason or self.stop_agreed:
+                return taken + 1
+        return len(batches)
+
+    def epoch_fields(self) -> dict:
+        """Strategy-specific fields for the epoch's metrics line."""
+        return {}
+
+    @staticmethod
+    def checked(loss: float, grad: np.ndarray) -> float:
+        """``loss``, after making sure it and the global gradient are finite.
+
+        Every rank holds the same reduced numbers, so every rank raises together.
+        """
+        if not (np.isfinite(loss) and np.isfinite(grad).all()):
+            what = "loss" if not np.isfinite(loss) else "gradient"
+            raise DivergenceError(f"the {what} is not finite ({loss=})")
+        return loss
 
     def sum_across_ranks(self, values: np.ndarray) -> np.ndarray:
         """Element-wise global sum of a float64 array (in place; returned for chaining)."""
