@@ -7,21 +7,30 @@ from mpigd.data import DatasetInfo, LocalRows, load_rank_rows, open_dataset, rea
 
 
 def load_local_rows(
-    path: str, ranks: RankInfo, every_rank_needs_rows: bool = True
+    path: str,
+    ranks: RankInfo,
+    every_rank_needs_rows: bool = True,
+    share: tuple[int, int] | None = None,
 ) -> tuple[DatasetInfo, LocalRows]:
     """Open the dataset at ``path`` and read this rank's contiguous row range.
 
-    Collective. ``every_rank_needs_rows`` (training data) makes a dataset with fewer
-    rows than ranks an error; test data may leave some ranks with no rows. Raises the
-    same MpigdError on every rank if any rank could not open, read or validate its part.
+    Collective. ``share = (part, parts)`` says which of ``parts`` equal row ranges this
+    rank reads (default ``(rank, size)``); ``(0, 0)`` means no rows (a parameter server
+    that does not compute). ``every_rank_needs_rows`` (training data) makes a dataset
+    with fewer rows than parts an error; test data may leave some ranks with no rows.
+    Raises the same MpigdError on every rank if any rank could not open, read or
+    validate its part.
     """
+    part, parts = share or (ranks.rank, ranks.size)
     info = rows = error = None
     try:
         info = open_dataset(path)
-        if every_rank_needs_rows:
-            rows = load_rank_rows(info, ranks.rank, ranks.size)
+        if parts == 0:
+            rows = read_rows(info, 0, 0)
+        elif every_rank_needs_rows:
+            rows = load_rank_rows(info, part, parts)
         else:
-            rows = read_rows(info, *row_range(info.n_rows, ranks.rank, ranks.size))
+            rows = read_rows(info, *row_range(info.n_rows, part, parts))
     except Exception as exc:  # noqa: BLE001 - reported on every rank by agree()
         error = exc
     agree(ranks.comm, error)

@@ -39,7 +39,7 @@ from mpigd.optim import Schedule, create_optimizer
 from mpigd.preemption import Preempted
 from mpigd.record import RunRecord, mark_aborted
 from mpigd.run_info import describe_run
-from mpigd.strategies import create_strategy
+from mpigd.strategies import STRATEGIES, create_strategy
 from mpigd.timing import PhaseTimer
 
 
@@ -61,9 +61,17 @@ class Trainer:
         self.fault = _configured_fault()
         self.timer = PhaseTimer()
         backend = _backend(config.backend)
+        strategy_class = STRATEGIES[config.strategy]
+        if ranks.size < strategy_class.min_ranks:
+            raise ConfigError(
+                f"--strategy {config.strategy} needs at least {strategy_class.min_ranks} "
+                f"ranks; this job has {ranks.size} (run it under mpirun -n P)"
+            )
+        #: Which part of the training rows this rank holds (see Strategy.data_share).
+        self.share = strategy_class.data_share(ranks.rank, ranks.size, config)
         load_start = time.perf_counter()
         with self.timer.phase("io"):
-            self.info, self.rows = load_local_rows(config.data, ranks)
+            self.info, self.rows = load_local_rows(config.data, ranks, share=self.share)
             self.test = None
             if config.test_data:
                 test_info, self.test = load_local_rows(
@@ -159,18 +167,21 @@ class Trainer:
         """Train one epoch and measure it; its metrics line, or None if a stop cut it short."""
         config, ranks = self.config, self.ranks
         start = time.perf_counter()
-        batches = epoch_batches(len(self.rows.X), ranks.rank, ranks.size, self.info.n_rows,
+        part, parts = self.share
+        batches = epoch_batches(len(self.rows.X), part, max(parts, 1), self.info.n_rows,
                                 config.batch_size, config.seed, epoch)  # fmt: skip
         first = self.first_step if epoch == self.start_epoch else 0
 
         def before_step(i: int) -> None:
             every = config.checkpoint_every_steps
-            if every and self.global_step > 0 and self.global_step % every == 0:
+            due = every and self.global_step > 0 and self.global_step % every == 0
+            if due and self.strategy.replicated:
                 self._checkpoint(epoch - 1, first + i)
             faults.before_step(self.fault, ranks.rank, self.global_step)
             self.global_step += 1
 
         taken = self.strategy.run_epoch(self.optimizer, self.params, batches[first:], before_step)
+        self.strategy.agree_stop_reason(self.optimizer)
         self.step_in_epoch = first + taken
         if self.step_in_epoch < len(batches) and not self.optimizer.stop_reason:
             return None

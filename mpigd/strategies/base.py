@@ -15,6 +15,7 @@ from functools import cached_property
 import numpy as np
 from mpi4py import MPI
 
+from mpigd import preemption
 from mpigd.comm import RankInfo, sum_across
 from mpigd.errors import DivergenceError
 from mpigd.objective import LocalObjective, memoize_last
@@ -33,6 +34,15 @@ class Strategy(ABC):
     """
 
     name: str
+    #: The fewest ranks the strategy can run on.
+    min_ranks = 1
+
+    @classmethod
+    def data_share(cls, rank: int, size: int, config) -> tuple[int, int]:
+        """Which training rows this rank holds: part ``part`` of ``parts`` equal ranges
+        (``(0, 0)``: none). Data parallelism: every rank its own part."""
+        del config
+        return rank, size
 
     def __init__(self, ranks: RankInfo, objective: LocalObjective, timer: PhaseTimer) -> None:
         self.ranks = ranks
@@ -42,10 +52,27 @@ class Strategy(ABC):
         #: True on every rank once any rank asked to stop (SIGTERM/SIGUSR1), agreed
         #: through a collective so that all ranks stop after the same step.
         self.stop_agreed = False
+        #: ``[gradient | loss | rows | stop vote]``; ``packed`` is the objective's part.
+        self.buffer = np.zeros(objective.packed_buffer().size + 1)
+        self.packed = self.buffer[:-1]
 
-    @abstractmethod
     def closure(self, rows: np.ndarray | None) -> Closure:
-        """The collective global objective over this batch (``rows`` of this rank)."""
+        """The collective global objective over this batch (``rows`` of this rank).
+
+        One Allreduce of ``[gradient | loss | rows | stop vote]`` per evaluation: the
+        buffer's last slot carries each rank's stop vote (a SIGTERM/SIGUSR1 received),
+        so agreeing to stop costs no extra message. Every rank returns the same value.
+        """
+
+        def evaluate(params: np.ndarray, grad_out: np.ndarray) -> float:
+            self.objective.local_sums(params, rows, self.packed)
+            self.buffer[-1] = 1.0 if preemption.requested() else 0.0
+            with self.timer.phase("comm"):
+                self.comm.Allreduce(MPI.IN_PLACE, self.buffer, op=MPI.SUM)
+            self.stop_agreed = self.stop_agreed or self.buffer[-1] > 0
+            return self.checked(self.objective.finish(self.packed, params, grad_out), grad_out)
+
+        return evaluate
 
     @cached_property
     def full_closure(self) -> Closure:
@@ -78,6 +105,19 @@ class Strategy(ABC):
             if optimizer.stop_reason or self.stop_agreed:
                 return taken + 1
         return len(batches)
+
+    def agree_stop_reason(self, optimizer: Optimizer) -> None:
+        """Collective: make ``optimizer.stop_reason`` the same on every rank.
+
+        Replicated strategies already agree (every rank runs the same optimiser on the
+        same numbers); a strategy whose optimiser runs on one rank broadcasts it.
+        """
+        del optimizer
+
+    @property
+    def replicated(self) -> bool:
+        """Whether every rank holds the same parameters now (a checkpoint may be taken)."""
+        return True
 
     def epoch_fields(self) -> dict:
         """Strategy-specific fields for the epoch's metrics line."""
