@@ -86,7 +86,7 @@ class Trainer:
         )
         targets = self.model.targets(self.rows.y)
         objective = LocalObjective(self.model, self.rows.X, targets, None, config.l2, self.timer)
-        self.strategy = create_strategy(config.strategy, ranks, objective, self.timer)
+        self.strategy = create_strategy(config.strategy, ranks, objective, self.timer, config)
         if config.class_weight == "balanced":
             objective.sample_weight = _balanced_weights(self.rows.y, info, self.strategy)
 

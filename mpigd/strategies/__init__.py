@@ -21,11 +21,11 @@ STRATEGIES: dict[str, type[Strategy]] = {AllreduceStrategy.name: AllreduceStrate
 DEFAULT_STRATEGY = "allreduce"
 
 
-def create_strategy(name: str, ranks, objective, timer) -> Strategy:
+def create_strategy(name: str, ranks, objective, timer, config) -> Strategy:
     """Build strategy ``name`` (see the table above) for this rank."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](ranks, objective, timer)
+    return STRATEGIES[name](ranks, objective, timer, config)
 
 
 __all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "Strategy", "create_strategy"]

@@ -31,6 +31,7 @@ class Strategy(ABC):
     ranks : this rank's place in the job.
     objective : this rank's rows and the model.
     timer : where communication time is booked (``comm``).
+    config : the run's TrainConfig (strategy options such as ``sync_every``).
     """
 
     name: str
@@ -44,7 +45,10 @@ class Strategy(ABC):
         del config
         return rank, size
 
-    def __init__(self, ranks: RankInfo, objective: LocalObjective, timer: PhaseTimer) -> None:
+    def __init__(
+        self, ranks: RankInfo, objective: LocalObjective, timer: PhaseTimer, config
+    ) -> None:
+        self.config = config
         self.ranks = ranks
         self.comm = ranks.comm
         self.objective = objective
@@ -102,9 +106,13 @@ class Strategy(ABC):
         for taken, rows in enumerate(batches):
             before_step(taken)
             self.step(optimizer, params, rows)
-            if optimizer.stop_reason or self.stop_agreed:
+            if self.should_stop(optimizer):
                 return taken + 1
         return len(batches)
+
+    def should_stop(self, optimizer: Optimizer) -> bool:
+        """Whether the epoch ends here on every rank: converged or a stop was agreed."""
+        return optimizer.stop_reason is not None or self.stop_agreed
 
     def agree_stop_reason(self, optimizer: Optimizer) -> None:
         """Collective: make ``optimizer.stop_reason`` the same on every rank.
