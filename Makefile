@@ -30,7 +30,7 @@ run: $(STAMP)
 	test -d $(SYNTH)/train || $(PY) -m mpigd data synth --task binary --rows 200000 \
 		--features 100 --shards 4 --seed 1 --out $(SYNTH)
 	$(MPIRUN) -n $(NP) $(PY) -m mpigd train --data $(SYNTH)/train --test-data $(SYNTH)/test \
-		--model logreg --optimizer lbfgs --epochs 30 --tol 1e-6 --l2 1e-4 --out $(RUN_DIR)
+		--model logreg --optimizer lbfgs --epochs 30 --tol 1e-6 --l2 1e-4 --overwrite --out $(RUN_DIR)
 	$(PY) -m mpigd eval $(RUN_DIR) --data $(SYNTH)/test
 	@echo "run record: $(RUN_DIR)/run.json $(RUN_DIR)/metrics.jsonl $(RUN_DIR)/model.h5"
 

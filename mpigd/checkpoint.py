@@ -26,9 +26,7 @@ import mpigd
 from mpigd.data import DatasetInfo
 from mpigd.data.fingerprint import content_hash
 from mpigd.errors import DataError
-from mpigd.record import replace_atomically
-
-CHECKPOINT_FILE = "checkpoint.h5"
+from mpigd.record import CHECKPOINT_FILE, replace_atomically
 
 #: Config keys that change the trajectory: a checkpoint made with other values is refused.
 TRAJECTORY_KEYS = (

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from mpigd.comm import run_guarded
+from mpigd.comm import collectively, run_guarded, world
 from mpigd.config import BACKENDS, PROGRESS_MODES, TrainConfig
 from mpigd.errors import ConfigError
 from mpigd.models import MODELS
@@ -26,7 +26,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``mpigd`` parser with its ``data``, ``train`` and ``eval`` commands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mpigd", description="MPI distributed gradient descent for scaling studies."
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +122,12 @@ def _add_train_command(commands) -> None:
         help="continue from OUT/checkpoint.h5 (start fresh if there is none)",
     )
     train.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="replace a previous run in OUT (refused otherwise)",
+    )
+    train.add_argument(
         "--force-resume",
         action="store_true",
         default=None,
@@ -173,9 +179,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from mpigd.train import train
 
-        train(train_config(args))
+        ranks = world()
+        train(collectively(ranks.comm, lambda: train_config(args)), ranks)
     elif args.command == "eval":
-        from mpigd.comm import world
         from mpigd.evaluate import evaluate_run
 
         ranks = world()
@@ -212,7 +218,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one agreed message) and prints help on rank 0."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}")
+
+    def _print_message(self, message, file=None) -> None:
+        if world().is_root:
+            super()._print_message(message, file)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run the command on this rank, return the exit status."""
-    args = build_parser().parse_args(argv)
-    return run_guarded(lambda: _run(args))
+    ranks = world()
+
+    def parse_and_run() -> int:
+        args = collectively(ranks.comm, lambda: build_parser().parse_args(argv))
+        return _run(args)
+
+    return run_guarded(parse_and_run, ranks)

@@ -25,11 +25,14 @@ import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from mpi4py import MPI
 
-from mpigd.errors import MpigdError
+from mpigd.errors import AgreedError, CollectiveError, MpigdError
 from mpigd.preemption import Preempted
+
+T = TypeVar("T")
 
 EXIT_ABORT = 1
 EXIT_USER_ERROR = 2
@@ -78,7 +81,22 @@ def agree(comm: MPI.Comm, error: BaseException | None) -> None:
     everywhere_alike = len(failed) == len(messages) and len({m for _, m in failed}) == 1
     if not everywhere_alike:
         first_message = f"rank {first_rank}: {first_message}"
-    raise MpigdError(first_message) from error
+    raise AgreedError(first_message) from error
+
+
+def collectively(comm: MPI.Comm, work: Callable[[], T]) -> T:
+    """Collective: run ``work()`` on every rank; if it raised anywhere, raise everywhere.
+
+    Wrap set-up steps whose failures could differ between ranks (or that should print
+    one message, not one per rank) so that every rank leaves together.
+    """
+    result, error = None, None
+    try:
+        result = work()
+    except Exception as exc:  # noqa: BLE001 - reported on every rank by agree()
+        error = exc
+    agree(comm, error)
+    return result
 
 
 def _describe(error: BaseException) -> str:
@@ -96,20 +114,22 @@ def on_abort(hook: Callable[[str], None]) -> None:
     _abort_hooks.append(hook)
 
 
-def abort(info: RankInfo, message: str) -> None:
+def abort(info: RankInfo, message: str, status: int = EXIT_ABORT) -> None:
     """Print ``message`` with this rank's name, run the abort hooks, end every rank."""
     print(f"mpigd: rank {info.rank} of {info.size} failed: {message}", file=sys.stderr, flush=True)
     for hook in _abort_hooks:
         hook(f"rank {info.rank} of {info.size} failed: {message}")
-    info.comm.Abort(EXIT_ABORT)
+    info.comm.Abort(status)
 
 
 def run_guarded(main: Callable[[], int | None], rank_info: RankInfo | None = None) -> int:
     """Run ``main`` on this rank; end the whole job cleanly whatever it raises.
 
-    Returns the exit status for ``sys.exit`` (0 on success, 2 on an ``MpigdError``,
-    which every rank is expected to raise together after :func:`agree`). Any other
-    exception calls ``MPI_Abort``, which does not return.
+    Returns the exit status for ``sys.exit``: 0 on success, 2 on a ``CollectiveError``
+    (raised on every rank together; rank 0 prints it), 75 when the ranks agreed to stop
+    for a signal. An ``MpigdError`` that may be this rank's alone is printed with the
+    rank and ends the job with ``MPI_Abort(2)``; any other exception with a traceback and
+    ``MPI_Abort(1)``. On one rank nothing needs aborting.
     """
     info = rank_info or world()
     threading.excepthook = lambda args: abort(
@@ -121,10 +141,15 @@ def run_guarded(main: Callable[[], int | None], rank_info: RankInfo | None = Non
         if info.is_root:
             print(f"mpigd: {exc}", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
-    except MpigdError as exc:
-        if info.is_root or info.size == 1:
+    except CollectiveError as exc:
+        if info.is_root:
             print(f"mpigd: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+    except MpigdError as exc:
+        if info.size == 1:
+            print(f"mpigd: error: {exc}", file=sys.stderr, flush=True)
+            return EXIT_USER_ERROR
+        abort(info, str(exc), EXIT_USER_ERROR)
     except KeyboardInterrupt:
         info.comm.Abort(EXIT_ABORT)
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank

@@ -14,6 +14,17 @@ from mpigd.optim import OPTIMIZERS, SCHEDULES
 from mpigd.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 BACKENDS = ("numpy", "reference", "cupy")
+
+#: Python types each annotated field accepts (an int is fine where a float is wanted).
+_TYPES = {
+    "str": (str,),
+    "str | None": (str, type(None)),
+    "int": (int,),
+    "int | None": (int, type(None)),
+    "float": (float, int),
+    "float | None": (float, int, type(None)),
+    "bool": (bool,),
+}
 PROGRESS_MODES = ("bar", "quiet", "json")
 
 
@@ -35,7 +46,7 @@ class TrainConfig:
     nesterov: bool = False
     batch_size: int | None = None
     epochs: int = 10
-    tol: float = 0.0
+    tol: float | None = None
     lbfgs_memory: int = 10
     l2: float = 0.0
     class_weight: str = "none"
@@ -47,12 +58,14 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     resume: bool = False
     force_resume: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError for values no run can use."""
+        """Raise ConfigError for values no run can use (wrong type, out of range)."""
+        self._check_types()
         choices = {
             "model": tuple(MODELS),
             "strategy": tuple(STRATEGIES),
@@ -85,8 +98,22 @@ class TrainConfig:
             if getattr(self, key) < 0:
                 raise ConfigError(f"--{key.replace('_', '-')} must be >= 0 (0: only at the end)")
         for key in ("l2", "tol"):
-            if not getattr(self, key) >= 0:
-                raise ConfigError(f"--{key} must be non-negative, got {getattr(self, key)}")
+            value = getattr(self, key)
+            if value is not None and not value >= 0:
+                raise ConfigError(f"--{key} must be non-negative, got {value}")
+
+    def _check_types(self) -> None:
+        """Values from a config file arrive untyped: check each against its field."""
+        for field in fields(self):
+            value = getattr(self, field.name)
+            allowed = _TYPES[field.type]
+            if isinstance(value, bool) and bool not in allowed:
+                allowed = ()  # True is an int to Python, not to a user
+            if not isinstance(value, allowed):
+                kinds = " or ".join(t.__name__ for t in _TYPES[field.type] if t is not type(None))
+                raise ConfigError(f"{field.name.replace('_', '-')} must be {kinds}, got {value!r}")
+            if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, field.name, float(value))
 
     def to_dict(self) -> dict:
         return asdict(self)

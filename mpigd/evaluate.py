@@ -8,47 +8,45 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpigd.comm import RankInfo, sum_across
+from mpigd.comm import RankInfo, collectively, sum_across
 
-# Layout of the packed local sums: loss, correct predictions, rows, Σy, Σy².
-_LOSS, _CORRECT, _ROWS, _Y_SUM, _Y_SQUARES = range(5)
+# Layout of the packed local sums: loss, correct predictions, rows, Σy.
+_LOSS, _CORRECT, _ROWS, _Y_SUM = range(4)
 
 
-def local_sums(model, X, y, params: np.ndarray) -> np.ndarray:
-    """This rank's (5,) float64 sums: loss, correct predictions, rows, Σy, Σy² (y = labels)."""
-    sums = np.zeros(5)
+def local_sums(model, X, y, params: np.ndarray, sample_weight=None) -> np.ndarray:
+    """This rank's (4,) float64 sums: (weighted) loss, correct predictions, rows, Σy."""
+    sums = np.zeros(4)
     if len(X) == 0:
         return sums
     scratch = np.empty_like(params)
-    targets = model.targets(y)
-    sums[_LOSS] = model.loss_grad(X, targets, None, params, scratch)
+    sums[_LOSS] = model.loss_grad(X, model.targets(y), sample_weight, params, scratch)
     sums[_ROWS] = len(X)
     if model.n_classes is None:
         sums[_Y_SUM] = float(np.sum(y))
-        sums[_Y_SQUARES] = float(y @ y)
     else:
         sums[_CORRECT] = model.count_correct(X, y, params)
     return sums
 
 
-def metrics_from_sums(sums: np.ndarray, classification: bool) -> dict:
-    """Turn global sums from :func:`local_sums` into the metrics named in the module doc."""
+def evaluate(model, X, y, params, ranks: RankInfo) -> dict:
+    """Collective: metrics of ``params`` over all ranks' rows (X, y: this rank's part).
+
+    For regression, R² needs the variance of y about its global mean: a second, tiny
+    Allreduce of Σ(y − ȳ)² avoids the cancellation of E[y²] − E[y]² for large offsets.
+    """
+    sums = sum_across(ranks.comm, local_sums(model, X, y, params))
     rows = sums[_ROWS]
     metrics = {"rows": int(rows), "loss": float(sums[_LOSS] / rows)}
-    if classification:
+    if model.n_classes is not None:
         metrics["accuracy"] = float(sums[_CORRECT] / rows)
         return metrics
+    mean = sums[_Y_SUM] / rows
+    spread = sum_across(ranks.comm, np.array([float(np.sum((y - mean) ** 2))]))[0]
     mse = 2.0 * metrics["loss"]
-    variance = sums[_Y_SQUARES] / rows - (sums[_Y_SUM] / rows) ** 2
     metrics.update(mse=mse, rmse=float(np.sqrt(mse)))
-    metrics["r2"] = float(1.0 - mse / variance) if variance > 0 else None
+    metrics["r2"] = float(1.0 - mse * rows / spread) if spread > 0 else None
     return metrics
-
-
-def evaluate(model, X, y, params, ranks: RankInfo) -> dict:
-    """Collective: metrics of ``params`` over all ranks' rows (X, y: this rank's part)."""
-    sums = sum_across(ranks.comm, local_sums(model, X, y, params))
-    return metrics_from_sums(sums, classification=model.n_classes is not None)
 
 
 def evaluate_run(
@@ -57,33 +55,47 @@ def evaluate_run(
     """Collective: metrics of the model saved in ``run_dir`` on the dataset ``data_path``.
 
     Works on any number of ranks (each evaluates its own rows). Returns, on every rank,
-    the metrics plus the model name and the L2-regularised ``objective``.
+    the metrics plus the model name and the ``objective``: the training objective on
+    this data (class-weighted mean loss as in training, plus the L2 term).
     """
-    import kernels
     from mpigd.comm import world
-    from mpigd.errors import DataError
     from mpigd.loading import load_local_rows
-    from mpigd.models import create_model
-    from mpigd.record import load_model
 
     ranks = ranks or world()
-    params, info = load_model(run_dir)
+    params, info, model = collectively(ranks.comm, lambda: _load_model(run_dir, backend_name))
     data_info, rows = load_local_rows(data_path, ranks, every_rank_needs_rows=False)
+    collectively(ranks.comm, lambda: _check_data(data_info, info, data_path, run_dir))
+    metrics = evaluate(model, rows.X, rows.y, params, ranks)
+    weights = info.get("class_weights")
+    if weights is not None:
+        row_weights = np.asarray(weights)[rows.y] if len(rows.y) else None
+        weighted = sum_across(ranks.comm, local_sums(model, rows.X, rows.y, params, row_weights))
+        data_loss = weighted[_LOSS] / weighted[_ROWS]
+    else:
+        data_loss = metrics["loss"]
+    penalised = params * model.reg_mask
+    metrics["objective"] = float(data_loss + 0.5 * info["l2"] * (penalised @ penalised))
+    return {"model": info["model"], "data": data_path, **metrics}
+
+
+def _load_model(run_dir: str, backend_name: str):
+    """(params, model info, model) from RUN_DIR/model.h5; MpigdError if unusable."""
+    from mpigd.models import create_model, load_backend
+    from mpigd.record import load_model
+
+    params, info = load_model(run_dir)
+    backend = load_backend(backend_name)
+    model = create_model(info["model"], backend, info["n_features"], info["task"],
+                         info["n_classes"], info.get("svm_loss", "hinge"))  # fmt: skip
+    return params, info, model
+
+
+def _check_data(data_info, info: dict, data_path: str, run_dir: str) -> None:
+    from mpigd.errors import DataError
+
     if (data_info.n_features, data_info.n_classes) != (info["n_features"], info["n_classes"]):
         raise DataError(
             f"{data_path} has {data_info.n_features} features and {data_info.n_classes} "
             f"classes, but the model in {run_dir} was trained on {info['n_features']} "
             f"features and {info['n_classes']} classes"
         )
-    model = create_model(
-        info["model"],
-        kernels.get_backend(backend_name),
-        info["n_features"],
-        info["task"],
-        info["n_classes"],
-        info.get("svm_loss", "hinge"),
-    )
-    metrics = evaluate(model, rows.X, rows.y, params, ranks)
-    weights = params * model.reg_mask
-    metrics["objective"] = metrics["loss"] + 0.5 * info["l2"] * float(weights @ weights)
-    return {"model": info["model"], "data": data_path, **metrics}

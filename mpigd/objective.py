@@ -35,16 +35,19 @@ class LocalObjective:
         self.reg_mask = model.reg_mask
         self.timer = timer
         self.n_params = model.n_params
+        #: Passes over all of this rank's rows so far (full-batch objective evaluations).
+        self.full_passes = 0
 
     def packed_buffer(self) -> np.ndarray:
         """A fresh (n_params + 2,) float64 buffer for :meth:`local_sums`."""
         return np.zeros(self.n_params + 2)
 
-    def warm_up(self, params: np.ndarray) -> None:
-        """Run the kernels once on one row (full-batch form) and on no rows (mini-batch form).
+    def warm_up(self, params: np.ndarray, test_X: np.ndarray | None = None) -> None:
+        """Run every kernel training and evaluation will call, on one row or none.
 
-        Compiled kernels (Numba) are built on first call; doing it here keeps compile
-        time out of the first epoch's ``compute_s``.
+        Compiled kernels (Numba) are built on first call, once per argument type; doing
+        it here keeps compile time out of the first epoch's times. ``test_X``: a row of
+        the test set, whose dtype may differ from the training rows'.
         """
         scratch = np.empty(self.n_params)
         head = slice(0, min(1, len(self.X)))
@@ -52,6 +55,11 @@ class LocalObjective:
         self.model.loss_grad(self.X[head], self.y[head], weights, params, scratch)
         no_rows = np.zeros(0, dtype=np.int64)
         self.model.loss_grad(self.X, self.y, self.sample_weight, params, scratch, rows=no_rows)
+        for X in (self.X[head], test_X):  # evaluation: unweighted loss, predictions
+            if X is not None and len(X):
+                targets = np.zeros(len(X), dtype=self.y.dtype)
+                self.model.loss_grad(X, targets, None, params, scratch)
+                self.model.predict(X, params)
 
     def local_sums(self, params: np.ndarray, rows: np.ndarray | None, packed: np.ndarray) -> None:
         """Fill ``packed`` with this rank's gradient sum, loss sum and row count.
@@ -65,13 +73,15 @@ class LocalObjective:
             )
             packed[self.n_params] = loss_sum
             packed[self.n_params + 1] = len(self.X) if rows is None else len(rows)
+        self.full_passes += rows is None
 
     def finish(self, packed: np.ndarray, params: np.ndarray, grad_out: np.ndarray) -> float:
         """From global sums: write ∇f into ``grad_out`` and return f (both at ``params``).
 
         An empty global batch (count 0) gives f = L2 term and only its gradient.
         """
-        with self.timer.phase("compute"):
+        # A diverging run may overflow here; the strategy reports it, numpy need not warn.
+        with self.timer.phase("compute"), np.errstate(over="ignore", invalid="ignore"):
             count = packed[self.n_params + 1]
             scale = 1.0 / count if count > 0 else 0.0
             np.multiply(packed[: self.n_params], scale, out=grad_out)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import signal
 
+from mpigd.errors import CollectiveError
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 _received: list[str] = []
@@ -38,5 +40,5 @@ def received() -> list[str]:
     return list(_received)
 
 
-class Preempted(Exception):
+class Preempted(CollectiveError):
     """Raised on every rank once all agree to stop for a signal (after checkpointing)."""

@@ -19,9 +19,10 @@ import h5py
 import numpy as np
 
 import mpigd
-from mpigd.errors import DataError
+from mpigd.errors import ConfigError, DataError
 
 MODEL_FILE = "model.h5"
+CHECKPOINT_FILE = "checkpoint.h5"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 
@@ -93,21 +94,40 @@ class RunRecord:
         self.dir = Path(out_dir)
         self.run: dict = {}
 
+    def prepare(self, config: dict, resume: bool, overwrite: bool) -> None:
+        """Claim the run directory before anything else can fail.
+
+        Refuses a directory that already holds a run unless ``overwrite`` (start over)
+        or ``resume`` (continue it); removes the previous ``model.h5`` so that only a
+        completed run leaves one, and writes run.json with status ``starting``.
+        """
+        if (self.dir / RUN_FILE).exists() and not (resume or overwrite):
+            raise ConfigError(
+                f"{self.dir} already holds a run (run.json); pass --overwrite to replace it "
+                "or --resume to continue it"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / MODEL_FILE).unlink(missing_ok=True)
+        if not resume:
+            for stale in (METRICS_FILE, CHECKPOINT_FILE):
+                (self.dir / stale).unlink(missing_ok=True)
+        self.run = {"config": config, "start_time": now_iso(), "status": "starting"}
+        self._write_run()
+
     def start(self, run_info: dict, keep_epochs: int | None = None) -> None:
-        """Create the directory, clear a previous run's results, write run.json.
+        """Write the full run.json once set-up has succeeded (status ``running``).
 
         ``keep_epochs`` (on resume) keeps the metrics lines of epochs up to that one and
         drops later ones, which the resumed run will compute again.
         """
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / MODEL_FILE).unlink(missing_ok=True)
         metrics = self.dir / METRICS_FILE
         kept = []
         if keep_epochs is not None and metrics.exists():
             lines = metrics.read_text().splitlines()
             kept = [line for line in lines if json.loads(line)["epoch"] <= keep_epochs]
         metrics.write_text("".join(line + "\n" for line in kept))
-        self.run = dict(run_info, start_time=now_iso(), end_time=None, status="running")
+        self.run = dict(run_info, start_time=self.run.get("start_time", now_iso()),
+                        end_time=None, status="running")  # fmt: skip
         self._write_run()
 
     def append_metrics(self, row: dict) -> None:

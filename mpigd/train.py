@@ -4,14 +4,19 @@ Per epoch the trainer lets the strategy take the epoch's steps, then evaluates t
 full training objective (``train_loss``, over all rows of all ranks, with the L2 term)
 and the test metrics, and rank 0 appends one line to ``metrics.jsonl``:
 
-- ``time_s``: wall time of the epoch on rank 0, including the end-of-epoch evaluation
-  (``eval_s`` says how much of it that was) and, for epoch 1, reading the data.
-- ``compute_s``, ``comm_s``, ``io_s``: the parts of the epoch spent in kernels, in MPI
-  and reading data, each the maximum over ranks.
+- ``time_s``: wall time of the epoch on rank 0: its steps, the ``train_loss`` pass and
+  the test evaluation (``eval_s``). The initial read of the data is not in any epoch;
+  run.json holds it as ``load_s`` (and Numba compilation as ``warmup_s``).
+- ``compute_s``, ``comm_s``: time in kernels and in MPI during the steps and the
+  ``train_loss`` pass, each the maximum over ranks (``comm_s`` includes waiting for
+  the slowest rank); ``io_s``: data read during the epoch (0 while rows stay in
+  memory). ``time_s − compute_s − comm_s − io_s − eval_s`` is Python overhead.
 - ``samples_per_s``: training rows stepped through in the epoch, per second of ``time_s``.
+- ``full_passes``: passes over all training rows so far (objective evaluations).
 
 A full-batch optimiser's next step needs the objective at exactly the point where the
-epoch's evaluation computed it, so that pass is memoised and done once, not twice.
+epoch's ``train_loss`` pass computed it, so that pass is memoised and done once: with
+full-batch training the pass booked in epoch e's ``compute_s`` is epoch e+1's gradient.
 
 Reliability: ``checkpoint.h5`` is written every ``--checkpoint-every`` epochs and/or
 ``--checkpoint-every-steps`` steps, when a stop signal is agreed, and at the end;
@@ -25,7 +30,6 @@ import time
 
 import numpy as np
 
-import kernels
 from mpigd import checkpoint, faults, preemption, progress
 from mpigd import comm as mpi
 from mpigd.batching import epoch_batches, steps_per_epoch
@@ -33,7 +37,7 @@ from mpigd.config import TrainConfig
 from mpigd.errors import ConfigError, DataError, DivergenceError, MpigdError
 from mpigd.evaluate import evaluate
 from mpigd.loading import load_local_rows
-from mpigd.models import create_model
+from mpigd.models import create_model, load_backend
 from mpigd.objective import LocalObjective
 from mpigd.optim import Schedule, create_optimizer
 from mpigd.preemption import Preempted
@@ -58,38 +62,81 @@ class Trainer:
     def __init__(self, config: TrainConfig, ranks: mpi.RankInfo) -> None:
         self.config, self.ranks = config, ranks
         preemption.install()
-        self.fault = _configured_fault()
+        self.record = self._prepare_record()
+        mpi.on_abort(lambda message: mark_aborted(config.out, message))
+        try:
+            self._set_up()
+        except MpigdError as exc:
+            if self.record:
+                self.record.finish("failed", stop_reason=str(exc))
+            raise
+
+    def _set_up(self) -> None:
+        """Load the data, build model, strategy and optimiser, resume, write run.json.
+
+        Collective. Steps that can fail are agreed (``collectively`` / ``agree``) so every
+        rank fails together with one message; they never enclose a collective.
+        """
+        config, ranks, comm = self.config, self.ranks, self.ranks.comm
         self.timer = PhaseTimer()
-        backend = _backend(config.backend)
-        strategy_class = STRATEGIES[config.strategy]
-        if ranks.size < strategy_class.min_ranks:
-            raise ConfigError(
-                f"--strategy {config.strategy} needs at least {strategy_class.min_ranks} "
-                f"ranks; this job has {ranks.size} (run it under mpirun -n P)"
-            )
+        self.fault, backend, strategy_class = mpi.collectively(comm, self._configure)
         #: Which part of the training rows this rank holds (see Strategy.data_share).
         self.share = strategy_class.data_share(ranks.rank, ranks.size, config)
         load_start = time.perf_counter()
-        with self.timer.phase("io"):
-            self.info, self.rows = load_local_rows(config.data, ranks, share=self.share)
-            self.test = None
-            if config.test_data:
-                test_info, self.test = load_local_rows(
-                    config.test_data, ranks, every_rank_needs_rows=False
-                )
-                _check_compatible(self.info, test_info)
+        self.info, self.rows = load_local_rows(config.data, ranks, share=self.share)
+        self.test = None
+        if config.test_data:
+            test_info, self.test = load_local_rows(
+                config.test_data, ranks, every_rank_needs_rows=False
+            )
+            mpi.collectively(comm, lambda: _check_compatible(self.info, test_info))
         self.load_s = time.perf_counter() - load_start
+        mpi.collectively(comm, lambda: self._build(backend))
+        #: Balanced class weights (N / (C n_c), one per class), or None.
+        self.class_weight_values = None
+        if config.class_weight == "balanced":
+            counts = np.bincount(self.rows.y, minlength=self.info.n_classes).astype(np.float64)
+            self.strategy.sum_across_ranks(counts)
+            self.objective.sample_weight = mpi.collectively(
+                comm, lambda: _balanced_weights(self.rows.y, counts, self.info)
+            )
+            self.class_weight_values = class_weights(counts, self.info.n_rows).tolist()
+        warm_start = time.perf_counter()
+        self.objective.warm_up(self.params, self.test.X[:1] if self.test else None)
+        self.warmup_s = time.perf_counter() - warm_start
+        self.timer.take()  # the initial read is load_s in run.json, not epoch 1's io_s
 
-        info = self.info
+        self.data_fingerprint = checkpoint.data_fingerprint(self.info) if ranks.is_root else None
+        self.start_epoch, self.first_step, self.global_step = 1, 0, 0
+        self.last_checkpoint_step = -1
+        resumed = self._resume() if config.resume else None
+        self._start_record(resumed)
+
+    def _configure(self):
+        """Fault switch, kernel backend and strategy class; ConfigError if unusable."""
+        config = self.config
+        strategy_class = STRATEGIES[config.strategy]
+        if self.ranks.size < strategy_class.min_ranks:
+            raise ConfigError(
+                f"--strategy {config.strategy} needs at least {strategy_class.min_ranks} "
+                f"ranks; this job has {self.ranks.size} (run it under mpirun -n P)"
+            )
+        return _configured_fault(), load_backend(config.backend), strategy_class
+
+    def _build(self, backend) -> None:
+        """Model, local objective, strategy, optimiser and starting parameters (no MPI)."""
+        config, info = self.config, self.info
+        if config.class_weight == "balanced" and info.n_classes is None:
+            raise ConfigError("--class-weight balanced needs a classification dataset")
         self.model = create_model(
             config.model, backend, info.n_features, info.task, info.n_classes, config.svm_loss
         )
         targets = self.model.targets(self.rows.y)
-        objective = LocalObjective(self.model, self.rows.X, targets, None, config.l2, self.timer)
-        self.strategy = create_strategy(config.strategy, ranks, objective, self.timer, config)
-        if config.class_weight == "balanced":
-            objective.sample_weight = _balanced_weights(self.rows.y, info, self.strategy)
-
+        self.objective = LocalObjective(
+            self.model, self.rows.X, targets, None, config.l2, self.timer
+        )
+        self.strategy = create_strategy(config.strategy, self.ranks, self.objective,
+                                        self.timer, config)  # fmt: skip
         self.steps_per_epoch = steps_per_epoch(info.n_rows, config.batch_size)
         schedule = Schedule(
             config.lr,
@@ -101,16 +148,6 @@ class Trainer:
         )
         self.optimizer = create_optimizer(config.optimizer, self.model.n_params, schedule, config)
         self.params = self.model.init_params(np.random.default_rng(config.seed))
-        warm_start = time.perf_counter()
-        objective.warm_up(self.params)
-        self.warmup_s = time.perf_counter() - warm_start
-
-        self.data_fingerprint = checkpoint.data_fingerprint(info) if ranks.is_root else None
-        self.start_epoch, self.first_step, self.global_step = 1, 0, 0
-        self.last_checkpoint_step = -1
-        resumed = self._resume() if config.resume else None
-        self.record = self._start_record(resumed)
-        mpi.on_abort(lambda message: mark_aborted(config.out, message))
 
     # -- the loop -------------------------------------------------------------------
 
@@ -127,7 +164,7 @@ class Trainer:
                 self.record.finish("failed", stop_reason=str(exc))
             raise
         if self.record:
-            self.record.save_model(self.params, _model_info(self.config, self.info, self.model))
+            self.record.save_model(self.params, self._model_info())
             self.record.finish("completed", **summary)
         return summary
 
@@ -185,19 +222,18 @@ class Trainer:
         self.step_in_epoch = first + taken
         if self.step_in_epoch < len(batches) and not self.optimizer.stop_reason:
             return None
-        eval_start = time.perf_counter()
         grad = np.empty_like(self.params)
         row = {
             "epoch": epoch,
             "train_loss": self.strategy.full_closure(self.params, grad),
-            "grad_norm": float(np.max(np.abs(grad))),
+            "grad_norm_inf": float(np.max(np.abs(grad))),
         }
+        eval_start = time.perf_counter()
         if self.test is not None:
             metrics = evaluate(self.model, self.test.X, self.test.y, self.params, ranks)
             row.update({f"test_{k}": v for k, v in metrics.items() if k != "rows"})
         end = time.perf_counter()
-        # Epoch 1 also carries the initial read of the data (already in the io phase).
-        time_s = end - start + (self.load_s if epoch == 1 else 0.0)
+        time_s = end - start
         phases = self.timer.take()
         worst = self.strategy.max_across_ranks(np.array(list(phases.values())))
         row.update(zip(phases, worst.tolist(), strict=True))
@@ -205,6 +241,7 @@ class Trainer:
                    samples_per_s=self.info.n_rows * taken / len(batches) / time_s)  # fmt: skip
         if first:
             row["resumed_at_step"] = first
+        row["full_passes"] = self.objective.full_passes
         row.update(self.optimizer.epoch_fields())
         row.update(self.strategy.epoch_fields())
         return row
@@ -284,23 +321,54 @@ class Trainer:
             f"written to {self.config.out}/{checkpoint.CHECKPOINT_FILE}; continue with --resume"
         )
 
-    def _start_record(self, resumed: dict | None) -> RunRecord | None:
-        """Collective: rank 0 creates the run directory and run.json; None elsewhere."""
+    def _prepare_record(self) -> RunRecord | None:
+        """Collective: rank 0 claims the run directory (see RunRecord.prepare)."""
+        config = self.config
+
+        def prepare() -> RunRecord | None:
+            if not self.ranks.is_root:
+                return None
+            record = RunRecord(config.out)
+            try:
+                record.prepare(config.to_dict(), config.resume, config.overwrite)
+            except OSError as exc:
+                raise MpigdError(f"cannot write the run directory {config.out}: {exc}") from exc
+            return record
+
+        return mpi.collectively(self.ranks.comm, prepare)
+
+    def _start_record(self, resumed: dict | None) -> None:
+        """Collective: rank 0 writes the full run.json once set-up has succeeded."""
         places = mpi.rank_places(self.ranks.comm)
-        record, error = None, None
-        if self.ranks.is_root:
-            info = describe_run(self.config, self.ranks, places, self.info,
-                                _model_info(self.config, self.info, self.model))  # fmt: skip
+
+        def start() -> None:
+            if not self.record:
+                return
+            info = describe_run(self.config, self.ranks, places, self.info, self._model_info())
             info.update(load_s=self.load_s, warmup_s=self.warmup_s, resumed_from=resumed)
             try:
-                record = RunRecord(self.config.out)
-                record.start(info, keep_epochs=resumed["epoch"] if resumed else None)
-                if not resumed:
-                    (record.dir / checkpoint.CHECKPOINT_FILE).unlink(missing_ok=True)
+                self.record.start(info, keep_epochs=resumed["epoch"] if resumed else None)
             except OSError as exc:
-                error = MpigdError(f"cannot write the run directory {self.config.out}: {exc}")
-        mpi.agree(self.ranks.comm, error)
-        return record
+                raise MpigdError(
+                    f"cannot write the run directory {self.config.out}: {exc}"
+                ) from exc
+
+        mpi.collectively(self.ranks.comm, start)
+
+    def _model_info(self) -> dict:
+        """What ``eval`` needs to rebuild the model around model.h5's flat vector."""
+        config, info = self.config, self.info
+        return {
+            "model": config.model,
+            "svm_loss": config.svm_loss,
+            "n_features": info.n_features,
+            "n_classes": info.n_classes,
+            "task": info.task,
+            "l2": config.l2,
+            "class_weights": self.class_weight_values,
+            "n_params": self.model.n_params,
+            "layout": self.model.layout(),
+        }
 
 
 def _refuse_mismatch(state, config: TrainConfig, data_fingerprint: dict) -> None:
@@ -321,13 +389,6 @@ def _configured_fault():
         raise ConfigError(str(exc)) from exc
 
 
-def _backend(name: str):
-    try:
-        return kernels.get_backend(name)
-    except (ValueError, ImportError) as exc:
-        raise ConfigError(f"--backend {name}: {exc}") from exc
-
-
 def _check_compatible(train_info, test_info) -> None:
     """The test set must have the training set's columns and task."""
     if (test_info.n_features, test_info.task, test_info.n_classes) != (
@@ -343,31 +404,17 @@ def _check_compatible(train_info, test_info) -> None:
         )
 
 
-def _balanced_weights(labels: np.ndarray, info, strategy) -> np.ndarray:
+def _balanced_weights(labels: np.ndarray, counts: np.ndarray, info) -> np.ndarray:
     """Per-row weights N / (C n_c) from the global class counts n_c (``balanced``)."""
-    if info.n_classes is None:
-        raise ConfigError("--class-weight balanced needs a classification dataset")
-    counts = np.bincount(labels, minlength=info.n_classes).astype(np.float64)
-    strategy.sum_across_ranks(counts)
     if np.any(counts == 0):
         missing = np.flatnonzero(counts == 0).tolist()
         raise DataError(
             f"classes {missing} have no training rows; "
             "--class-weight balanced needs every class present"
         )
-    class_weight = info.n_rows / (info.n_classes * counts)
-    return class_weight[labels]
+    return class_weights(counts, info.n_rows)[labels]
 
 
-def _model_info(config: TrainConfig, info, model) -> dict:
-    """What ``eval`` needs to rebuild the model around model.h5's flat vector."""
-    return {
-        "model": config.model,
-        "svm_loss": config.svm_loss,
-        "n_features": info.n_features,
-        "n_classes": info.n_classes,
-        "task": info.task,
-        "l2": config.l2,
-        "n_params": model.n_params,
-        "layout": model.layout(),
-    }
+def class_weights(counts: np.ndarray, n_rows: int) -> np.ndarray:
+    """Balanced weight of each class, N / (C n_c), as scikit-learn's ``balanced``."""
+    return n_rows / (len(counts) * counts)

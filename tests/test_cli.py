@@ -299,3 +299,95 @@ def test_import_csv_then_inspect(tmp_path):
     )
     summary = json.loads(shown.stdout)
     assert (summary["rows"], summary["features"], summary["task"]) == (50, 3, "multiclass")
+
+
+def test_a_second_run_into_the_same_directory_needs_overwrite(synth_dir, tmp_path):
+    args = ("train", "--data", str(synth_dir / "train"), "--model", "logreg", "--epochs", "1",
+            "--out", str(tmp_path / "run"))  # fmt: skip
+    assert run_mpigd(2, *args).returncode == 0
+    again = run_mpigd(2, *args)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert (tmp_path / "run" / "model.h5").exists()  # the first run is left alone
+    assert run_mpigd(2, *args, "--overwrite").returncode == 0
+
+
+def test_a_failed_rerun_leaves_no_model_and_says_failed(synth_dir, tmp_path):
+    out = tmp_path / "run"
+    assert run_mpigd(1, "train", "--data", str(synth_dir / "train"), "--model", "logreg",
+                     "--epochs", "1", "--out", str(out)).returncode == 0  # fmt: skip
+    failed = run_mpigd(2, "train", "--data", str(tmp_path / "missing.h5"), "--model", "logreg",
+                       "--out", str(out), "--overwrite")  # fmt: skip
+    assert failed.returncode == 2
+    assert not (out / "model.h5").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "line, words", [('epochs = "5"', "epochs must be int"), ("batch_size = 2.5", "batch-size")]
+)
+def test_config_file_values_of_the_wrong_type_are_one_clear_error(tmp_path, line, words):
+    config = tmp_path / "bad.toml"
+    config.write_text(f'data = "x.h5"\nmodel = "logreg"\nout = "{tmp_path / "r"}"\n{line}\n')
+    result = run_mpigd(2, "train", "--config", str(config), timeout=60)
+    assert result.returncode == 2 and words in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_command_line_errors_print_once_whatever_the_rank_count():
+    result = run_mpigd(3, "train", "--model", "bogus", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("invalid choice") == 1
+
+
+def test_eval_with_an_unavailable_backend_is_a_clear_error(synth_dir, tmp_path):
+    out = tmp_path / "run"
+    run_mpigd(1, "train", "--data", str(synth_dir / "train"), "--model", "logreg",
+              "--epochs", "1", "--out", str(out))  # fmt: skip
+    result = run_mpigd(1, "eval", str(out), "--data", str(synth_dir / "test"), "--backend",
+                       "cupy")  # fmt: skip
+    assert result.returncode == 2 and "--backend cupy" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_error_on_one_rank_only_ends_every_rank():
+    """An MpigdError that only rank 1 raises, outside any agreement, must not hang rank 0."""
+    script = (
+        "from mpi4py import MPI\n"
+        "from mpigd.comm import run_guarded\n"
+        "from mpigd.errors import DataError\n"
+        "def main():\n"
+        "    if MPI.COMM_WORLD.rank == 1:\n"
+        "        raise DataError('only here')\n"
+        "    MPI.COMM_WORLD.Barrier()\n"
+        "raise SystemExit(run_guarded(main))\n"
+    )
+    command = mpirun_command(2)[:-2] + ["-c", script]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode != 0
+    assert "rank 1 of 2 failed: only here" in result.stderr
+
+
+def test_eval_matches_the_training_objective_with_balanced_class_weights(synth_dir, tmp_path):
+    out = tmp_path / "run"
+    trained = run_mpigd(2, "train", "--data", str(synth_dir / "train"), "--model", "logreg",
+                        "--optimizer", "lbfgs", "--epochs", "5", "--l2", "0.01",
+                        "--class-weight", "balanced", "--out", str(out))  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    final = json.loads((out / "run.json").read_text())["final_train_loss"]
+    evaluated = run_mpigd(2, "eval", str(out), "--data", str(synth_dir / "train"))
+    assert json.loads(evaluated.stdout)["objective"] == pytest.approx(final, rel=1e-10)
+
+
+def test_r2_is_exact_for_targets_with_a_large_offset(tmp_path):
+    X, y = make_problem("regression", n_rows=400, d=3)
+    data = write_h5(tmp_path / "reg.h5", X, y + 1e8, "regression")
+    out = tmp_path / "run"
+    trained = run_mpigd(2, "train", "--data", str(data), "--model", "linreg", "--optimizer",
+                        "lbfgs", "--epochs", "40", "--out", str(out))  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    metrics = json.loads(run_mpigd(2, "eval", str(out), "--data", str(data)).stdout)
+    with h5py.File(out / "model.h5", "r") as handle:
+        params = handle["params"][()]
+    residual = X @ params[:-1] + params[-1] - (y + 1e8)
+    expected = 1 - np.sum(residual**2) / np.sum((y - y.mean()) ** 2)
+    assert metrics["r2"] == pytest.approx(expected, abs=1e-6)

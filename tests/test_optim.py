@@ -128,3 +128,14 @@ def test_full_batch_only_optimizers_refuse_a_batch_size():
     with pytest.raises(ConfigError, match="full-batch"):
         create_optimizer("lbfgs", 3, Schedule(0.1), config)
     assert isinstance(create_optimizer("sgd", 3, Schedule(0.1), config), GradientDescent)
+
+
+def test_the_reported_rate_is_the_one_the_last_step_used():
+    optimizer = GradientDescent(3, Schedule(0.4, "step", steps_per_epoch=1, step_epochs=1,
+                                            gamma=0.5))  # fmt: skip
+    params = np.zeros(3)
+    reported = []
+    for _ in range(3):
+        optimizer.step(params, quadratic)
+        reported.append(optimizer.epoch_fields()["lr"])
+    assert reported == [0.4, 0.2, 0.1]

@@ -12,12 +12,21 @@ svm        LinearSVM           binary                w (d), b
 
 from __future__ import annotations
 
+import kernels
 from mpigd.errors import ConfigError
 from mpigd.models.base import Model
 from mpigd.models.linear import LinearSVM, LinReg, LogReg
 from mpigd.models.softmax import Softmax
 
 MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (LinReg, LogReg, Softmax, LinearSVM)}
+
+
+def load_backend(name: str):
+    """The kernel backend ``--backend name``; ConfigError when it cannot be used here."""
+    try:
+        return kernels.get_backend(name)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(f"--backend {name}: {exc}") from exc
 
 
 def create_model(
@@ -39,4 +48,4 @@ def create_model(
     return cls(backend, n_features, n_classes)
 
 
-__all__ = ["MODELS", "Model", "create_model"]
+__all__ = ["MODELS", "Model", "create_model", "load_backend"]

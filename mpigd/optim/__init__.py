@@ -22,14 +22,18 @@ from mpigd.optim.schedule import SCHEDULES, Schedule
 
 OPTIMIZERS = ("gd", "sgd", "momentum", "adam", "lbfgs")
 FULL_BATCH_ONLY = ("gd", "lbfgs")
+#: ``--tol`` when not given: L-BFGS stops at a gradient infinity norm of 1e-6; the
+#: first-order methods run their epochs.
+DEFAULT_TOL = {"lbfgs": 1e-6}
 
 
 def create_optimizer(name: str, n_params: int, schedule: Schedule, config) -> Optimizer:
     """Build optimiser ``name``; ``config`` supplies momentum, nesterov, tol, lbfgs_memory."""
     full_batch = config.batch_size is None
+    tol = config.tol if config.tol is not None else DEFAULT_TOL.get(name, 0.0)
     if name in FULL_BATCH_ONLY and not full_batch:
         raise ConfigError(f"optimizer {name!r} is full-batch; drop --batch-size or use sgd/adam")
-    common = {"tol": config.tol, "full_batch": full_batch}
+    common = {"tol": tol, "full_batch": full_batch}
     if name in ("gd", "sgd"):
         return GradientDescent(n_params, schedule, **common)
     if name == "momentum":
@@ -37,7 +41,7 @@ def create_optimizer(name: str, n_params: int, schedule: Schedule, config) -> Op
     if name == "adam":
         return Adam(n_params, schedule, **common)
     if name == "lbfgs":
-        return LBFGS(n_params, memory=config.lbfgs_memory, tol=config.tol)
+        return LBFGS(n_params, memory=config.lbfgs_memory, tol=tol)
     raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 

@@ -31,7 +31,8 @@ class GradientDescent(Optimizer):
         return loss
 
     def epoch_fields(self) -> dict:
-        return {"lr": self.schedule.rate(self.steps)}
+        """``lr``: the rate the last step used."""
+        return {"lr": self.schedule.rate(max(self.steps - 1, 0))}
 
     def _update(self, params: np.ndarray, lr: float) -> None:
         params -= lr * self.grad

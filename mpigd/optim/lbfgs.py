@@ -131,10 +131,6 @@ class LBFGS(Optimizer):
         for s, y in zip(np.asarray(state["s"]), np.asarray(state["y"]), strict=True):
             self.pairs.append((s.copy(), y.copy(), 1.0 / float(s @ y)))
 
-    def epoch_fields(self) -> dict:
-        """``evaluations``: distributed passes (closure calls) since the start."""
-        return {"evaluations": self.evaluations}
-
     def _direction(self, grad: np.ndarray) -> np.ndarray:
         """−H g by the two-loop recursion, H the L-BFGS inverse-Hessian estimate."""
         q = -grad.copy()
