@@ -281,6 +281,8 @@ def test_import_csv_then_inspect(tmp_path):
             "csv",
             "--label-column",
             "-1",
+            "--label-values",
+            "1,2,3",
             "--out",
             str(out),
         ],

@@ -1,8 +1,13 @@
 """Import of libsvm, CSV and npz files: parsing, task inference and label mapping."""
 
+import json
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
+from helpers import REPO
 
 from mpigd.data import import_file, inspect_dataset, open_dataset, read_rows
 from mpigd.data import inspect as inspect_module
@@ -32,7 +37,11 @@ def test_libsvm_binary_with_plus_minus_one_labels(tmp_path):
 def test_libsvm_multiclass_one_based_labels_into_shards(tmp_path):
     source = tmp_path / "m.svm"
     source.write_text("".join(f"{k % 3 + 1} 1:{k} 2:{-k}\n" for k in range(9)))
-    summary = import_file(source, "libsvm", tmp_path / "m", shards=2, dtype="float32")
+    with pytest.raises(DataError, match="do not include class 0.*--label-values"):
+        import_file(source, "libsvm", tmp_path / "m", task="multiclass")
+    summary = import_file(
+        source, "libsvm", tmp_path / "m", shards=2, dtype="float32", label_values="1,2,3"
+    )
     assert (summary["task"], summary["n_classes"], summary["label_values"]) == (
         "multiclass",
         3,
@@ -73,15 +82,17 @@ def test_whitespace_separated_csv(tmp_path):
     np.testing.assert_array_equal(rows.y, [0, 1])
 
 
-def test_npz_multiclass_inferred(tmp_path):
+def test_npz_multiclass_with_pinned_label_values(tmp_path):
     X = np.arange(12.0).reshape(6, 2)
-    y = np.array([10, 20, 30, 10, 20, 30])
+    y = np.array([10, 30, 20, 10, 20, 30])
     np.savez(tmp_path / "d.npz", X=X, y=y)
-    summary = import_file(tmp_path / "d.npz", "npz", tmp_path / "d.h5")
-    assert summary["task"] == "multiclass" and summary["label_values"] == [10, 20, 30]
+    summary = import_file(tmp_path / "d.npz", "npz", tmp_path / "d.h5", label_values=[30, 10, 20])
+    assert summary["task"] == "multiclass" and summary["label_values"] == [30, 10, 20]
     _, rows = read_all(tmp_path / "d.h5")
     np.testing.assert_array_equal(rows.X, X)
-    np.testing.assert_array_equal(rows.y, [0, 1, 2, 0, 1, 2])
+    np.testing.assert_array_equal(rows.y, [1, 0, 2, 1, 2, 0])
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        np.testing.assert_array_equal(f.attrs["label_values"], [30, 10, 20])
 
 
 def test_explicit_task_and_classes_keep_absent_classes(tmp_path):
@@ -127,3 +138,192 @@ def test_inspect_summary(tmp_path, monkeypatch):
     assert (summary["rows"], summary["features"], summary["dtype"]) == (4, 2, "float64")
     assert [s["rows"] for s in summary["shards"]] == [2, 2]
     assert summary["y"] == pytest.approx({"mean": 3.0, "std": 1.8708287, "min": 1.0, "max": 6.0})
+
+
+# Label mapping that does not depend on which values a file happens to contain.
+
+
+def save_npz(path, y, d=1):
+    y = np.asarray(y)
+    np.savez(path, X=np.arange(len(y) * d, dtype=np.float64).reshape(len(y), d), y=y)
+    return path
+
+
+def test_binary_train_and_one_class_test_map_alike_with_like(tmp_path):
+    train = import_file(save_npz(tmp_path / "tr.npz", [1, 2, 2, 1]), "npz", tmp_path / "tr.h5")
+    assert (train["task"], train["label_values"]) == ("binary", [1, 2])
+    test = import_file(
+        save_npz(tmp_path / "te.npz", [1, 1]), "npz", tmp_path / "te", like=tmp_path / "tr.h5"
+    )
+    assert (test["task"], test["n_classes"], test["label_values"]) == ("binary", 2, [1, 2])
+    np.testing.assert_array_equal(read_all(tmp_path / "te")[1].y, [0, 0])  # 1 is class 0
+    with h5py.File(tmp_path / "te" / "part-00000.h5", "r") as f:
+        np.testing.assert_array_equal(f.attrs["label_values"], [1, 2])
+
+
+def test_class_ids_are_kept_whatever_classes_a_file_lacks(tmp_path):
+    np.savez(tmp_path / "pm.npz", X=np.ones((2, 1)), y=np.array([-1, -1]))
+    assert import_file(tmp_path / "pm.npz", "npz", tmp_path / "pm.h5", task="binary")[
+        "label_values"
+    ] == [-1, 1]
+    np.testing.assert_array_equal(read_all(tmp_path / "pm.h5")[1].y, [0, 0])
+    save_npz(tmp_path / "tr.npz", [0, 1, 2, 3, 3])
+    train = import_file(tmp_path / "tr.npz", "npz", tmp_path / "tr.h5", task="multiclass")
+    assert (train["n_classes"], train["label_values"]) == (4, [0, 1, 2, 3])
+    save_npz(tmp_path / "te.npz", [3, 1, 2])  # no class 0: 1-based labels or a lacking test split?
+    with pytest.raises(DataError, match=r"\(1, 2, 3\) do not include class 0.*--like"):
+        import_file(tmp_path / "te.npz", "npz", tmp_path / "te.h5", task="multiclass")
+    for out, options in (("like.h5", {"like": tmp_path / "tr.h5"}), ("c.h5", {"n_classes": 4})):
+        summary = import_file(tmp_path / "te.npz", "npz", tmp_path / out, **options)
+        assert (summary["n_classes"], summary["label_values"]) == (4, [0, 1, 2, 3])
+        np.testing.assert_array_equal(read_all(tmp_path / out)[1].y, [3, 1, 2])
+    with pytest.raises(DataError, match=r"\(1, 2, 3\) are not class ids 0\.\.2"):
+        import_file(tmp_path / "te.npz", "npz", tmp_path / "x.h5", n_classes=3)
+
+
+def test_pinned_label_values_reject_other_labels(tmp_path):
+    save_npz(tmp_path / "d.npz", [4, 2, 7])
+    with pytest.raises(DataError, match=r"label 7 at data row 2, which is not one of .* 2, 4$"):
+        import_file(tmp_path / "d.npz", "npz", tmp_path / "d.h5", label_values="2,4")
+    with pytest.raises(DataError, match="with 4 classes does not fit the 3 label values"):
+        import_file(tmp_path / "d.npz", "npz", tmp_path / "d.h5", label_values="2,4,7", n_classes=4)
+    for bad in ("1,1", "1", "1,x", "1.5,2"):
+        with pytest.raises(DataError, match="label values must"):
+            import_file(tmp_path / "d.npz", "npz", tmp_path / "d.h5", label_values=bad)
+    with pytest.raises(DataError, match="apply to classification, not regression"):
+        import_file(
+            tmp_path / "d.npz", "npz", tmp_path / "d.h5", task="regression", label_values="2,4,7"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
+
+
+def test_like_reuses_task_classes_and_features_and_rejects_contradictions(tmp_path):
+    from mpigd.data import write_synthetic
+
+    write_synthetic(tmp_path / "s", "multiclass", 40, 3, classes=4, shards=2, seed=1)
+    np.savez(tmp_path / "t.npz", X=np.ones((2, 3)), y=np.array([3, 1]))
+    summary = import_file(tmp_path / "t.npz", "npz", tmp_path / "t.h5", like=tmp_path / "s/test")
+    assert (summary["task"], summary["n_classes"], summary["label_values"]) == (
+        "multiclass",
+        4,
+        [0, 1, 2, 3],
+    )
+    np.testing.assert_array_equal(read_all(tmp_path / "t.h5")[1].y, [3, 1])
+    like = tmp_path / "s" / "train"
+    for options, message in (
+        ({"task": "binary"}, "task=binary contradicts .*task=multiclass"),
+        ({"n_classes": 5}, "n_classes=5 contradicts .*n_classes=4"),
+        ({"label_values": "1,2,3,4"}, "label values 1, 2, 3, 4 contradict .* 0, 1, 2, 3"),
+        ({"n_features": 2}, "n_features=2 contradicts .*n_features=3"),
+    ):
+        with pytest.raises(DataError, match=message):
+            import_file(tmp_path / "t.npz", "npz", tmp_path / "x.h5", like=like, **options)
+    np.savez(tmp_path / "wide.npz", X=np.ones((2, 4)), y=np.array([0, 1]))
+    with pytest.raises(DataError, match="has 4 feature columns but 3 are expected"):
+        import_file(tmp_path / "wide.npz", "npz", tmp_path / "x.h5", like=like)
+
+
+def test_libsvm_feature_count_from_option_or_training_set(tmp_path):
+    (tmp_path / "tr.svm").write_text("1 1:1 5:2\n-1 2:1\n")
+    (tmp_path / "te.svm").write_text("1 4:3\n")  # largest index 4: would be d = 4 on its own
+    import_file(tmp_path / "tr.svm", "libsvm", tmp_path / "tr.h5")
+    summary = import_file(
+        tmp_path / "te.svm", "libsvm", tmp_path / "te.h5", like=tmp_path / "tr.h5"
+    )
+    assert (summary["features"], summary["label_values"]) == (5, [-1, 1])
+    np.testing.assert_array_equal(read_all(tmp_path / "te.h5")[1].X, [[0, 0, 0, 3, 0]])
+    summary = import_file(
+        tmp_path / "te.svm", "libsvm", tmp_path / "d7.h5", n_features=7, task="binary"
+    )
+    assert summary["features"] == 7
+    with pytest.raises(DataError, match="has feature index 5 but only 4 features are expected"):
+        import_file(tmp_path / "tr.svm", "libsvm", tmp_path / "x.h5", n_features=4)
+
+
+def test_libsvm_indices_are_one_based_unless_told(tmp_path):
+    (tmp_path / "z.svm").write_text("1 0:1 2:2\n0 1:1\n")
+    with pytest.raises(DataError, match="Invalid index 0.*--zero-based"):
+        import_file(tmp_path / "z.svm", "libsvm", tmp_path / "z.h5")
+    import_file(tmp_path / "z.svm", "libsvm", tmp_path / "z.h5", zero_based=True)
+    np.testing.assert_array_equal(read_all(tmp_path / "z.h5")[1].X, [[1, 0, 2], [0, 1, 0]])
+
+
+# CSV: the first line is a header only when it is text; missing values are errors.
+
+
+def test_csv_missing_value_in_first_row_is_an_error_not_a_header(tmp_path):
+    source = tmp_path / "m.csv"
+    source.write_text("1,0.5,\n0,1,2\n")
+    with pytest.raises(DataError, match=f"cannot parse {source} as CSV: line 1: missing value"):
+        import_file(source, "csv", tmp_path / "m.h5")
+    source.write_text("y,a,b\n\n1,0.5,2\n0,,2\n")
+    with pytest.raises(DataError, match="line 4: missing value in column 2"):
+        import_file(source, "csv", tmp_path / "m.h5")
+    source.write_text("1,0.5,2\n0,1\n")
+    with pytest.raises(DataError, match="line 2 has 2 columns but line 1 3"):
+        import_file(source, "csv", tmp_path / "m.h5")
+
+
+def test_csv_with_byte_order_mark_keeps_every_row(tmp_path):
+    source = tmp_path / "bom.csv"
+    source.write_text("1,0.5,2\n0,3,4\n", encoding="utf-8-sig")
+    assert import_file(source, "csv", tmp_path / "a.h5")["rows"] == 2
+    np.testing.assert_array_equal(read_all(tmp_path / "a.h5")[1].X, [[0.5, 2], [3, 4]])
+    source.write_text("label,a,b\n1,0.5,2\n0,3,4\n", encoding="utf-8-sig")
+    assert import_file(source, "csv", tmp_path / "b.h5")["rows"] == 2
+
+
+def test_csv_header_detection_and_override(tmp_path):
+    source = tmp_path / "h.csv"
+    source.write_text(",a,b\n1,0.5,2\n0,3,4\n")  # an unnamed (index) column is still a header
+    assert import_file(source, "csv", tmp_path / "a.h5")["rows"] == 2
+    source.write_text("1,NA,2\n0,3,4\n")
+    with pytest.raises(DataError, match="line 1 of .* mixes numbers and text .*--no-header"):
+        import_file(source, "csv", tmp_path / "b.h5")
+    with pytest.raises(DataError, match="line 1: column 2 is 'NA', not a number"):
+        import_file(source, "csv", tmp_path / "b.h5", header=False)
+    source.write_text("label,0,1\n1,0.5,2\n0,3,4\n")
+    assert import_file(source, "csv", tmp_path / "c.h5", header=True)["rows"] == 2
+    source.write_text("# comment\n7,8,9\n1,0.5,2\n0,3,4\n")
+    assert import_file(source, "csv", tmp_path / "d.h5", header=True)["rows"] == 2
+    assert import_file(source, "csv", tmp_path / "e.h5", task="regression")["rows"] == 3
+
+
+# Task inference: only two distinct integer values are taken for a class label.
+
+
+def test_integer_regression_targets_need_an_explicit_task(tmp_path):
+    ages = np.arange(1, 30)
+    save_npz(tmp_path / "ages.npz", ages)
+    with pytest.raises(
+        DataError, match="29 distinct integer value.*--task multiclass or --task regression"
+    ):
+        import_file(tmp_path / "ages.npz", "npz", tmp_path / "a.h5")
+    summary = import_file(tmp_path / "ages.npz", "npz", tmp_path / "a.h5", task="regression")
+    assert summary["task"] == "regression"
+    np.testing.assert_array_equal(read_all(tmp_path / "a.h5")[1].y, ages)
+    save_npz(tmp_path / "one.npz", [1, 1])
+    with pytest.raises(
+        DataError, match="1 distinct integer value.*--task binary, --task multiclass"
+    ):
+        import_file(tmp_path / "one.npz", "npz", tmp_path / "o.h5")
+    save_npz(tmp_path / "frac.npz", [1, 2.5, 3])
+    assert import_file(tmp_path / "frac.npz", "npz", tmp_path / "f.h5")["task"] == "regression"
+
+
+def test_cli_import_flags(tmp_path):
+    (tmp_path / "tr.csv").write_text("2,0.5,1\n4,1,2\n6,3,3\n")
+    (tmp_path / "te.csv").write_text("\ufeff4,1,1\n")
+
+    def mpigd_import(source, *flags):
+        command = [sys.executable, "-m", "mpigd", "data", "import", str(source), "--format"]
+        command += ["csv", "--out", str(tmp_path / f"{source.stem}.h5"), *flags]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    train = mpigd_import(tmp_path / "tr.csv", "--no-header", "--label-values", "6,4,2")
+    assert (train["task"], train["label_values"]) == ("multiclass", [6, 4, 2])
+    test = mpigd_import(tmp_path / "te.csv", "--like", str(tmp_path / "tr.h5"), "--features", "2")
+    assert (test["rows"], test["n_classes"], test["label_values"]) == (1, 3, [6, 4, 2])
+    np.testing.assert_array_equal(read_all(tmp_path / "te.h5")[1].y, [1])

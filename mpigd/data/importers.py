@@ -5,6 +5,14 @@ The input is read whole into memory (these formats offer no row-range reads), ch
 written atomically with :func:`mpigd.data.writer.write_dataset`. The original label
 values are kept as the root attribute ``label_values`` (``label_values[k]`` is class
 ``k``).
+
+Train and test files are imported one at a time, so the label mapping and the number of
+features must not depend on which values a file happens to contain. Labels that already
+are class ids (``0..C-1``, binary ``0/1``) are kept as they are and ``-1/+1`` becomes
+``0/1``; any other coding must be pinned (``label_values``) or is taken from the training
+set (``like``), which also fixes ``d``. Codings that cannot be told apart from the file
+alone (multiclass labels without class 0, more than two distinct integers without a task)
+are errors, never guesses.
 """
 
 from __future__ import annotations
@@ -12,15 +20,16 @@ from __future__ import annotations
 import os
 import warnings
 import zipfile
+from collections.abc import Sequence
 
+import h5py
 import numpy as np
 
-from mpigd.data.dataset import TASKS, first_nonfinite_row
+from mpigd.data.dataset import TASKS, first_nonfinite_row, open_dataset
 from mpigd.data.writer import write_dataset
 from mpigd.errors import DataError
 
 FORMATS = ("libsvm", "csv", "npz")
-MAX_INFERRED_CLASSES = 1000  # more distinct integer labels than this are taken as regression
 
 
 def import_file(
@@ -33,28 +42,54 @@ def import_file(
     dtype: str = "float64",
     label_column: int = 0,
     overwrite: bool = False,
+    *,
+    label_values: Sequence[float] | str | None = None,
+    like: str | os.PathLike | None = None,
+    n_features: int | None = None,
+    header: bool | None = None,
+    zero_based: bool = False,
 ) -> dict:
     """Import ``path`` into a dataset at ``out``.
 
     Parameters
     ----------
     path : input file.
-    fmt : ``libsvm`` (svmlight), ``csv`` (label in ``label_column``, ``-1`` for the last;
-        a first row that is not all numbers is a header) or ``npz`` (arrays ``X``, ``y``).
+    fmt : ``libsvm`` (svmlight), ``csv`` (label in ``label_column``) or ``npz`` (arrays
+        ``X``, ``y``).
     out : a single ``.h5`` file when ``shards == 1`` and it ends in ``.h5``, otherwise a
         directory of ``shards`` shard files.
-    task : ``regression``, ``binary`` or ``multiclass``; inferred when ``None``: integer
-        labels with 2 distinct values are binary, with 3 to ``MAX_INFERRED_CLASSES``
-        multiclass, anything else regression.
-    n_classes : ``C`` for classification. Multiclass labels already in ``0..C-1`` (or
-        ``1..C``) then keep their meaning even when some classes are absent.
+    task : ``regression``, ``binary`` or ``multiclass``. When ``None`` it is taken from
+        ``like``, ``label_values`` or ``n_classes``, else inferred: fractional labels are
+        regression, exactly 2 distinct integers binary; other integer labels need ``task``.
+    n_classes : ``C`` for classification; labels must then be class ids ``0..C-1``
+        (or values of ``label_values``).
     shards, dtype : shard count and dtype of ``X`` (``float32`` or ``float64``).
-    label_column : CSV column holding the label.
+    label_column : CSV column holding the label (``-1`` for the last).
     overwrite : replace an existing ``out``.
+    label_values : the original label of each class, in class order (a sequence, or a
+        string ``"v1,v2,..."``): value ``label_values[k]`` becomes class ``k``. Without
+        it, class ids ``0..C-1`` (``C`` from ``n_classes``, else the largest label + 1)
+        and binary ``0/1`` are kept, ``-1/+1`` maps to ``0/1``, and any other two binary
+        values map in increasing order.
+    like : an imported dataset (file or shard directory), typically the training set:
+        its ``task``, ``n_classes``, ``label_values`` and number of features are reused.
+        Options given as well must agree with it.
+    n_features : ``d``. libsvm rows are padded to it (a larger feature index is an
+        error); CSV and npz must have exactly ``d`` feature columns.
+    header : CSV only: ``True`` if the first line is a header, ``False`` if it is data,
+        ``None`` to detect it (a header has text fields only, a data row numbers only).
+    zero_based : libsvm only: feature indices start at 0 (as written by scikit-learn)
+        instead of 1 (LIBSVM's convention).
 
     Returns
     -------
     dict : JSON-serialisable summary (output path, rows, features, task, label values).
+
+    Raises
+    ------
+    DataError
+        If the input cannot be parsed, has missing or non-finite values, or its labels
+        or features do not fit the task, ``label_values``, ``n_features`` or ``like``.
     """
     path = os.fspath(path)
     if fmt not in FORMATS:
@@ -63,11 +98,20 @@ def import_file(
         raise DataError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     if dtype not in ("float32", "float64"):
         raise DataError(f"dtype must be float32 or float64, got {dtype!r}")
+    if n_features is not None and n_features < 1:
+        raise DataError(f"the number of features must be >= 1, got {n_features}")
     if not os.path.isfile(path):
         raise DataError(f"input file {path} does not exist")
-    X, y = _load(path, fmt, label_column)
+    label_values = _parse_label_values(label_values)
+    if like is not None:
+        task, n_classes, label_values, n_features = _like(
+            like, task, n_classes, label_values, n_features
+        )
+    X, y = _load(path, fmt, label_column, n_features, header, zero_based)
+    if n_features is not None and X.shape[1] != n_features:
+        raise DataError(f"{path} has {X.shape[1]} feature columns but {n_features} are expected")
     _check_table(path, X, y)
-    task, n_classes, ids, label_values = _map_labels(path, y, task, n_classes)
+    task, n_classes, ids, label_values = _map_labels(path, y, task, n_classes, label_values)
     attrs = {"source": os.path.abspath(path), "source_format": fmt}
     if label_values is not None:
         attrs["label_values"] = label_values
@@ -93,36 +137,115 @@ def import_file(
     }
 
 
-def _load(path: str, fmt: str, label_column: int) -> tuple[np.ndarray, np.ndarray]:
+def _parse_label_values(spec: Sequence[float] | str | None) -> np.ndarray | None:
+    """``label_values`` as distinct int64 values, at least 2; ``None`` stays ``None``."""
+    if spec is None:
+        return None
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    try:
+        values = np.array([float(v) for v in items], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"label values must be numbers, got {spec!r}") from exc
+    if not np.isfinite(values).all() or (values != np.round(values)).any():
+        raise DataError(f"label values must be integers, got {_preview(values, 20)}")
+    if len(values) < 2 or len(np.unique(values)) != len(values):
+        raise DataError(f"label values must be >= 2 distinct values, got {_preview(values, 20)}")
+    return values.astype(np.int64)
+
+
+def _like(
+    like: str | os.PathLike,
+    task: str | None,
+    n_classes: int | None,
+    label_values: np.ndarray | None,
+    n_features: int | None,
+) -> tuple[str, int | None, np.ndarray | None, int]:
+    """Task, classes, label values and ``d`` of the dataset ``like``, checked against the
+    options given as well."""
+    info = open_dataset(like)
+    reference = _stored_label_values(info)
+    for name, given, theirs in (
+        ("task", task, info.task),
+        ("n_classes", n_classes, info.n_classes),
+        ("n_features", n_features, info.n_features),
+    ):
+        if given is not None and given != theirs:
+            raise DataError(f"{name}={given} contradicts {info.path}, which has {name}={theirs}")
+    if label_values is not None and not np.array_equal(label_values, reference):
+        shown = "none" if reference is None else _preview(reference, 20)
+        raise DataError(
+            f"label values {_preview(label_values, 20)} contradict {info.path}, "
+            f"which has label values {shown}"
+        )
+    return info.task, info.n_classes, reference, info.n_features
+
+
+def _stored_label_values(info) -> np.ndarray | None:
+    """Root attribute ``label_values`` of a dataset; ``0..C-1`` when absent (synth data)."""
+    if info.task == "regression":
+        return None
+    with h5py.File(info.files[0], "r") as f:
+        raw = f.attrs.get("label_values")
+    if raw is None:
+        return np.arange(info.n_classes, dtype=np.int64)
+    values = np.asarray(raw).ravel()
+    if values.dtype.kind not in "iuf" or len(values) != info.n_classes:
+        raise DataError(
+            f"{info.files[0]} has label_values {values!r}; expected {info.n_classes} numbers"
+        )
+    return _parse_label_values(values)
+
+
+def _load(
+    path: str,
+    fmt: str,
+    label_column: int,
+    n_features: int | None,
+    header: bool | None,
+    zero_based: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """``X`` (float64, shape (N, d)) and ``y`` (float64, shape (N,)) of the input file."""
     if fmt == "libsvm":
-        return _load_libsvm(path)
+        return _load_libsvm(path, n_features, zero_based)
     if fmt == "csv":
-        return _load_csv(path, label_column)
+        return _load_csv(path, label_column, header)
     return _load_npz(path)
 
 
-def _load_libsvm(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_libsvm(
+    path: str, n_features: int | None, zero_based: bool
+) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_svmlight_file
 
     try:
-        X, y = load_svmlight_file(path, dtype=np.float64)
+        X, y = load_svmlight_file(path, dtype=np.float64, zero_based=zero_based)
     except (ValueError, OSError) as exc:
-        raise DataError(f"cannot parse {path} as libsvm/svmlight: {exc}") from exc
+        hint = "" if zero_based else " (indices start at 1; --zero-based if they start at 0)"
+        raise DataError(f"cannot parse {path} as libsvm/svmlight: {exc}{hint}") from exc
+    if n_features is not None:
+        if X.shape[1] > n_features:
+            raise DataError(
+                f"{path} has feature index {X.shape[1] - zero_based} but only "
+                f"{n_features} features are expected"
+            )
+        X.resize((X.shape[0], n_features))
     return X.toarray(), y
 
 
-def _load_csv(path: str, label_column: int) -> tuple[np.ndarray, np.ndarray]:
+def _load_csv(path: str, label_column: int, header: bool | None) -> tuple[np.ndarray, np.ndarray]:
+    first_line, fields, delimiter = _first_line(path)
+    if header is None:
+        header = _is_header(path, first_line, fields)
+    skip = first_line if header else 0  # physical lines, blank and comment lines included
     try:
-        with open(path, encoding="utf-8") as f:
-            first = f.readline()
-        delimiter = "," if "," in first else None
-        header = not _all_numbers(first.split(delimiter))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
-            table = np.loadtxt(path, delimiter=delimiter, skiprows=int(header), ndmin=2)
+            table = np.loadtxt(
+                path, delimiter=delimiter, skiprows=skip, ndmin=2, encoding="utf-8-sig"
+            )
     except ValueError as exc:
-        raise DataError(f"cannot parse {path} as CSV: {exc}") from exc
+        problem = _csv_problem(path, delimiter, skip, exc)
+        raise DataError(f"cannot parse {path} as CSV: {problem}") from exc
     if table.size == 0:
         raise DataError(f"{path} contains no data rows")
     n_columns = table.shape[1]
@@ -133,6 +256,68 @@ def _load_csv(path: str, label_column: int) -> tuple[np.ndarray, np.ndarray]:
             f"label column {label_column} is out of range for the {n_columns} columns of {path}"
         )
     return np.delete(table, label_column, axis=1), table[:, label_column]
+
+
+def _csv_lines(path: str, skip: int = 0):
+    """Yield ``(line number from 1, text)`` of non-blank lines after ``skip``, comments cut."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for number, line in enumerate(f, start=1):
+                text = line.split("#", 1)[0].strip()
+                if number > skip and text:
+                    yield number, text
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot parse {path} as CSV: it is not UTF-8 text ({exc})") from exc
+
+
+def _first_line(path: str) -> tuple[int, list[str], str | None]:
+    """Number and fields of the first non-blank line, and the delimiter (``,`` or blanks)."""
+    for number, text in _csv_lines(path):
+        delimiter = "," if "," in text else None
+        return number, _split(text, delimiter), delimiter
+    raise DataError(f"{path} contains no data rows")
+
+
+def _split(text: str, delimiter: str | None) -> list[str]:
+    return [field.strip() for field in text.split(delimiter)]
+
+
+def _is_header(path: str, number: int, fields: list[str]) -> bool:
+    """A header has text fields (besides empty ones), a data row numbers; mixed is an error."""
+    filled = [field for field in fields if field]
+    text = [field for field in filled if not _is_number(field)]
+    if not text:
+        return False
+    if len(text) < len(filled):
+        raise DataError(
+            f"line {number} of {path} mixes numbers and text ({', '.join(fields[:6])}); "
+            "say whether it is a header (--header) or data (--no-header)"
+        )
+    return True
+
+
+def _csv_problem(path: str, delimiter: str | None, skip: int, exc: ValueError) -> str:
+    """The first bad data line: a missing value, a non-number or a column count change."""
+    columns = None
+    for number, text in _csv_lines(path, skip):
+        fields = _split(text, delimiter)
+        columns = columns or (number, len(fields))
+        for k, field in enumerate(fields, start=1):
+            if not field:
+                return f"line {number}: missing value in column {k}"
+            if not _is_number(field):
+                return f"line {number}: column {k} is {field!r}, not a number"
+        if len(fields) != columns[1]:
+            return f"line {number} has {len(fields)} columns but line {columns[0]} {columns[1]}"
+    return str(exc)
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
 
 
 def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -154,14 +339,6 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     return X.astype(np.float64, copy=False), y.astype(np.float64, copy=False)
 
 
-def _all_numbers(fields: list[str]) -> bool:
-    try:
-        [float(field) for field in fields]
-    except ValueError:
-        return False
-    return True
-
-
 def _check_table(path: str, X: np.ndarray, y: np.ndarray) -> None:
     """Rows, features, matching lengths and finite values."""
     if X.shape[0] != y.shape[0]:
@@ -179,78 +356,120 @@ def _check_table(path: str, X: np.ndarray, y: np.ndarray) -> None:
 
 
 def _map_labels(
-    path: str, y: np.ndarray, task: str | None, n_classes: int | None
+    path: str,
+    y: np.ndarray,
+    task: str | None,
+    n_classes: int | None,
+    label_values: np.ndarray | None,
 ) -> tuple[str, int | None, np.ndarray, np.ndarray | None]:
     """Decide the task and map labels to class ids.
 
     Returns
     -------
     (task, n_classes, y_out, label_values) : ``y_out`` float64 targets for regression or
-    int64 ids ``0..C-1``; ``label_values`` (int64, shape (C,), sorted) the original value
-    of each class, ``None`` for regression.
+    int64 ids ``0..C-1``; ``label_values`` (int64, shape (C,)) the original value of each
+    class, ``None`` for regression.
     """
     values = np.unique(y)
     fractional = np.flatnonzero(y != np.round(y))
     if task is None:
-        task = _infer_task(values, fractional.size == 0, n_classes)
+        task = _infer_task(path, values, fractional.size == 0, n_classes, label_values)
     if task == "regression":
-        if n_classes is not None:
-            raise DataError("n_classes applies to binary and multiclass tasks, not regression")
+        if n_classes is not None or label_values is not None:
+            raise DataError("n_classes and label values apply to classification, not regression")
         return task, None, y, None
     if fractional.size:
         i = fractional[0]
         raise DataError(
             f"task {task!r} needs integer labels but {path} has label {y[i]:g} at data row {i}"
         )
-    if task == "binary":
-        label_values = _binary_values(path, values, n_classes)
-    else:
-        label_values = _multiclass_values(path, values, n_classes)
-    ids = np.searchsorted(label_values, y).astype(np.int64)
-    return task, len(label_values), ids, label_values.astype(np.int64)
+    if label_values is None:
+        label_values = _default_label_values(path, task, values, n_classes)
+    for want in (2 if task == "binary" else None, n_classes):
+        if want is not None and len(label_values) != want:
+            raise DataError(
+                f"task {task!r} with {want} classes does not fit the "
+                f"{len(label_values)} label values {_preview(label_values, 20)}"
+            )
+    return task, len(label_values), _class_ids(path, y, label_values), label_values
 
 
-def _infer_task(values: np.ndarray, integral: bool, n_classes: int | None) -> str:
-    if n_classes is not None:
-        return "binary" if n_classes == 2 else "multiclass"
-    if integral and len(values) == 2:
+def _infer_task(
+    path: str,
+    values: np.ndarray,
+    integral: bool,
+    n_classes: int | None,
+    label_values: np.ndarray | None,
+) -> str:
+    """The task from the options, or from labels that leave no doubt."""
+    n = len(label_values) if label_values is not None else n_classes
+    if n is not None:
+        return "binary" if n == 2 else "multiclass"
+    if not integral:
+        return "regression"
+    if len(values) == 2:
         return "binary"
-    if integral and 3 <= len(values) <= MAX_INFERRED_CLASSES:
-        return "multiclass"
-    return "regression"
-
-
-def _binary_values(path: str, values: np.ndarray, n_classes: int | None) -> np.ndarray:
-    """Original values of classes 0 and 1: ``{0, 1}``, ``{-1, +1}`` or any two values."""
-    if n_classes not in (None, 2):
-        raise DataError(f"a binary task has 2 classes, got n_classes={n_classes}")
-    for standard in ((0.0, 1.0), (-1.0, 1.0)):
-        if np.isin(values, standard).all():
-            return np.array(standard)
-    if len(values) != 2:
-        raise DataError(
-            f"task 'binary' needs 2 label values but {path} has {len(values)}: {_preview(values)}"
-        )
-    return values
-
-
-def _multiclass_values(path: str, values: np.ndarray, n_classes: int | None) -> np.ndarray:
-    """Original values of classes ``0..C-1``: the sorted distinct labels, or ``0..C-1`` /
-    ``1..C`` when ``n_classes`` is given and the labels fit."""
-    if n_classes is None:
-        if len(values) < 2:
-            raise DataError(f"task 'multiclass' needs >= 2 label values but {path} has 1")
-        return values
-    if n_classes < 2:
-        raise DataError(f"a multiclass task needs n_classes >= 2, got {n_classes}")
-    for first in (0, 1):
-        candidate = np.arange(first, first + n_classes, dtype=np.float64)
-        if np.isin(values, candidate).all():
-            return candidate
+    choices = "multiclass or --task regression"
+    if len(values) == 1:
+        choices = "binary, --task " + choices
     raise DataError(
-        f"labels of {path} ({_preview(values)}) are not class ids 0..{n_classes - 1} "
-        f"or 1..{n_classes} for n_classes={n_classes}"
+        f"cannot infer the task of {path}: its labels take {len(values)} distinct integer "
+        f"value(s) ({_preview(values)}); give --task {choices}"
     )
+
+
+def _default_label_values(
+    path: str, task: str, values: np.ndarray, n_classes: int | None
+) -> np.ndarray:
+    """Label values when none are pinned; they depend on the values present only where
+    every file of the same data would give the same mapping."""
+    if task == "binary":
+        if n_classes not in (None, 2):
+            raise DataError(f"a binary task has 2 classes, got n_classes={n_classes}")
+        for standard in ((0, 1), (-1, 1)):
+            if np.isin(values, standard).all():
+                return np.array(standard, dtype=np.int64)
+        if len(values) != 2:
+            raise DataError(
+                f"task 'binary' needs 2 label values but {path} has {len(values)}: "
+                f"{_preview(values)}; give --label-values V0,V1 or --like TRAIN"
+            )
+        return values.astype(np.int64)
+    if n_classes is not None and n_classes < 2:
+        raise DataError(f"a multiclass task needs n_classes >= 2, got {n_classes}")
+    remedy = (
+        "give --label-values V0,V1,... in class order (1,2,3 for 1-based labels), "
+        "--classes C, or --like TRAIN (the imported training set)"
+    )
+    if values[0] < 0 or n_classes is not None and values[-1] >= n_classes:
+        expected = "0..C-1" if n_classes is None else f"0..{n_classes - 1}"
+        raise DataError(
+            f"multiclass labels of {path} ({_preview(values)}) are not class ids {expected}; "
+            + remedy
+        )
+    if n_classes is None and (values[0] != 0 or len(values) < 2):
+        raise DataError(
+            f"multiclass labels of {path} ({_preview(values)}) "
+            + ("do not include class 0" if values[0] else "are all class 0")
+            + ", so the class ids they stand for are unknown; "
+            + remedy
+        )
+    return np.arange(n_classes or int(values[-1]) + 1, dtype=np.int64)
+
+
+def _class_ids(path: str, y: np.ndarray, label_values: np.ndarray) -> np.ndarray:
+    """Class id of each label: its position in ``label_values``."""
+    order = np.argsort(label_values, kind="stable")
+    ordered = label_values[order]
+    where = np.minimum(np.searchsorted(ordered, y), len(ordered) - 1)
+    missing = np.flatnonzero(ordered[where] != y)
+    if missing.size:
+        i = missing[0]
+        raise DataError(
+            f"{path} has label {y[i]:g} at data row {i}, which is not one of the label "
+            f"values {_preview(label_values, 20)}"
+        )
+    return order[where].astype(np.int64)
 
 
 def _preview(values: np.ndarray, limit: int = 5) -> str:
