@@ -59,6 +59,9 @@ class TrainConfig:
     resume: bool = False
     force_resume: bool = False
     overwrite: bool = False
+    server_computes: bool = False
+    sync_every: int = 8
+    max_staleness: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -83,6 +86,7 @@ class TrainConfig:
                     f"{', '.join(allowed)}"
                 )
         positive = {
+            "sync_every": self.sync_every,
             "epochs": self.epochs,
             "lbfgs_memory": self.lbfgs_memory,
             "lr_step_epochs": self.lr_step_epochs,
@@ -94,6 +98,8 @@ class TrainConfig:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.max_staleness is not None and self.max_staleness < 0:
+            raise ConfigError(f"--max-staleness must be >= 0, got {self.max_staleness}")
         for key in ("checkpoint_every", "checkpoint_every_steps"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"--{key.replace('_', '-')} must be >= 0 (0: only at the end)")

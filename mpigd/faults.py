@@ -65,3 +65,18 @@ def crash_in_checkpoint(fault: Fault | None, rank: int, step: int) -> None:
         return
     if step >= fault.step:
         os._exit(99)
+
+
+def step_delay(rank: int) -> float:
+    """Seconds rank ``rank`` sleeps before each step: ``MPIGD_TEST_DELAY=RANK:SECONDS``.
+
+    Test-only: makes one worker slow, to show staleness and the absence of deadlocks.
+    """
+    spec = os.environ.get("MPIGD_TEST_DELAY")
+    if not spec:
+        return 0.0
+    try:
+        slow_rank, seconds = spec.split(":")
+        return float(seconds) if int(slow_rank) == rank else 0.0
+    except ValueError as exc:
+        raise ValueError(f"MPIGD_TEST_DELAY={spec!r} is not RANK:SECONDS") from exc

@@ -47,19 +47,23 @@ SGD = ("--optimizer", "momentum", "--nesterov", "--lr", "0.2", "--batch-size", "
        "--epochs", "3", "--l2", "0.01", "--seed", "4")  # fmt: skip
 
 
+@pytest.mark.parametrize("strategy", ["allreduce", "ps-sync"])
 @pytest.mark.parametrize("n_ranks", [2, 4])
-def test_preempted_mid_epoch_and_resumed_equals_uninterrupted_bit_for_bit(n_ranks, data, tmp_path):
-    whole = train(n_ranks, data, tmp_path / "whole", *SGD)
+def test_preempted_mid_epoch_and_resumed_equals_uninterrupted_bit_for_bit(
+    n_ranks, strategy, data, tmp_path
+):
+    options = (*SGD, "--strategy", strategy)
+    whole = train(n_ranks, data, tmp_path / "whole", *options)
     assert whole.returncode == 0, whole.stderr
-    # 21 steps per epoch: SIGTERM reaches rank 0 before global step 30 (epoch 2).
-    cut = train(n_ranks, data, tmp_path / "cut", *SGD, fault="sigterm@0:30")
+    # 21 steps per epoch: SIGTERM reaches rank 1 before global step 30 (epoch 2).
+    cut = train(n_ranks, data, tmp_path / "cut", *options, fault="sigterm@1:30")
     assert cut.returncode == EXIT_PREEMPTED, cut.stderr
     assert "continue with --resume" in cut.stderr
     record = run_json(tmp_path / "cut")
     assert record["status"] == "preempted" and not (tmp_path / "cut" / "model.h5").exists()
     with h5py.File(tmp_path / "cut" / "checkpoint.h5", "r") as handle:
         assert (handle.attrs["epoch"], handle.attrs["step_in_epoch"]) == (1, 10)
-    resumed = train(n_ranks, data, tmp_path / "cut", *SGD, "--resume")
+    resumed = train(n_ranks, data, tmp_path / "cut", *options, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     np.testing.assert_array_equal(params_of(tmp_path / "cut"), params_of(tmp_path / "whole"))
     epochs = [json.loads(line)["epoch"] for line in open(tmp_path / "cut" / "metrics.jsonl")]
