@@ -16,6 +16,8 @@ Every backend module exposes the same names:
                                                            ``params = [W (C, d), b (C,)]``
 ``linear_decision(X, params)``                             ``z = X @ w + b``, shape (n,)
 ``softmax_decision(X, params)``                            ``Z = X @ W.T + b``, shape (n, C)
+``dense_forward``, ``dense_backward``, ``relu_forward``,      MLP layers and output losses
+``relu_backward``, ``softmax_xent``, ``half_squared_error``  (:mod:`kernels.dense`)
 =========================================================  ==================================
 
 Conventions: ``X`` is (n, d) float32 or float64, C-contiguous; everything else, and all

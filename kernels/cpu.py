@@ -8,6 +8,14 @@ loss names to the kernels' integer codes; the work, one read of ``X`` per call, 
 import numpy
 
 from kernels import fused
+from kernels.dense import (  # the MLP layer kernels, shared by the CPU backends
+    dense_backward,
+    dense_forward,
+    half_squared_error,
+    relu_backward,
+    relu_forward,
+    softmax_xent,
+)
 from kernels.reference import (
     LINEAR_LOSSES,
     check_arrays,
@@ -20,6 +28,12 @@ name = "numpy"
 xp = numpy
 
 __all__ = [
+    "dense_backward",
+    "dense_forward",
+    "half_squared_error",
+    "relu_backward",
+    "relu_forward",
+    "softmax_xent",
     "LINEAR_LOSSES",
     "linear_decision",
     "linear_loss_grad",

@@ -11,6 +11,31 @@ here too and are shared by every backend, so all backends reject bad input alike
 
 import numpy
 
+from kernels.dense import (  # the MLP layer kernels, shared by the CPU backends
+    dense_backward,
+    dense_forward,
+    half_squared_error,
+    relu_backward,
+    relu_forward,
+    softmax_xent,
+)
+
+__all__ = [
+    "LINEAR_LOSSES",
+    "dense_backward",
+    "dense_forward",
+    "half_squared_error",
+    "linear_decision",
+    "linear_loss_grad",
+    "name",
+    "relu_backward",
+    "relu_forward",
+    "softmax_decision",
+    "softmax_loss_grad",
+    "softmax_xent",
+    "xp",
+]
+
 name = "reference"
 xp = numpy
 

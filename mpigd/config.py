@@ -6,7 +6,7 @@ stores it whole, and ``eval`` reads the model part back from ``model.h5``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from mpigd.errors import ConfigError
 from mpigd.models import MODELS
@@ -24,6 +24,7 @@ _TYPES = {
     "float": (float, int),
     "float | None": (float, int, type(None)),
     "bool": (bool,),
+    "list[int]": (list,),
 }
 PROGRESS_MODES = ("bar", "quiet", "json")
 
@@ -59,6 +60,11 @@ class TrainConfig:
     resume: bool = False
     force_resume: bool = False
     overwrite: bool = False
+    hidden: list[int] = field(default_factory=lambda: [128])
+    dropout: float = 0.0
+    overlap: bool = True
+    bucket_mb: float = 1.0
+    accumulate: int = 1
     server_computes: bool = False
     sync_every: int = 8
     max_staleness: int | None = None
@@ -85,7 +91,17 @@ class TrainConfig:
                     f"--{key.replace('_', '-')} {getattr(self, key)!r} is not one of "
                     f"{', '.join(allowed)}"
                 )
+        if not self.hidden or not all(
+            isinstance(width, int) and not isinstance(width, bool) and width >= 1
+            for width in self.hidden
+        ):
+            raise ConfigError(f"--hidden must list positive layer widths, got {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not self.bucket_mb > 0:
+            raise ConfigError(f"--bucket-mb must be positive, got {self.bucket_mb}")
         positive = {
+            "accumulate": self.accumulate,
             "sync_every": self.sync_every,
             "epochs": self.epochs,
             "lbfgs_memory": self.lbfgs_memory,
@@ -110,16 +126,16 @@ class TrainConfig:
 
     def _check_types(self) -> None:
         """Values from a config file arrive untyped: check each against its field."""
-        for field in fields(self):
-            value = getattr(self, field.name)
-            allowed = _TYPES[field.type]
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            allowed = _TYPES[spec.type]
             if isinstance(value, bool) and bool not in allowed:
                 allowed = ()  # True is an int to Python, not to a user
             if not isinstance(value, allowed):
-                kinds = " or ".join(t.__name__ for t in _TYPES[field.type] if t is not type(None))
-                raise ConfigError(f"{field.name.replace('_', '-')} must be {kinds}, got {value!r}")
+                kinds = " or ".join(t.__name__ for t in _TYPES[spec.type] if t is not type(None))
+                raise ConfigError(f"{spec.name.replace('_', '-')} must be {kinds}, got {value!r}")
             if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, field.name, float(value))
+                setattr(self, spec.name, float(value))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,7 +20,8 @@ def local_sums(model, X, y, params: np.ndarray, sample_weight=None) -> np.ndarra
     if len(X) == 0:
         return sums
     scratch = np.empty_like(params)
-    sums[_LOSS] = model.loss_grad(X, model.targets(y), sample_weight, params, scratch)
+    targets = model.targets(y)
+    sums[_LOSS] = model.loss_grad(X, targets, sample_weight, params, scratch, train=False)
     sums[_ROWS] = len(X)
     if model.n_classes is None:
         sums[_Y_SUM] = float(np.sum(y))
@@ -86,7 +87,8 @@ def _load_model(run_dir: str, backend_name: str):
     params, info = load_model(run_dir)
     backend = load_backend(backend_name)
     model = create_model(info["model"], backend, info["n_features"], info["task"],
-                         info["n_classes"], info.get("svm_loss", "hinge"))  # fmt: skip
+                         info["n_classes"], svm_loss=info.get("svm_loss", "hinge"),
+                         hidden=info.get("hidden", [128]))  # fmt: skip
     return params, info, model
 
 

@@ -28,12 +28,15 @@ class LocalObjective:
     l2 : the L2 coefficient.  timer : where compute time is booked.
     """
 
-    def __init__(self, model, X, y, sample_weight, l2: float, timer: PhaseTimer) -> None:
+    def __init__(
+        self, model, X, y, sample_weight, l2: float, timer: PhaseTimer, accumulate: int = 1
+    ) -> None:
         self.model = model
         self.X, self.y, self.sample_weight = X, y, sample_weight
         self.l2 = l2
         self.reg_mask = model.reg_mask
         self.timer = timer
+        self.accumulate = accumulate
         self.n_params = model.n_params
         #: Passes over all of this rank's rows so far (full-batch objective evaluations).
         self.full_passes = 0
@@ -61,19 +64,54 @@ class LocalObjective:
                 self.model.loss_grad(X, targets, None, params, scratch)
                 self.model.predict(X, params)
 
-    def local_sums(self, params: np.ndarray, rows: np.ndarray | None, packed: np.ndarray) -> None:
+    def local_sums(
+        self, params: np.ndarray, rows: np.ndarray | None, packed: np.ndarray, on_ready=None
+    ) -> None:
         """Fill ``packed`` with this rank's gradient sum, loss sum and row count.
 
         ``rows`` selects local row indices (a mini-batch); ``None`` means all local rows.
+        With ``accumulate`` K > 1 the rows are processed in K micro-batches whose sums
+        are added up (less memory for activations, the same sums). ``on_ready(lo, hi)``
+        is passed to the model for the last micro-batch only: a gradient range is final
+        once that micro-batch has produced it.
         """
         with self.timer.phase("compute"):
             grad_sum = packed[: self.n_params]
-            loss_sum = self.model.loss_grad(
-                self.X, self.y, self.sample_weight, params, grad_sum, rows=rows
-            )
+            micro_batches = self._micro_batches(rows)
+            partial = np.empty(self.n_params) if len(micro_batches) > 1 else None
+            loss_sum = 0.0
+            for index, micro in enumerate(micro_batches):
+                passed_on = on_ready if index == len(micro_batches) - 1 else None
+                if index == 0:
+                    target, ready = grad_sum, passed_on
+                else:
+                    target, ready = partial, self._adding(partial, grad_sum, passed_on)
+                loss_sum += self.model.loss_grad(
+                    self.X, self.y, self.sample_weight, params, target, rows=micro,
+                    on_ready=ready,
+                )  # fmt: skip
             packed[self.n_params] = loss_sum
             packed[self.n_params + 1] = len(self.X) if rows is None else len(rows)
         self.full_passes += rows is None
+
+    @staticmethod
+    def _adding(partial: np.ndarray, total: np.ndarray, on_ready):
+        """An ``on_ready`` that adds each finished range of ``partial`` into ``total``
+        (so every range is added exactly once) and then passes the news on."""
+
+        def ready(lo: int, hi: int) -> None:
+            total[lo:hi] += partial[lo:hi]
+            if on_ready is not None:
+                on_ready(lo, hi)
+
+        return ready
+
+    def _micro_batches(self, rows: np.ndarray | None) -> list:
+        """The rows in ``accumulate`` nearly equal micro-batches (``[rows]`` if 1)."""
+        if self.accumulate == 1:
+            return [rows]
+        everything = np.arange(len(self.X)) if rows is None else rows
+        return np.array_split(everything, self.accumulate)
 
     def finish(self, packed: np.ndarray, params: np.ndarray, grad_out: np.ndarray) -> float:
         """From global sums: write ∇f into ``grad_out`` and return f (both at ``params``).

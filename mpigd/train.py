@@ -129,11 +129,13 @@ class Trainer:
         if config.class_weight == "balanced" and info.n_classes is None:
             raise ConfigError("--class-weight balanced needs a classification dataset")
         self.model = create_model(
-            config.model, backend, info.n_features, info.task, info.n_classes, config.svm_loss
-        )
+            config.model, backend, info.n_features, info.task, info.n_classes,
+            svm_loss=config.svm_loss, hidden=config.hidden, dropout=config.dropout,
+            dropout_seed=(config.seed, self.ranks.rank),
+        )  # fmt: skip
         targets = self.model.targets(self.rows.y)
         self.objective = LocalObjective(
-            self.model, self.rows.X, targets, None, config.l2, self.timer
+            self.model, self.rows.X, targets, None, config.l2, self.timer, config.accumulate
         )
         self.strategy = create_strategy(config.strategy, self.ranks, self.objective,
                                         self.timer, config)  # fmt: skip
@@ -361,6 +363,8 @@ class Trainer:
         return {
             "model": config.model,
             "svm_loss": config.svm_loss,
+            "hidden": config.hidden,
+            "dropout": config.dropout,
             "n_features": info.n_features,
             "n_classes": info.n_classes,
             "task": info.task,

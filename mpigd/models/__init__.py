@@ -7,6 +7,7 @@ linreg     LinReg              regression            w (d), b
 logreg     LogReg              binary                w (d), b
 softmax    Softmax             binary, multiclass    W (C, d), b (C)
 svm        LinearSVM           binary                w (d), b
+mlp        MLP                 all three             W0 (h1, d), b0, ..., WL, bL
 =========  ==================  ====================  ==========================
 """
 
@@ -16,9 +17,12 @@ import kernels
 from mpigd.errors import ConfigError
 from mpigd.models.base import Model
 from mpigd.models.linear import LinearSVM, LinReg, LogReg
+from mpigd.models.mlp import MLP
 from mpigd.models.softmax import Softmax
 
-MODELS: dict[str, type[Model]] = {cls.name: cls for cls in (LinReg, LogReg, Softmax, LinearSVM)}
+MODELS: dict[str, type[Model]] = {
+    cls.name: cls for cls in (LinReg, LogReg, Softmax, LinearSVM, MLP)
+}
 
 
 def load_backend(name: str):
@@ -30,11 +34,21 @@ def load_backend(name: str):
 
 
 def create_model(
-    name: str, backend, n_features: int, task: str, n_classes: int | None, svm_loss="hinge"
+    name: str,
+    backend,
+    n_features: int,
+    task: str,
+    n_classes: int | None,
+    svm_loss="hinge",
+    hidden=(128,),
+    dropout=0.0,
+    dropout_seed=(0,),
 ) -> Model:
     """Build the model ``name`` for a dataset of ``task`` with ``n_features`` columns.
 
-    Raises ConfigError when the model cannot fit that task (e.g. logreg on regression).
+    ``svm_loss`` applies to svm; ``hidden``, ``dropout`` and ``dropout_seed`` (this rank's
+    generator seed) to mlp. Raises ConfigError when the model cannot fit that task (e.g.
+    logreg on regression).
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
@@ -45,6 +59,8 @@ def create_model(
         )
     if cls is LinearSVM:
         return LinearSVM(backend, n_features, n_classes, svm_loss=svm_loss)
+    if cls is MLP:
+        return MLP(backend, n_features, n_classes, hidden, dropout, dropout_seed)
     return cls(backend, n_features, n_classes)
 
 

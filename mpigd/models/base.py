@@ -53,12 +53,29 @@ class Model(ABC):
         return y
 
     @abstractmethod
-    def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None) -> float:
+    def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
+                  train=True) -> float:  # fmt: skip
         """Sum over rows of (weighted) per-row loss; ``grad_out`` gets the summed gradient.
 
         X : (n, d) local rows; y : output of :meth:`targets`; sample_weight : (n,) or None;
         params, grad_out : (n_params,) float64; rows : optional int64 row indices.
+        on_ready : optional ``on_ready(lo, hi)``, called as soon as ``grad_out[lo:hi]`` is
+        final; the ranges reported cover the vector exactly once (layered models report
+        layer by layer, last layer first; the others once, at the end).
+        train : False for evaluation passes (no dropout).
         """
+
+    def layer_ranges(self) -> list[tuple[int, int]]:
+        """``(lo, hi)`` of each layer's block of the flat vector, input layer first."""
+        return [(0, self.n_params)]
+
+    def rng_state(self) -> dict | None:
+        """State of the model's own random generator (dropout), or None if it has none."""
+        return None
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore what :meth:`rng_state` returned."""
+        del state
 
     @abstractmethod
     def predict(self, X, params) -> np.ndarray:

@@ -47,10 +47,14 @@ class LinearModel(Model):
     def targets(self, y: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(y, dtype=np.float64)
 
-    def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None) -> float:
-        return self.backend.linear_loss_grad(
+    def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
+                  train=True) -> float:  # fmt: skip
+        loss = self.backend.linear_loss_grad(
             self.loss, X, y, sample_weight, params, grad_out, rows=rows
         )
+        if on_ready is not None:
+            on_ready(0, self.n_params)
+        return loss
 
     def predict(self, X, params) -> np.ndarray:
         z = self.backend.linear_decision(X, params)

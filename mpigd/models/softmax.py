@@ -34,8 +34,12 @@ class Softmax(Model):
     def targets(self, y: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(y, dtype=np.int64)
 
-    def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None) -> float:
-        return self.backend.softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=rows)
+    def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
+                  train=True) -> float:  # fmt: skip
+        loss = self.backend.softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=rows)
+        if on_ready is not None:
+            on_ready(0, self.n_params)
+        return loss
 
     def predict(self, X, params) -> np.ndarray:
         return np.argmax(self.backend.softmax_decision(X, params), axis=1)

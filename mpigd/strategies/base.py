@@ -20,6 +20,7 @@ from mpigd.comm import RankInfo, sum_across
 from mpigd.errors import DivergenceError
 from mpigd.objective import LocalObjective, memoize_last
 from mpigd.optim import Closure, Optimizer
+from mpigd.strategies.buckets import OverlappedSum, plan_buckets
 from mpigd.timing import PhaseTimer
 
 
@@ -59,20 +60,34 @@ class Strategy(ABC):
         #: ``[gradient | loss | rows | stop vote]``; ``packed`` is the objective's part.
         self.buffer = np.zeros(objective.packed_buffer().size + 1)
         self.packed = self.buffer[:-1]
+        #: Bucketed, overlapped summing for layered models (None: one plain Allreduce).
+        self.overlapped = None
+        layers = objective.model.layer_ranges()
+        if getattr(config, "overlap", False) and len(layers) > 1:
+            buckets = plan_buckets(layers, config.bucket_mb * 2**20)
+            self.overlapped = OverlappedSum(self.comm, self.buffer, objective.n_params,
+                                            buckets, timer)  # fmt: skip
 
     def closure(self, rows: np.ndarray | None) -> Closure:
         """The collective global objective over this batch (``rows`` of this rank).
 
         One Allreduce of ``[gradient | loss | rows | stop vote]`` per evaluation: the
         buffer's last slot carries each rank's stop vote (a SIGTERM/SIGUSR1 received),
-        so agreeing to stop costs no extra message. Every rank returns the same value.
+        so agreeing to stop costs no extra message. For a layered model (the MLP) with
+        ``--overlap`` (default) the sum runs bucket by bucket during backpropagation
+        instead (:mod:`mpigd.strategies.buckets`). Every rank returns the same value.
         """
 
         def evaluate(params: np.ndarray, grad_out: np.ndarray) -> float:
-            self.objective.local_sums(params, rows, self.packed)
             self.buffer[-1] = 1.0 if preemption.requested() else 0.0
-            with self.timer.phase("comm"):
-                self.comm.Allreduce(MPI.IN_PLACE, self.buffer, op=MPI.SUM)
+            if self.overlapped is None:
+                self.objective.local_sums(params, rows, self.packed)
+                with self.timer.phase("comm"):
+                    self.comm.Allreduce(MPI.IN_PLACE, self.buffer, op=MPI.SUM)
+            else:
+                self.overlapped.start()
+                self.objective.local_sums(params, rows, self.packed, self.overlapped.ready)
+                self.overlapped.finish()
             self.stop_agreed = self.stop_agreed or self.buffer[-1] > 0
             return self.checked(self.objective.finish(self.packed, params, grad_out), grad_out)
 

@@ -1,0 +1,156 @@
+"""Multi-layer perceptron: dense layers, ReLU, dropout, softmax or squared-error output.
+
+Flat parameter layout, layer by layer from the input: ``W_0 (h_1, d), b_0 (h_1),
+W_1 (h_2, h_1), b_1, ..., W_L (C, h_L), b_L (C)`` (each W row-major, one row per output
+unit); C = classes, or 1 for regression. Per-row loss: softmax cross-entropy for
+classification, ½ (z − y)² for regression. Weights are He-initialised, N(0, 2 / fan_in);
+biases start at 0 and are not regularised.
+
+Each layer's gradient is complete as soon as backpropagation passes it, last layer
+first; :meth:`MLP.loss_grad` reports each finished range of the flat vector through
+``on_ready(lo, hi)``, so a strategy can start communicating it while the earlier layers
+are still being computed. Computation runs in the data's dtype (float32 data: float32
+GEMMs); the flat parameters and gradient stay float64.
+
+Dropout (``--dropout p``, inverted: kept units scaled by 1/(1−p)) draws its masks from
+a generator of its own per rank, seeded from (seed, rank), so runs are reproducible;
+it is active in training passes only, never in evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpigd.models.base import Model
+
+
+class MLP(Model):
+    """``--model mlp --hidden 128[,64...]``: any number of hidden ReLU layers."""
+
+    name = "mlp"
+    tasks = ("regression", "binary", "multiclass")
+
+    def __init__(self, backend, n_features, n_classes, hidden=(128,), dropout=0.0,
+                 dropout_seed=(0,)) -> None:  # fmt: skip
+        super().__init__(backend, n_features, n_classes)
+        self.sizes = [n_features, *hidden, n_classes or 1]
+        self.dropout = dropout
+        self.rng = np.random.default_rng(dropout_seed)
+        offsets, offset = [], 0
+        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
+            offsets.append((offset, offset + n_out * n_in, offset + n_out * (n_in + 1)))
+            offset += n_out * (n_in + 1)
+        #: Per layer: (start of W, start of b, end of b) in the flat vector.
+        self.offsets = offsets
+        self._n_params = offset
+
+    @property
+    def n_params(self) -> int:
+        return self._n_params
+
+    @property
+    def reg_mask(self) -> np.ndarray:
+        mask = np.zeros(self.n_params)
+        for w_start, b_start, _ in self.offsets:
+            mask[w_start:b_start] = 1.0
+        return mask
+
+    def layout(self) -> dict:
+        layout = {}
+        for layer, (w_start, b_start, _) in enumerate(self.offsets):
+            n_in, n_out = self.sizes[layer], self.sizes[layer + 1]
+            layout[f"W{layer}"] = [w_start, [n_out, n_in]]
+            layout[f"b{layer}"] = [b_start, [n_out]]
+        return layout
+
+    def layer_ranges(self) -> list[tuple[int, int]]:
+        """``(lo, hi)`` of each layer's [W, b] block in the flat vector, input layer first."""
+        return [(w_start, end) for w_start, _, end in self.offsets]
+
+    def init_params(self, rng: np.random.Generator) -> np.ndarray:
+        params = np.zeros(self.n_params)
+        for layer, (w_start, b_start, _) in enumerate(self.offsets):
+            fan_in = self.sizes[layer]
+            params[w_start:b_start] = rng.normal(0.0, np.sqrt(2.0 / fan_in), b_start - w_start)
+        return params
+
+    def targets(self, y: np.ndarray) -> np.ndarray:
+        if self.n_classes is None:
+            return np.ascontiguousarray(y, dtype=np.float64)
+        return np.ascontiguousarray(y, dtype=np.int64)
+
+    def rng_state(self) -> dict:
+        """The dropout generator's state (JSON-able), for checkpoints."""
+        return self.rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    # -- passes ----------------------------------------------------------------------
+
+    def _weights(self, params: np.ndarray, dtype) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(W, b) per layer as views of ``params``, cast to the compute dtype if needed."""
+        layers = []
+        for layer, (w_start, b_start, end) in enumerate(self.offsets):
+            shape = (self.sizes[layer + 1], self.sizes[layer])
+            W = params[w_start:b_start].reshape(shape).astype(dtype, copy=False)
+            layers.append((W, params[b_start:end].astype(dtype, copy=False)))
+        return layers
+
+    def _forward(self, X, layers, train: bool):
+        """Pre-activations Z_l, activations A_l (A_0 = X) and dropout masks of a pass."""
+        kernels, dtype = self.backend, X.dtype
+        activations, pre, masks = [X], [], []
+        for index, (W, b) in enumerate(layers):
+            Z = kernels.dense_forward(activations[-1], W, b,
+                                      np.empty((len(X), W.shape[0]), dtype))  # fmt: skip
+            pre.append(Z)
+            if index == len(layers) - 1:
+                break
+            mask = None
+            if train and self.dropout > 0:
+                keep = self.rng.random(Z.shape) >= self.dropout
+                mask = keep.astype(dtype) / dtype.type(1.0 - self.dropout)
+            masks.append(mask)
+            activations.append(kernels.relu_forward(Z, mask, np.empty_like(Z)))
+        return pre, activations, masks
+
+    def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
+                  train=True) -> float:  # fmt: skip
+        if rows is not None:
+            X, y = X[rows], y[rows]
+            sample_weight = None if sample_weight is None else sample_weight[rows]
+        if len(X) == 0:
+            grad_out[:] = 0.0
+            if on_ready is not None:
+                on_ready(0, self.n_params)
+            return 0.0
+        kernels = self.backend
+        layers = self._weights(params, X.dtype)
+        pre, activations, masks = self._forward(X, layers, train)
+        logits = pre[-1]
+        dZ = np.empty_like(logits)
+        if self.n_classes is None:
+            loss = kernels.half_squared_error(logits, y, sample_weight, dZ)
+        else:
+            loss = kernels.softmax_xent(logits, y, sample_weight, dZ)
+        for layer in reversed(range(len(layers))):
+            W, b = layers[layer]
+            w_start, b_start, end = self.offsets[layer]
+            gW = np.empty_like(W)
+            gb = np.empty_like(b)
+            dA = np.empty_like(activations[layer]) if layer else None
+            kernels.dense_backward(dZ, activations[layer], W, gW, gb, dA)
+            grad_out[w_start:b_start] = gW.ravel()
+            grad_out[b_start:end] = gb
+            if on_ready is not None:
+                on_ready(w_start, end)
+            if layer:
+                dZ = kernels.relu_backward(dA, pre[layer - 1], masks[layer - 1], out=dA)
+        return loss
+
+    def predict(self, X, params) -> np.ndarray:
+        pre, _, _ = self._forward(X, self._weights(params, X.dtype), train=False)
+        if self.n_classes is None:
+            return pre[-1][:, 0].astype(np.float64)
+        return np.argmax(pre[-1], axis=1)
