@@ -7,10 +7,12 @@ Layout (one HDF5 file, replaced by rename so a crash leaves the old or the new o
 - attributes ``epoch`` (epochs completed), ``step_in_epoch`` (steps already taken in the
   next epoch; 0 at an epoch boundary), ``global_step`` (steps taken in all),
   ``world_size``, and JSON attributes ``config`` and ``data``: the fingerprints that
-  :func:`mismatches` compares on ``--resume``.
+  :func:`mismatches` compares on ``--resume``; ``rng_states``: every rank's model
+  generator state (the MLP's dropout), restored when the rank count is the same.
 
-No random-generator state needs saving: each rank's mini-batch order is a pure function
-of (seed, epoch, rank) (:mod:`mpigd.batching`), and the seed is in the fingerprint.
+Mini-batch order needs no saved generator: it is a pure function of (seed, epoch, rank)
+(:mod:`mpigd.batching`), and the seed is in the fingerprint. Parameters and optimiser
+state are stored whole even when the model is split across ranks.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from mpigd.record import CHECKPOINT_FILE, replace_atomically
 
 #: Config keys that change the trajectory: a checkpoint made with other values is refused.
 TRAJECTORY_KEYS = (
-    "model", "svm_loss", "strategy", "optimizer", "lr", "lr_schedule", "lr_step_epochs",
-    "lr_gamma", "momentum", "nesterov", "batch_size", "lbfgs_memory", "l2", "class_weight",
-    "seed",
+    "model", "svm_loss", "hidden", "dropout", "strategy", "optimizer", "lr", "lr_schedule",
+    "lr_step_epochs", "lr_gamma", "momentum", "nesterov", "batch_size", "lbfgs_memory", "l2",
+    "class_weight", "seed",
 )  # fmt: skip
 
 
@@ -48,6 +50,8 @@ class Checkpoint:
     world_size: int
     config: dict
     data: dict
+    #: Every rank's model generator state (dropout), in rank order; None entries if none.
+    rng_states: list | None = None
 
 
 def config_fingerprint(config) -> dict:
@@ -81,6 +85,7 @@ def save(run_dir: str, checkpoint: Checkpoint, before_rename=None) -> None:
             handle.attrs["world_size"] = checkpoint.world_size
             handle.attrs["config"] = json.dumps(checkpoint.config)
             handle.attrs["data"] = json.dumps(checkpoint.data)
+            handle.attrs["rng_states"] = json.dumps(checkpoint.rng_states)
             handle.attrs["mpigd_version"] = mpigd.__version__
 
     replace_atomically(Path(run_dir) / CHECKPOINT_FILE, write, before_rename)
@@ -105,6 +110,7 @@ def load(run_dir: str) -> Checkpoint | None:
                 world_size=int(handle.attrs["world_size"]),
                 config=json.loads(handle.attrs["config"]),
                 data=json.loads(handle.attrs["data"]),
+                rng_states=json.loads(handle.attrs.get("rng_states", "null")),
             )
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(f"{path} is not a readable mpigd checkpoint: {exc}") from exc

@@ -65,6 +65,7 @@ class TrainConfig:
     overlap: bool = True
     bucket_mb: float = 1.0
     accumulate: int = 1
+    model_parallel: int = 1
     server_computes: bool = False
     sync_every: int = 8
     max_staleness: int | None = None
@@ -101,6 +102,7 @@ class TrainConfig:
         if not self.bucket_mb > 0:
             raise ConfigError(f"--bucket-mb must be positive, got {self.bucket_mb}")
         positive = {
+            "model_parallel": self.model_parallel,
             "accumulate": self.accumulate,
             "sync_every": self.sync_every,
             "epochs": self.epochs,

@@ -38,6 +38,8 @@ class LocalObjective:
         self.timer = timer
         self.accumulate = accumulate
         self.n_params = model.n_params
+        #: Sums a penalty term over the ranks sharing the parameters (split models).
+        self.penalty_sum = float
         #: Passes over all of this rank's rows so far (full-batch objective evaluations).
         self.full_passes = 0
 
@@ -125,7 +127,8 @@ class LocalObjective:
             np.multiply(packed[: self.n_params], scale, out=grad_out)
             weights = params * self.reg_mask
             grad_out += self.l2 * weights
-            return float(packed[self.n_params] * scale + 0.5 * self.l2 * (weights @ weights))
+            penalty = self.penalty_sum(0.5 * self.l2 * float(weights @ weights))
+            return float(packed[self.n_params] * scale + penalty)
 
 
 def memoize_last(closure):

@@ -38,12 +38,14 @@ from mpigd.errors import ConfigError, DataError, DivergenceError, MpigdError
 from mpigd.evaluate import evaluate
 from mpigd.loading import load_local_rows
 from mpigd.models import create_model, load_backend
+from mpigd.models.mlp_split import SplitMLP
 from mpigd.objective import LocalObjective
 from mpigd.optim import Schedule, create_optimizer
 from mpigd.preemption import Preempted
 from mpigd.record import RunRecord, mark_aborted
 from mpigd.run_info import describe_run
 from mpigd.strategies import STRATEGIES, create_strategy
+from mpigd.strategies.tensor_parallel import GroupOps, TensorParallelAllreduce, make_grid
 from mpigd.timing import PhaseTimer
 
 
@@ -87,16 +89,18 @@ class Trainer:
         self.test = None
         if config.test_data:
             test_info, self.test = load_local_rows(
-                config.test_data, ranks, every_rank_needs_rows=False
+                config.test_data, ranks, every_rank_needs_rows=False, share=self.share
             )
             mpi.collectively(comm, lambda: _check_compatible(self.info, test_info))
         self.load_s = time.perf_counter() - load_start
+        #: The (data x model) grid of a split model, or None.
+        self.grid = make_grid(comm, config.model_parallel) if config.model_parallel > 1 else None
         mpi.collectively(comm, lambda: self._build(backend))
         #: Balanced class weights (N / (C n_c), one per class), or None.
         self.class_weight_values = None
         if config.class_weight == "balanced":
             counts = np.bincount(self.rows.y, minlength=self.info.n_classes).astype(np.float64)
-            self.strategy.sum_across_ranks(counts)
+            self.strategy.sum_over_data(counts)
             self.objective.sample_weight = mpi.collectively(
                 comm, lambda: _balanced_weights(self.rows.y, counts, self.info)
             )
@@ -121,6 +125,9 @@ class Trainer:
                 f"--strategy {config.strategy} needs at least {strategy_class.min_ranks} "
                 f"ranks; this job has {self.ranks.size} (run it under mpirun -n P)"
             )
+        if config.model_parallel > 1:
+            _check_model_parallel(config, self.ranks.size)
+            strategy_class = TensorParallelAllreduce
         return _configured_fault(), load_backend(config.backend), strategy_class
 
     def _build(self, backend) -> None:
@@ -133,12 +140,22 @@ class Trainer:
             svm_loss=config.svm_loss, hidden=config.hidden, dropout=config.dropout,
             dropout_seed=(config.seed, self.ranks.rank),
         )  # fmt: skip
+        if self.grid:
+            self.model = SplitMLP(
+                backend, info.n_features, info.n_classes, config.hidden, config.dropout,
+                (config.seed, self.ranks.rank), self.grid.parts, self.grid.part,
+                GroupOps(self.grid, self.timer),
+            )  # fmt: skip
         targets = self.model.targets(self.rows.y)
         self.objective = LocalObjective(
             self.model, self.rows.X, targets, None, config.l2, self.timer, config.accumulate
         )
-        self.strategy = create_strategy(config.strategy, self.ranks, self.objective,
-                                        self.timer, config)  # fmt: skip
+        if self.grid:
+            self.strategy = TensorParallelAllreduce(self.ranks, self.objective, self.timer,
+                                                    config, self.grid)  # fmt: skip
+        else:
+            self.strategy = create_strategy(config.strategy, self.ranks, self.objective,
+                                            self.timer, config)  # fmt: skip
         self.steps_per_epoch = steps_per_epoch(info.n_rows, config.batch_size)
         schedule = Schedule(
             config.lr,
@@ -165,8 +182,9 @@ class Trainer:
             if self.record:
                 self.record.finish("failed", stop_reason=str(exc))
             raise
+        whole = self.strategy.full_vector(self.params)
         if self.record:
-            self.record.save_model(self.params, self._model_info())
+            self.record.save_model(whole, self._model_info())
             self.record.finish("completed", **summary)
         return summary
 
@@ -255,17 +273,20 @@ class Trainer:
         if self.global_step == self.last_checkpoint_step:
             return
         self.last_checkpoint_step = self.global_step
+        params, optimizer_state = self._whole_state()
+        rng_states = self.ranks.comm.gather(self.model.rng_state(), root=0)
         error = None
         if self.ranks.is_root:
             state = checkpoint.Checkpoint(
-                params=self.params,
-                optimizer_state=self.optimizer.state_dict(),
+                params=params,
+                optimizer_state=optimizer_state,
                 epoch=epochs_done,
                 step_in_epoch=step_in_epoch,
                 global_step=self.global_step,
                 world_size=self.ranks.size,
                 config=checkpoint.config_fingerprint(self.config),
                 data=self.data_fingerprint,
+                rng_states=rng_states,
             )
 
             def crash() -> None:
@@ -276,6 +297,15 @@ class Trainer:
             except OSError as exc:
                 error = MpigdError(f"cannot write the checkpoint in {self.config.out}: {exc}")
         mpi.agree(self.ranks.comm, error)
+
+    def _whole_state(self) -> tuple[np.ndarray | None, dict | None]:
+        """Collective: parameters and optimiser state as whole (unsplit) vectors, on rank 0."""
+        params = self.strategy.full_vector(self.params)
+        state = {
+            key: self.strategy.full_vector(value) if isinstance(value, np.ndarray) else value
+            for key, value in self.optimizer.state_dict().items()
+        }
+        return params, state
 
     def _resume(self) -> dict | None:
         """Collective: load checkpoint.h5 (rank 0 reads, all receive); None if there is none."""
@@ -293,8 +323,13 @@ class Trainer:
             if self.ranks.is_root:
                 progress.note("no checkpoint to resume from; starting fresh")
             return None
-        self.params[:] = state.params
-        self.optimizer.load_state_dict(state.optimizer_state)
+        self.params[:] = self.strategy.local_vector(state.params)
+        self.optimizer.load_state_dict({
+            key: self.strategy.local_vector(value) if key in self.optimizer.STATE_ARRAYS else value
+            for key, value in state.optimizer_state.items()
+        })  # fmt: skip
+        if state.rng_states and len(state.rng_states) == self.ranks.size:
+            self.model.set_rng_state(state.rng_states[self.ranks.rank])
         self.start_epoch = state.epoch + 1
         self.first_step = state.step_in_epoch
         self.global_step = self.last_checkpoint_step = state.global_step
@@ -370,9 +405,23 @@ class Trainer:
             "task": info.task,
             "l2": config.l2,
             "class_weights": self.class_weight_values,
-            "n_params": self.model.n_params,
+            "n_params": self.model.full_size,
             "layout": self.model.layout(),
         }
+
+
+def _check_model_parallel(config: TrainConfig, size: int) -> None:
+    """ConfigError unless ``--model-parallel M`` can split this run."""
+    parts = config.model_parallel
+    if config.model != "mlp" or config.strategy != "allreduce":
+        raise ConfigError("--model-parallel splits the mlp under --strategy allreduce only")
+    if size % parts:
+        raise ConfigError(f"--model-parallel {parts} needs a multiple of {parts} ranks, not {size}")
+    if config.optimizer == "lbfgs" or config.tol:
+        raise ConfigError("--model-parallel: lbfgs and --tol need whole-vector norms; use gd, "
+                          "sgd, momentum or adam without --tol")  # fmt: skip
+    if min(config.hidden) < parts:
+        raise ConfigError(f"--model-parallel {parts}: every hidden layer needs >= {parts} units")
 
 
 def _refuse_mismatch(state, config: TrainConfig, data_fingerprint: dict) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import h5py
 import numpy as np
 import pytest
 from mpi4py import MPI
-from test_train_mpi import run, shared_dataset
+from test_train_mpi import run, shared_dataset, trained_params
 
 from mpigd.comm import RankInfo
 from mpigd.config import TrainConfig
@@ -23,9 +22,7 @@ def one_rank_params(data, out, **options) -> np.ndarray:
     if WORLD.rank == 0:
         config = TrainConfig(data=data, out=str(out), progress="quiet", **options)
         train(config, RankInfo(MPI.COMM_SELF, 0, 1))
-    WORLD.Barrier()
-    with h5py.File(f"{out}/model.h5", "r") as handle:
-        return handle["params"][()]
+    return trained_params(out)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from mpi4py import MPI
 from scipy.optimize import minimize
 from serial_reference import objective
-from test_train_mpi import run, shared_dataset
+from test_train_mpi import run, shared_dataset, trained_params
 
 from mpigd.batching import epoch_batches
 from mpigd.comm import RankInfo
@@ -62,16 +62,8 @@ def test_ps_sync_equals_allreduce_over_the_workers_rows(mpi_tmp_path):
                                  overwrite=True, **options)  # fmt: skip
             train(config, RankInfo(workers, workers.rank, workers.size))
             workers.Free()
-        reference = run_params(mpi_tmp_path / "workers")
+        reference = trained_params(mpi_tmp_path / "workers")
         np.testing.assert_allclose(served, reference, rtol=1e-12, atol=1e-14)
-
-
-def run_params(run_dir) -> np.ndarray:
-    import h5py
-
-    WORLD.Barrier()
-    with h5py.File(f"{run_dir}/model.h5", "r") as handle:
-        return handle["params"][()]
 
 
 @pytest.mark.mpi(min_size=2)

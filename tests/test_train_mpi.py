@@ -35,9 +35,13 @@ def shared_dataset(tmp_path, model, n_rows=1001, d=6, n_classes=None, seed=0):
 
 
 def trained_params(run_dir) -> np.ndarray:
+    """Every rank reads the model rank 0 wrote; no rank goes on (and perhaps starts
+    another run in the same directory) before all have read it."""
     MPI.COMM_WORLD.Barrier()
     with h5py.File(f"{run_dir}/model.h5", "r") as handle:
-        return handle["params"][()]
+        params = handle["params"][()]
+    MPI.COMM_WORLD.Barrier()
+    return params
 
 
 def run(data, out, **options) -> np.ndarray:

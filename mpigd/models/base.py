@@ -65,6 +65,11 @@ class Model(ABC):
         train : False for evaluation passes (no dropout).
         """
 
+    @property
+    def full_size(self) -> int:
+        """Length of the whole model's flat vector (``n_params`` unless it is split)."""
+        return self.n_params
+
     def layer_ranges(self) -> list[tuple[int, int]]:
         """``(lo, hi)`` of each layer's block of the flat vector, input layer first."""
         return [(0, self.n_params)]

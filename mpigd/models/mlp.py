@@ -50,7 +50,7 @@ class MLP(Model):
 
     @property
     def reg_mask(self) -> np.ndarray:
-        mask = np.zeros(self.n_params)
+        mask = np.zeros(self._n_params)
         for w_start, b_start, _ in self.offsets:
             mask[w_start:b_start] = 1.0
         return mask
@@ -68,7 +68,7 @@ class MLP(Model):
         return [(w_start, end) for w_start, _, end in self.offsets]
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
-        params = np.zeros(self.n_params)
+        params = np.zeros(self._n_params)
         for layer, (w_start, b_start, _) in enumerate(self.offsets):
             fan_in = self.sizes[layer]
             params[w_start:b_start] = rng.normal(0.0, np.sqrt(2.0 / fan_in), b_start - w_start)

@@ -157,10 +157,22 @@ class Strategy(ABC):
             raise DivergenceError(f"the {what} is not finite ({loss=})")
         return loss
 
-    def sum_across_ranks(self, values: np.ndarray) -> np.ndarray:
-        """Element-wise global sum of a float64 array (in place; returned for chaining)."""
+    def sum_over_data(self, values: np.ndarray) -> np.ndarray:
+        """Element-wise sum over the ranks holding distinct rows (in place; returned).
+
+        All ranks here; one rank per model group when the model is split.
+        """
         with self.timer.phase("comm"):
             return sum_across(self.comm, values)
+
+    def full_vector(self, local: np.ndarray) -> np.ndarray | None:
+        """Collective: the whole flat vector of which ``local`` is this rank's part, on
+        rank 0 (None elsewhere). Unsplit models: ``local`` is already whole."""
+        return local
+
+    def local_vector(self, full: np.ndarray) -> np.ndarray:
+        """This rank's part of a whole flat vector (inverse of :meth:`full_vector`)."""
+        return np.asarray(full)
 
     def max_across_ranks(self, values: np.ndarray) -> np.ndarray:
         """Element-wise global maximum of a float64 array (in place), untimed (metrics)."""
