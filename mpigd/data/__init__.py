@@ -1,4 +1,4 @@
-"""The data layer: HDF5 datasets, row ranges per rank, validation, synth/import/inspect.
+"""The data layer: HDF5 datasets, row ranges per rank, validation, synth/digits/import/inspect.
 
 A dataset is one HDF5 file or a directory of shards (DESIGN.md, "Dataset format").
 :func:`open_dataset` validates the metadata, :func:`load_rank_rows` reads one rank's
@@ -10,7 +10,10 @@ module                 job
 ``dataset``            open and validate a dataset, read and check row ranges
 ``writer``             write shard files atomically (used by synth and import)
 ``synth``              synthetic data with a known true model
-``importers``          libsvm / CSV / npz to HDF5
+``importers``          libsvm / CSV / npz / IDX to HDF5
+``csv_reader``         parse a numeric CSV table (for ``importers``)
+``idx``                read MNIST-style IDX image and label files (for ``importers``)
+``digits``             scikit-learn's 8x8 digits as train/test datasets
 ``inspect``            summary of a dataset: size, shards, label distribution
 =====================  ===========================================================
 """
@@ -25,6 +28,8 @@ from mpigd.data.dataset import (
     read_rows,
     row_range,
 )
+from mpigd.data.digits import write_digits
+from mpigd.data.idx import read_idx, read_idx_pair
 from mpigd.data.importers import FORMATS, import_file
 from mpigd.data.inspect import inspect_dataset
 from mpigd.data.synth import write_synthetic
@@ -39,9 +44,12 @@ __all__ = [
     "inspect_dataset",
     "load_rank_rows",
     "open_dataset",
+    "read_idx",
+    "read_idx_pair",
     "read_labels",
     "read_rows",
     "row_range",
     "write_dataset",
+    "write_digits",
     "write_synthetic",
 ]

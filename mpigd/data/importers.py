@@ -1,4 +1,4 @@
-"""Convert libsvm/svmlight, CSV and npz files into the HDF5 dataset format.
+"""Convert libsvm/svmlight, CSV, npz and IDX (MNIST) files into the HDF5 dataset format.
 
 The input is read whole into memory (these formats offer no row-range reads), checked
 (finite values, labels that fit the task), labels mapped to class ids ``0..C-1``, and
@@ -18,18 +18,19 @@ are errors, never guesses.
 from __future__ import annotations
 
 import os
-import warnings
 import zipfile
 from collections.abc import Sequence
 
 import h5py
 import numpy as np
 
+from mpigd.data.csv_reader import read_csv
 from mpigd.data.dataset import TASKS, first_nonfinite_row, open_dataset
+from mpigd.data.idx import read_idx_pair
 from mpigd.data.writer import write_dataset
 from mpigd.errors import DataError
 
-FORMATS = ("libsvm", "csv", "npz")
+FORMATS = ("libsvm", "csv", "npz", "idx")
 
 
 def import_file(
@@ -48,19 +49,22 @@ def import_file(
     n_features: int | None = None,
     header: bool | None = None,
     zero_based: bool = False,
+    labels: str | os.PathLike | None = None,
+    scale: float | None = None,
 ) -> dict:
     """Import ``path`` into a dataset at ``out``.
 
     Parameters
     ----------
     path : input file.
-    fmt : ``libsvm`` (svmlight), ``csv`` (label in ``label_column``) or ``npz`` (arrays
-        ``X``, ``y``).
+    fmt : ``libsvm`` (svmlight), ``csv`` (label in ``label_column``), ``npz`` (arrays
+        ``X``, ``y``) or ``idx`` (MNIST-style images; labels from ``labels``).
     out : a single ``.h5`` file when ``shards == 1`` and it ends in ``.h5``, otherwise a
         directory of ``shards`` shard files.
     task : ``regression``, ``binary`` or ``multiclass``. When ``None`` it is taken from
         ``like``, ``label_values`` or ``n_classes``, else inferred: fractional labels are
         regression, exactly 2 distinct integers binary; other integer labels need ``task``.
+        IDX labels are class ids: the task defaults to ``multiclass``.
     n_classes : ``C`` for classification; labels must then be class ids ``0..C-1``
         (or values of ``label_values``).
     shards, dtype : shard count and dtype of ``X`` (``float32`` or ``float64``).
@@ -80,10 +84,14 @@ def import_file(
         ``None`` to detect it (a header has text fields only, a data row numbers only).
     zero_based : libsvm only: feature indices start at 0 (as written by scikit-learn)
         instead of 1 (LIBSVM's convention).
+    labels : IDX only, required: the IDX label file matching the images in ``path``.
+    scale : IDX only: pixel values are divided by it; ``None`` divides uint8 images by
+        255 (pixels in [0, 1]) and keeps other types as they are.
 
     Returns
     -------
-    dict : JSON-serialisable summary (output path, rows, features, task, label values).
+    dict : JSON-serialisable summary (output path, rows, features, task, label values;
+        IDX: label file and pixel scale).
 
     Raises
     ------
@@ -102,17 +110,23 @@ def import_file(
         raise DataError(f"the number of features must be >= 1, got {n_features}")
     if not os.path.isfile(path):
         raise DataError(f"input file {path} does not exist")
+    if fmt == "idx" and labels is None:
+        raise DataError("format 'idx' needs the IDX label file (--labels LABELS)")
+    if fmt != "idx" and (labels is not None or scale is not None):
+        raise DataError("a label file and a pixel scale apply to format 'idx' only")
     label_values = _parse_label_values(label_values)
     if like is not None:
         task, n_classes, label_values, n_features = _like(
             like, task, n_classes, label_values, n_features
         )
-    X, y = _load(path, fmt, label_column, n_features, header, zero_based)
+    if fmt == "idx" and task is None:
+        task = "multiclass"
+    X, y, provenance = _load(path, fmt, label_column, n_features, header, zero_based, labels, scale)
     if n_features is not None and X.shape[1] != n_features:
         raise DataError(f"{path} has {X.shape[1]} feature columns but {n_features} are expected")
     _check_table(path, X, y)
     task, n_classes, ids, label_values = _map_labels(path, y, task, n_classes, label_values)
-    attrs = {"source": os.path.abspath(path), "source_format": fmt}
+    attrs = {"source": os.path.abspath(path), "source_format": fmt, **provenance}
     if label_values is not None:
         attrs["label_values"] = label_values
     files = write_dataset(
@@ -134,6 +148,7 @@ def import_file(
         "task": task,
         "n_classes": n_classes,
         "label_values": None if label_values is None else label_values.tolist(),
+        **provenance,
     }
 
 
@@ -203,13 +218,19 @@ def _load(
     n_features: int | None,
     header: bool | None,
     zero_based: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``X`` (float64, shape (N, d)) and ``y`` (float64, shape (N,)) of the input file."""
+    labels: str | os.PathLike | None,
+    scale: float | None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``X`` (float64, shape (N, d)), ``y`` (float64, shape (N,)) of the input file, and
+    provenance attributes particular to its format."""
+    if fmt == "idx":
+        X, y, scale = read_idx_pair(path, labels, scale)
+        return X, y, {"source_labels": os.path.abspath(labels), "pixel_scale": scale}
     if fmt == "libsvm":
-        return _load_libsvm(path, n_features, zero_based)
+        return (*_load_libsvm(path, n_features, zero_based), {})
     if fmt == "csv":
-        return _load_csv(path, label_column, header)
-    return _load_npz(path)
+        return (*read_csv(path, label_column, header), {})
+    return (*_load_npz(path), {})
 
 
 def _load_libsvm(
@@ -230,94 +251,6 @@ def _load_libsvm(
             )
         X.resize((X.shape[0], n_features))
     return X.toarray(), y
-
-
-def _load_csv(path: str, label_column: int, header: bool | None) -> tuple[np.ndarray, np.ndarray]:
-    first_line, fields, delimiter = _first_line(path)
-    if header is None:
-        header = _is_header(path, first_line, fields)
-    skip = first_line if header else 0  # physical lines, blank and comment lines included
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
-            table = np.loadtxt(
-                path, delimiter=delimiter, skiprows=skip, ndmin=2, encoding="utf-8-sig"
-            )
-    except ValueError as exc:
-        problem = _csv_problem(path, delimiter, skip, exc)
-        raise DataError(f"cannot parse {path} as CSV: {problem}") from exc
-    if table.size == 0:
-        raise DataError(f"{path} contains no data rows")
-    n_columns = table.shape[1]
-    if n_columns < 2:
-        raise DataError(f"CSV file {path} needs a label column and at least one feature column")
-    if not -n_columns <= label_column < n_columns:
-        raise DataError(
-            f"label column {label_column} is out of range for the {n_columns} columns of {path}"
-        )
-    return np.delete(table, label_column, axis=1), table[:, label_column]
-
-
-def _csv_lines(path: str, skip: int = 0):
-    """Yield ``(line number from 1, text)`` of non-blank lines after ``skip``, comments cut."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for number, line in enumerate(f, start=1):
-                text = line.split("#", 1)[0].strip()
-                if number > skip and text:
-                    yield number, text
-    except UnicodeDecodeError as exc:
-        raise DataError(f"cannot parse {path} as CSV: it is not UTF-8 text ({exc})") from exc
-
-
-def _first_line(path: str) -> tuple[int, list[str], str | None]:
-    """Number and fields of the first non-blank line, and the delimiter (``,`` or blanks)."""
-    for number, text in _csv_lines(path):
-        delimiter = "," if "," in text else None
-        return number, _split(text, delimiter), delimiter
-    raise DataError(f"{path} contains no data rows")
-
-
-def _split(text: str, delimiter: str | None) -> list[str]:
-    return [field.strip() for field in text.split(delimiter)]
-
-
-def _is_header(path: str, number: int, fields: list[str]) -> bool:
-    """A header has text fields (besides empty ones), a data row numbers; mixed is an error."""
-    filled = [field for field in fields if field]
-    text = [field for field in filled if not _is_number(field)]
-    if not text:
-        return False
-    if len(text) < len(filled):
-        raise DataError(
-            f"line {number} of {path} mixes numbers and text ({', '.join(fields[:6])}); "
-            "say whether it is a header (--header) or data (--no-header)"
-        )
-    return True
-
-
-def _csv_problem(path: str, delimiter: str | None, skip: int, exc: ValueError) -> str:
-    """The first bad data line: a missing value, a non-number or a column count change."""
-    columns = None
-    for number, text in _csv_lines(path, skip):
-        fields = _split(text, delimiter)
-        columns = columns or (number, len(fields))
-        for k, field in enumerate(fields, start=1):
-            if not field:
-                return f"line {number}: missing value in column {k}"
-            if not _is_number(field):
-                return f"line {number}: column {k} is {field!r}, not a number"
-        if len(fields) != columns[1]:
-            return f"line {number} has {len(fields)} columns but line {columns[0]} {columns[1]}"
-    return str(exc)
-
-
-def _is_number(field: str) -> bool:
-    try:
-        float(field)
-    except ValueError:
-        return False
-    return True
 
 
 def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
