@@ -7,10 +7,14 @@ and the test metrics, and rank 0 appends one line to ``metrics.jsonl``:
 - ``time_s``: wall time of the epoch on rank 0: its steps, the ``train_loss`` pass and
   the test evaluation (``eval_s``). The initial read of the data is not in any epoch;
   run.json holds it as ``load_s`` (and Numba compilation as ``warmup_s``).
-- ``compute_s``, ``comm_s``: time in kernels and in MPI during the steps and the
-  ``train_loss`` pass, each the maximum over ranks (``comm_s`` includes waiting for
-  the slowest rank); ``io_s``: data read during the epoch (0 while rows stay in
-  memory). ``time_s − compute_s − comm_s − io_s − eval_s`` is Python overhead.
+- ``compute_s``, ``comm_s``: time in kernels (and optimiser updates) and in MPI during
+  the steps and the ``train_loss`` pass, averaged over the ranks (``comm_s`` includes
+  waiting for slower ranks); ``io_s``: data read during the epoch (0 while the rows
+  stay in memory). Every rank books each second to one phase at most, so
+  ``time_s − compute_s − comm_s − io_s − eval_s`` (≥ 0 up to clock skew) is the
+  average rank's Python overhead. ``compute_s_max``, ``comm_s_max``, ``io_s_max``: the
+  busiest rank's figures (with a parameter server the workers' compute and the
+  server's waiting differ widely, and the mean hides which rank is the bottleneck).
 - ``samples_per_s``: training rows stepped through in the epoch, per second of ``time_s``.
 - ``full_passes``: passes over all training rows so far (objective evaluations).
 
@@ -255,8 +259,10 @@ class Trainer:
         end = time.perf_counter()
         time_s = end - start
         phases = self.timer.take()
-        worst = self.strategy.max_across_ranks(np.array(list(phases.values())))
-        row.update(zip(phases, worst.tolist(), strict=True))
+        mean, largest = self.strategy.mean_and_max(np.array(list(phases.values())))
+        row.update(zip(phases, mean.tolist(), strict=True))
+        row.update((f"{name}_max", value) for name, value in zip(phases, largest.tolist(),
+                                                                 strict=True))  # fmt: skip
         row.update(time_s=time_s, eval_s=end - eval_start, steps=taken,
                    samples_per_s=self.info.n_rows * taken / len(batches) / time_s)  # fmt: skip
         if first:

@@ -174,7 +174,10 @@ class Strategy(ABC):
         """This rank's part of a whole flat vector (inverse of :meth:`full_vector`)."""
         return np.asarray(full)
 
-    def max_across_ranks(self, values: np.ndarray) -> np.ndarray:
-        """Element-wise global maximum of a float64 array (in place), untimed (metrics)."""
-        self.comm.Allreduce(MPI.IN_PLACE, values, op=MPI.MAX)
-        return values
+    def mean_and_max(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Element-wise mean and maximum over all ranks of a float64 array (untimed)."""
+        total, largest = values.copy(), values.copy()
+        world = self.ranks.comm
+        world.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+        world.Allreduce(MPI.IN_PLACE, largest, op=MPI.MAX)
+        return total / world.Get_size(), largest

@@ -63,7 +63,9 @@ class LocalSGD(Strategy):
         return len(batches)
 
     def epoch_fields(self) -> dict:
-        return {"syncs": self.syncs}
+        """``syncs``: parameter averages in this epoch."""
+        syncs, self.syncs = self.syncs, 0
+        return {"syncs": syncs}
 
     def _average(self, params: np.ndarray) -> None:
         """Row-weighted average of every rank's parameters (one Allreduce)."""

@@ -18,6 +18,10 @@ land before w's. A reply is granted only if the bound still holds with the worke
 added; with O empty it always does, so no worker waits forever. S = 0 is sequential
 SGD in the order the server applied the gradients.
 
+Per epoch the server records staleness (mean, max, mean per worker) and each
+worker's updates per second: its gradients applied, over the time from the start of
+the epoch to its last gradient (the end-of-epoch loss pass and broadcast excluded).
+
 An epoch ends when every worker has sent one gradient per mini-batch of its rows
 (the same count on every worker); every message sent is received. Then one Bcast
 gives every rank the parameters, the version and the agreed stop flag, so epochs,
@@ -124,7 +128,8 @@ class ParameterServerAsync(ServerStrategy):
             lags[worker].append(lag)
             order.append((worker, int(self.gradient[n + 3])))
             self.stop_agreed = self.stop_agreed or self.gradient[n + 4] > 0
-            optimizer.step(params, self._closure())
+            with self.timer.phase("compute"):
+                optimizer.step(params, self._closure())
             self.version += 1
             applied[worker] += 1
             del sent_version[worker]

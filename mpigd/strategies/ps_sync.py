@@ -88,7 +88,8 @@ class ParameterServerSync(ServerStrategy):
                 self._broadcast()
                 raise
 
-        optimizer.step(params, closure)
+        with self.timer.phase("compute"):  # the update; the closure's comm nests inside
+            optimizer.step(params, closure)
         self.converged = optimizer.stop_reason is not None
         self.message[:3] = DONE, self.stop_agreed, self.converged
         self.message[3:] = params

@@ -1,0 +1,250 @@
+"""``mpigd sweep``: train a grid of configurations at once, one group of ranks per config.
+
+Task parallelism over data parallelism. ``MPI.Comm.Split`` cuts the world into G groups
+of consecutive ranks (sizes differ by at most one); config i of the grid is trained by
+group ``i mod G``, each group working through its configs one after another,
+data-parallel on its own communicator, into its own run directory ``DIR/cfg-NNN``. The
+groups' results are then gathered to world rank 0, which writes ``DIR/sweep.csv`` and
+``DIR/sweep.json`` and names the best config: the lowest final ``test_loss`` when the
+grid has test data, else the lowest final ``train_loss``.
+
+The grid file (TOML) holds the ``mpigd train`` options every config shares at top
+level, and in ``[grid]`` the lists whose Cartesian product (in file order) gives the
+configs::
+
+    data = "build/synth/train"
+    test_data = "build/synth/test"
+    model = "logreg"
+    optimizer = "gd"
+    epochs = 20
+    [grid]
+    lr = [0.1, 0.5, 1.0]
+    l2 = [0.0, 1e-4]
+
+A config that fails (diverges, for one) is a result, not an error: its row says so and
+the other configs go on (the job exits 2 only if no config completed). A stop signal
+ends every group at its next step (checkpoint written) and, after the table of what
+finished, the job exits with status 75.
+
+Without groups: ``--index I`` trains config I alone on all ranks (one task of a Slurm
+job array), ``--collect`` builds the table from the run records already in DIR, and
+``--list`` prints the configs.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import sys
+from pathlib import Path
+
+from mpigd.comm import RankInfo, collectively
+from mpigd.config import TrainConfig
+from mpigd.errors import CollectiveError, ConfigError
+from mpigd.preemption import Preempted
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+TABLE_FIELDS = (
+    "index",
+    "group",
+    "ranks",
+    "status",
+    "final_train_loss",
+    "test_loss",
+    "test_accuracy",
+    "epochs_run",
+    "train_s",
+    "error",
+    "run_dir",
+)
+
+
+def read_grid(path: str, out: str) -> tuple[list[dict], list[TrainConfig]]:
+    """The grid's configs: per config its grid values, and its full TrainConfig.
+
+    Raises ConfigError for an unreadable file, unknown keys, an empty list, or a key
+    the sweep sets itself (``out``).
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read grid file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"grid file {path} is not valid TOML: {exc}") from exc
+    grid = {key.replace("-", "_"): value for key, value in raw.pop("grid", {}).items()}
+    fixed = {key.replace("-", "_"): value for key, value in raw.items()}
+    unknown = sorted((set(grid) | set(fixed)) - set(TrainConfig.keys()))
+    if unknown:
+        raise ConfigError(f"grid file {path}: unknown train options {', '.join(unknown)}")
+    if "out" in grid or "out" in fixed:
+        raise ConfigError(f"grid file {path}: leave out 'out'; sweep --out names the runs")
+    if set(grid) & set(fixed):
+        raise ConfigError(f"grid file {path}: {', '.join(set(grid) & set(fixed))} set twice")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid file {path}: [grid] {key} must be a non-empty list")
+    fixed.setdefault("progress", "quiet")
+    values = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    configs = [
+        TrainConfig(**fixed, **combo, out=str(run_dir(out, i))) for i, combo in enumerate(values)
+    ]
+    return values, configs
+
+
+def run_dir(out: str, index: int) -> Path:
+    """The run directory of config ``index``."""
+    return Path(out) / f"cfg-{index:03d}"
+
+
+def group_of(rank: int, size: int, groups: int) -> int:
+    """The group of world rank ``rank``: consecutive blocks, sizes differing by at most 1."""
+    return rank * groups // size
+
+
+def run_sweep(world: RankInfo, grid_path: str, out: str, groups: int = 1) -> list[dict]:
+    """Collective on ``world``: train every config; return the table (on every rank).
+
+    World rank 0 writes ``sweep.csv`` and ``sweep.json``. Raises ``Preempted`` on every
+    rank, after the table, if a stop signal ended any group early.
+    """
+    values, configs = collectively(world.comm, lambda: _checked(grid_path, out, groups, world))
+    color = group_of(world.rank, world.size, groups)
+    comm = world.comm.Split(color, world.rank)
+    try:
+        mine = _train_group(RankInfo(comm, comm.rank, comm.size), color, groups, values, configs)
+    finally:
+        comm.Free()
+    table = sorted(itertools.chain(*world.comm.allgather(mine)), key=lambda row: row["index"])
+    if world.is_root:
+        write_table(table, out, list(values[0]), test_metric=configs[0].test_data is not None)
+    if any(row["status"] == "preempted" for row in table):
+        raise Preempted("the sweep was stopped by a signal; see sweep.csv for what finished")
+    if not any(row["status"] == "completed" for row in table):
+        raise CollectiveError(f"no config of the sweep completed; see {out}/sweep.csv")
+    return table
+
+
+def run_one(world: RankInfo, grid_path: str, out: str, index: int) -> None:
+    """Collective on ``world``: train config ``index`` of the grid on all ranks."""
+    from mpigd.train import train
+
+    def pick():
+        values, configs = read_grid(grid_path, out)
+        if not 0 <= index < len(configs):
+            raise ConfigError(f"--index {index}: the grid has configs 0 to {len(configs) - 1}")
+        return configs[index]
+
+    train(collectively(world.comm, pick), world)
+
+
+def collect(world: RankInfo, grid_path: str, out: str) -> list[dict]:
+    """Collective: the table of the run records in ``out``, without training.
+
+    World rank 0 reads the records and writes the table as a sweep does; other ranks
+    return an empty list.
+    """
+    values, configs = collectively(world.comm, lambda: read_grid(grid_path, out))
+    if not world.is_root:
+        return []
+    table = [result_row(i, values[i], config.out) for i, config in enumerate(configs)]
+    write_table(table, out, list(values[0]), test_metric=configs[0].test_data is not None)
+    return table
+
+
+def list_configs(grid_path: str, out: str) -> list[dict]:
+    """Every config's index, grid values and run directory."""
+    values, configs = read_grid(grid_path, out)
+    return [{"index": i, **values[i], "out": c.out} for i, c in enumerate(configs)]
+
+
+def _checked(grid_path: str, out: str, groups: int, world: RankInfo):
+    if not 1 <= groups <= world.size:
+        raise ConfigError(f"--groups {groups} must be between 1 and the {world.size} ranks")
+    return read_grid(grid_path, out)
+
+
+def _train_group(ranks: RankInfo, group: int, groups: int, values, configs) -> list[dict]:
+    """Train this group's configs in turn; the group's rank 0 returns their rows."""
+    from mpigd.train import train
+
+    rows = []
+    for index in range(group, len(configs), groups):
+        error, status = None, None
+        try:
+            train(configs[index], ranks)
+        except Preempted as exc:
+            error, status = str(exc), "preempted"
+        except CollectiveError as exc:
+            error, status = str(exc), "failed"
+        if ranks.is_root:
+            row = result_row(index, values[index], configs[index].out, status, error)
+            rows.append(dict(row, group=group, ranks=ranks.size))
+        if status == "preempted":
+            break
+    return rows
+
+
+def result_row(index: int, values: dict, directory: str, status=None, error=None) -> dict:
+    """One table row for config ``index``, from its run record (``missing`` if none).
+
+    A run that ended in ``error`` gets that message and ``status``, and no results: its
+    directory may hold an older run's.
+    """
+    row = {"index": index, **values, "run_dir": directory, "error": error}
+    if error is not None:
+        return dict(row, status=status)
+    try:
+        run = json.loads((Path(directory) / "run.json").read_text())
+        lines = (Path(directory) / "metrics.jsonl").read_text().splitlines()
+    except (OSError, ValueError):
+        return dict(row, status=status or "missing")
+    epochs = [json.loads(line) for line in lines]
+    last = epochs[-1] if epochs else {}
+    return dict(
+        row,
+        status=status or run.get("status"),
+        ranks=run.get("world_size"),
+        final_train_loss=last.get("train_loss"),
+        test_loss=last.get("test_loss"),
+        test_accuracy=last.get("test_accuracy"),
+        epochs_run=len(epochs),
+        train_s=sum(epoch["time_s"] for epoch in epochs),
+    )
+
+
+def best_row(table: list[dict], test_metric: bool) -> dict | None:
+    """The completed row with the lowest final test (or train) loss; None if none."""
+    key = "test_loss" if test_metric else "final_train_loss"
+    done = [row for row in table if row["status"] == "completed" and row.get(key) is not None]
+    return min(done, key=lambda row: row[key], default=None)
+
+
+def write_table(table: list[dict], out: str, grid_keys: list[str], test_metric: bool):
+    """Write ``sweep.csv`` and ``sweep.json`` into ``out`` and print the table.
+
+    Returns the best row (None if no config completed).
+    """
+    best = best_row(table, test_metric)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with open(Path(out) / "sweep.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["index", *grid_keys, *TABLE_FIELDS[1:]])
+        writer.writeheader()
+        writer.writerows(table)
+    metric = "test_loss" if test_metric else "final_train_loss"
+    summary = {"metric": metric, "best": best, "configs": table}
+    (Path(out) / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for row in table:
+        settings = " ".join(f"{key}={row[key]}" for key in grid_keys)
+        print(f"cfg-{row['index']:03d} {settings}: {row['status']}, {metric} {row.get(metric)}")
+    if best is None:
+        print(f"no config completed; table in {out}/sweep.csv")
+    else:
+        settings = " ".join(f"{key}={best[key]}" for key in grid_keys)
+        print(f"best: cfg-{best['index']:03d} {settings} ({metric} {best[metric]:.6g})")
+    return best
