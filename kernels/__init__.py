@@ -18,6 +18,8 @@ Every backend module exposes the same names:
 ``softmax_decision(X, params)``                            ``Z = X @ W.T + b``, shape (n, C)
 ``dense_forward``, ``dense_backward``, ``relu_forward``,      MLP layers and output losses
 ``relu_backward``, ``softmax_xent``, ``half_squared_error``  (:mod:`kernels.dense`)
+``to_device(a)``, ``to_host(a, out=None)``                 move an array to the backend's
+                                                           memory and back (numpy: as is)
 =========================================================  ==================================
 
 Conventions: ``X`` is (n, d) float32 or float64, C-contiguous; everything else, and all
@@ -37,11 +39,33 @@ name           module                     what it is
 =============  =========================  ============================================
 ``numpy``      :mod:`kernels.cpu`         fused Numba kernels, one read of ``X`` per call
 ``reference``  :mod:`kernels.reference`   plain numpy, the specification the tests use
-``cupy``       (not yet)                  a later issue adds it behind this interface
+``cupy``       :mod:`kernels.gpu`         one GPU per rank: a single-pass CUDA kernel for
+                                          the linear models, cuBLAS + fused kernels for
+                                          softmax and the MLP (needs CuPy and a GPU)
 =============  =========================  ============================================
+
+With ``cupy`` the rows live on the GPU (the trainer moves them with ``to_device``) while
+``params`` and ``grad_out`` stay host numpy float64; decision values and predictions
+come back as host arrays. :func:`gpu_unavailable_reason` says why ``cupy`` cannot be used
+here, or None.
 """
 
 BACKENDS = ("numpy", "reference", "cupy")
+
+
+def gpu_unavailable_reason() -> str | None:
+    """Why the ``cupy`` backend cannot run in this process, or None when it can."""
+    try:
+        import cupy
+    except Exception as exc:  # noqa: BLE001 - ImportError, or CuPy failing to load CUDA
+        return f"CuPy is not installed or cannot be imported ({type(exc).__name__}: {exc})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 - CUDARuntimeError: no driver, no device
+        return f"no CUDA device is available ({exc})"
+    if count < 1:
+        return "no CUDA device is available (CUDA reports 0 devices)"
+    return None
 
 
 def get_backend(name):
@@ -50,12 +74,13 @@ def get_backend(name):
     Parameters
     ----------
     name : str
-        ``"numpy"`` or ``"reference"``.
+        ``"numpy"``, ``"reference"`` or ``"cupy"``.
 
     Raises
     ------
     ValueError
-        For ``"cupy"`` (not available yet) and for unknown names.
+        For ``"cupy"`` when CuPy is missing or no GPU is usable (the message says which),
+        and for unknown names.
     """
     if name == "numpy":
         from kernels import cpu
@@ -66,7 +91,10 @@ def get_backend(name):
 
         return reference
     if name == "cupy":
-        raise ValueError(
-            "the CuPy backend is not available yet; use --backend numpy (or reference)"
-        )
+        reason = gpu_unavailable_reason()
+        if reason is not None:
+            raise ValueError(f"{reason}; use --backend numpy, or install mpigd[gpu] on a GPU node")
+        from kernels import gpu
+
+        return gpu
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -22,6 +22,8 @@ from kernels.reference import (
     check_linear_params,
     check_loss,
     n_classes,
+    to_device,
+    to_host,
 )
 
 name = "numpy"
@@ -40,6 +42,8 @@ __all__ = [
     "name",
     "softmax_decision",
     "softmax_loss_grad",
+    "to_device",
+    "to_host",
     "xp",
 ]
 

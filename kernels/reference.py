@@ -33,6 +33,8 @@ __all__ = [
     "softmax_decision",
     "softmax_loss_grad",
     "softmax_xent",
+    "to_device",
+    "to_host",
     "xp",
 ]
 
@@ -40,6 +42,19 @@ name = "reference"
 xp = numpy
 
 LINEAR_LOSSES = ("squared", "logistic", "hinge", "squared_hinge")
+
+
+def to_device(array):
+    """The array in this backend's memory: host memory, so ``array`` itself."""
+    return array
+
+
+def to_host(array, out=None):
+    """``array`` as a host numpy array (itself), or copied into ``out`` when given."""
+    if out is None:
+        return numpy.asarray(array)
+    out[...] = array
+    return out
 
 
 def check_loss(loss):

@@ -8,8 +8,13 @@ from mpigd import comm as mpi
 from mpigd.record import git_commit, software_versions
 
 
-def describe_run(config, ranks: mpi.RankInfo, places: list[dict], info, model_info: dict) -> dict:
-    """run.json's fields at the start of a run (rank 0 calls this)."""
+def describe_run(
+    config, ranks: mpi.RankInfo, places: list[dict], info, model_info: dict, gpu: dict | None = None
+) -> dict:
+    """run.json's fields at the start of a run (rank 0 calls this).
+
+    ``gpu``: the device record of :func:`mpigd.device.place` (``--backend cupy``), else None.
+    """
     return {
         "config": config.to_dict(),
         "command": sys.argv,
@@ -29,4 +34,5 @@ def describe_run(config, ranks: mpi.RankInfo, places: list[dict], info, model_in
             "shards": len(info.files),
         },
         "model_info": model_info,
+        "gpu": gpu,
     }

@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from mpigd import checkpoint, faults, preemption, progress
+from mpigd import checkpoint, device, faults, preemption, progress
 from mpigd import comm as mpi
 from mpigd.batching import epoch_batches, steps_per_epoch
 from mpigd.config import TrainConfig
@@ -86,6 +86,8 @@ class Trainer:
         config, ranks, comm = self.config, self.ranks, self.ranks.comm
         self.timer = PhaseTimer()
         self.fault, backend, strategy_class = mpi.collectively(comm, self._configure)
+        #: This rank's GPU and how MPI reaches it (run.json ``gpu``); None on CPU backends.
+        self.gpu = device.place(comm, backend)
         #: Which part of the training rows this rank holds (see Strategy.data_share).
         self.share = strategy_class.data_share(ranks.rank, ranks.size, config)
         load_start = time.perf_counter()
@@ -96,6 +98,12 @@ class Trainer:
                 config.test_data, ranks, every_rank_needs_rows=False, share=self.share
             )
             mpi.collectively(comm, lambda: _check_compatible(self.info, test_info))
+        #: The test rows on the backend's device (copied once; numpy backends: as loaded).
+        self.test_X = (
+            None
+            if self.test is None
+            else mpi.collectively(comm, lambda: backend.to_device(self.test.X))
+        )
         self.load_s = time.perf_counter() - load_start
         #: The (data x model) grid of a split model, or None.
         self.grid = make_grid(comm, config.model_parallel) if config.model_parallel > 1 else None
@@ -106,11 +114,11 @@ class Trainer:
             counts = np.bincount(self.rows.y, minlength=self.info.n_classes).astype(np.float64)
             self.strategy.sum_over_data(counts)
             self.objective.sample_weight = mpi.collectively(
-                comm, lambda: _balanced_weights(self.rows.y, counts, self.info)
+                comm, lambda: backend.to_device(_balanced_weights(self.rows.y, counts, self.info))
             )
             self.class_weight_values = class_weights(counts, self.info.n_rows).tolist()
         warm_start = time.perf_counter()
-        self.objective.warm_up(self.params, self.test.X[:1] if self.test else None)
+        self.objective.warm_up(self.params, self.test_X[:1] if self.test else None)
         self.warmup_s = time.perf_counter() - warm_start
         self.timer.take()  # the initial read is load_s in run.json, not epoch 1's io_s
 
@@ -151,9 +159,11 @@ class Trainer:
                 GroupOps(self.grid, self.timer),
             )  # fmt: skip
         targets = self.model.targets(self.rows.y)
+        # The training rows go to the backend's device once, here (numpy backends: as is).
         self.objective = LocalObjective(
-            self.model, self.rows.X, targets, None, config.l2, self.timer, config.accumulate
-        )
+            self.model, backend.to_device(self.rows.X), backend.to_device(targets), None,
+            config.l2, self.timer, config.accumulate,
+        )  # fmt: skip
         if self.grid:
             self.strategy = TensorParallelAllreduce(self.ranks, self.objective, self.timer,
                                                     config, self.grid)  # fmt: skip
@@ -254,7 +264,7 @@ class Trainer:
         }
         eval_start = time.perf_counter()
         if self.test is not None:
-            metrics = evaluate(self.model, self.test.X, self.test.y, self.params, ranks)
+            metrics = evaluate(self.model, self.test_X, self.test.y, self.params, ranks)
             row.update({f"test_{k}": v for k, v in metrics.items() if k != "rows"})
         end = time.perf_counter()
         time_s = end - start
@@ -387,7 +397,8 @@ class Trainer:
         def start() -> None:
             if not self.record:
                 return
-            info = describe_run(self.config, self.ranks, places, self.info, self._model_info())
+            info = describe_run(self.config, self.ranks, places, self.info, self._model_info(),
+                                gpu=self.gpu)  # fmt: skip
             info.update(load_s=self.load_s, warmup_s=self.warmup_s, resumed_from=resumed)
             try:
                 self.record.start(info, keep_epochs=resumed["epoch"] if resumed else None)

@@ -15,6 +15,13 @@ GEMMs); the flat parameters and gradient stay float64.
 Dropout (``--dropout p``, inverted: kept units scaled by 1/(1−p)) draws its masks from
 a generator of its own per rank, seeded from (seed, rank), so runs are reproducible;
 it is active in training passes only, never in evaluation.
+
+Backends: arrays are allocated with the backend's array module (``backend.xp``), so with
+``--backend cupy`` the activations live on the GPU; the flat parameters come in as a host
+vector and are copied to the device once per pass (``backend.to_device``), each layer's
+gradient is copied back into the host ``grad_out`` as soon as it is final
+(``backend.to_host``), and predictions are returned as host arrays. Dropout masks are
+drawn on the host (the same masks as with numpy) and copied to the device.
 """
 
 from __future__ import annotations
@@ -89,7 +96,9 @@ class MLP(Model):
     # -- passes ----------------------------------------------------------------------
 
     def _weights(self, params: np.ndarray, dtype) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(W, b) per layer as views of ``params``, cast to the compute dtype if needed."""
+        """(W, b) per layer as views of ``params`` (on the backend's device), cast to the
+        compute dtype if needed."""
+        params = self.backend.to_device(params)
         layers = []
         for layer, (w_start, b_start, end) in enumerate(self.offsets):
             shape = (self.sizes[layer + 1], self.sizes[layer])
@@ -99,25 +108,28 @@ class MLP(Model):
 
     def _forward(self, X, layers, train: bool):
         """Pre-activations Z_l, activations A_l (A_0 = X) and dropout masks of a pass."""
-        kernels, dtype = self.backend, X.dtype
+        kernels, dtype, xp = self.backend, X.dtype, self.backend.xp
         activations, pre, masks = [X], [], []
         for index, (W, b) in enumerate(layers):
             Z = kernels.dense_forward(activations[-1], W, b,
-                                      np.empty((len(X), W.shape[0]), dtype))  # fmt: skip
+                                      xp.empty((len(X), W.shape[0]), dtype))  # fmt: skip
             pre.append(Z)
             if index == len(layers) - 1:
                 break
             mask = None
             if train and self.dropout > 0:
                 keep = self.rng.random(Z.shape) >= self.dropout
-                mask = keep.astype(dtype) / dtype.type(1.0 - self.dropout)
+                mask = kernels.to_device(keep.astype(dtype) / dtype.type(1.0 - self.dropout))
             masks.append(mask)
-            activations.append(kernels.relu_forward(Z, mask, np.empty_like(Z)))
+            activations.append(kernels.relu_forward(Z, mask, xp.empty_like(Z)))
         return pre, activations, masks
 
     def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
                   train=True) -> float:  # fmt: skip
+        to_device, xp = self.backend.to_device, self.backend.xp
+        X, y, sample_weight = to_device(X), to_device(y), to_device(sample_weight)
         if rows is not None:
+            rows = to_device(rows)
             X, y = X[rows], y[rows]
             sample_weight = None if sample_weight is None else sample_weight[rows]
         if len(X) == 0:
@@ -129,7 +141,7 @@ class MLP(Model):
         layers = self._weights(params, X.dtype)
         pre, activations, masks = self._forward(X, layers, train)
         logits = pre[-1]
-        dZ = np.empty_like(logits)
+        dZ = xp.empty_like(logits)
         if self.n_classes is None:
             loss = kernels.half_squared_error(logits, y, sample_weight, dZ)
         else:
@@ -137,12 +149,12 @@ class MLP(Model):
         for layer in reversed(range(len(layers))):
             W, b = layers[layer]
             w_start, b_start, end = self.offsets[layer]
-            gW = np.empty_like(W)
-            gb = np.empty_like(b)
-            dA = np.empty_like(activations[layer]) if layer else None
+            gW = xp.empty_like(W)
+            gb = xp.empty_like(b)
+            dA = xp.empty_like(activations[layer]) if layer else None
             kernels.dense_backward(dZ, activations[layer], W, gW, gb, dA)
-            grad_out[w_start:b_start] = gW.ravel()
-            grad_out[b_start:end] = gb
+            kernels.to_host(gW.ravel(), out=grad_out[w_start:b_start])
+            kernels.to_host(gb, out=grad_out[b_start:end])
             if on_ready is not None:
                 on_ready(w_start, end)
             if layer:
@@ -150,7 +162,9 @@ class MLP(Model):
         return loss
 
     def predict(self, X, params) -> np.ndarray:
+        """Predictions as a host array (class ids or values)."""
+        X = self.backend.to_device(X)
         pre, _, _ = self._forward(X, self._weights(params, X.dtype), train=False)
         if self.n_classes is None:
-            return pre[-1][:, 0].astype(np.float64)
-        return np.argmax(pre[-1], axis=1)
+            return self.backend.to_host(pre[-1][:, 0]).astype(np.float64)
+        return self.backend.to_host(self.backend.xp.argmax(pre[-1], axis=1))

@@ -12,7 +12,9 @@ The local flat vector holds this rank's blocks in layer order; :attr:`index` map
 local entry to its place in the full, unsplit MLP vector, so checkpoints and model.h5
 hold the full model and any split can resume or evaluate it. The group's collectives
 come in as ``ops`` (``sum(array)`` in place, ``gather_columns(block)``): this module
-computes, the strategy layer communicates.
+computes, the strategy layer communicates. The collectives take host arrays: with a
+device backend the blocks they exchange are copied to the host and back (``to_host`` /
+``to_device``; no-ops for numpy), as :class:`~mpigd.models.mlp.MLP` does for gradients.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ class SplitMLP(MLP):
         return shapes
 
     def _weights(self, params, dtype):
+        params = self.backend.to_device(params)
         layers = []
         for (w_start, b_start, end), (shape, _) in zip(self.local_offsets, self._local_shapes(),
                                                        strict=True):  # fmt: skip
@@ -105,39 +108,43 @@ class SplitMLP(MLP):
     def _forward(self, X, layers, train: bool):
         """Pre-activations and activations of this rank's units; the full input of each
         layer in ``inputs``; the (replicated) full logits last in ``pre``."""
-        kernels, dtype = self.backend, X.dtype
+        kernels, dtype, xp = self.backend, X.dtype, self.backend.xp
+        to_device, to_host = kernels.to_device, kernels.to_host
         inputs, pre, blocks, masks = [X], [], [], []
         for layer, (W, b) in enumerate(layers[:-1]):
-            Z = kernels.dense_forward(inputs[-1], W, b, np.empty((len(X), W.shape[0]), dtype))
+            Z = kernels.dense_forward(inputs[-1], W, b, xp.empty((len(X), W.shape[0]), dtype))
             mask = None
             if train and self.dropout > 0:
                 keep = self.rng.random(Z.shape) >= self.dropout
-                mask = keep.astype(dtype) / dtype.type(1.0 - self.dropout)
-            A = kernels.relu_forward(Z, mask, np.empty_like(Z))
+                mask = to_device(keep.astype(dtype) / dtype.type(1.0 - self.dropout))
+            A = kernels.relu_forward(Z, mask, xp.empty_like(Z))
             pre.append(Z)
             masks.append(mask)
             blocks.append(A)
             if layer < len(layers) - 2:
-                inputs.append(self.ops.gather_columns(A, self.block_widths[layer]))
+                gathered = self.ops.gather_columns(to_host(A), self.block_widths[layer])
+                inputs.append(to_device(gathered))
         W_out, b_out = layers[-1]
-        logits = self.ops.sum(
-            kernels.dense_forward(
-                blocks[-1], W_out, None, np.empty((len(X), W_out.shape[0]), dtype)
-            )
+        partial = kernels.dense_forward(
+            blocks[-1], W_out, None, xp.empty((len(X), W_out.shape[0]), dtype)
         )
+        logits = to_device(self.ops.sum(to_host(partial)))
         logits += b_out
         pre.append(logits)
         return pre, inputs, blocks, masks
 
     def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
                   train=True) -> float:  # fmt: skip
+        kernels, xp = self.backend, self.backend.xp
+        to_device, to_host = kernels.to_device, kernels.to_host
+        X, y, sample_weight = to_device(X), to_device(y), to_device(sample_weight)
         if rows is not None:
+            rows = to_device(rows)
             X, y = X[rows], y[rows]
             sample_weight = None if sample_weight is None else sample_weight[rows]
-        kernels = self.backend
         layers = self._weights(params, X.dtype)
         pre, inputs, blocks, masks = self._forward(X, layers, train)
-        dZ = np.empty_like(pre[-1])
+        dZ = xp.empty_like(pre[-1])
         if self.n_classes is None:
             loss = kernels.half_squared_error(pre[-1], y, sample_weight, dZ)
         else:
@@ -146,11 +153,11 @@ class SplitMLP(MLP):
         for layer in reversed(range(last + 1)):
             W, b = layers[layer]
             w_start, b_start, end = self.local_offsets[layer]
-            gW, gb = np.empty_like(W), np.empty_like(b)
+            gW, gb = xp.empty_like(W), xp.empty_like(b)
             source = blocks[-1] if layer == last else inputs[layer]
             kernels.dense_backward(dZ, source, W, gW, gb, None)
-            grad_out[w_start:b_start] = gW.ravel()
-            grad_out[b_start:end] = gb
+            to_host(gW.ravel(), out=grad_out[w_start:b_start])
+            to_host(gb, out=grad_out[b_start:end])
             if on_ready is not None:
                 on_ready(w_start, end)
             if layer == 0:
@@ -159,15 +166,17 @@ class SplitMLP(MLP):
                 dA = dZ @ W  # the gradient of this rank's block of the last hidden layer
             else:
                 lo, hi = self.units[layer - 1]
-                dA = np.ascontiguousarray(self.ops.sum(dZ @ W)[:, lo:hi])
+                dA = xp.ascontiguousarray(to_device(self.ops.sum(to_host(dZ @ W)))[:, lo:hi])
             dZ = kernels.relu_backward(dA, pre[layer - 1], masks[layer - 1], out=dA)
         return loss
 
     def predict(self, X, params) -> np.ndarray:
+        """Predictions as a host array (class ids or values)."""
+        X = self.backend.to_device(X)
         pre, *_ = self._forward(X, self._weights(params, X.dtype), train=False)
         if self.n_classes is None:
-            return pre[-1][:, 0].astype(np.float64)
-        return np.argmax(pre[-1], axis=1)
+            return self.backend.to_host(pre[-1][:, 0]).astype(np.float64)
+        return self.backend.to_host(self.backend.xp.argmax(pre[-1], axis=1))
 
 
 def _bounds(width: int, parts: int) -> np.ndarray:
