@@ -35,6 +35,7 @@ class LocalObjective:
         self.X, self.y, self.sample_weight = X, y, sample_weight
         self.l2 = l2
         self.reg_mask = model.reg_mask
+        self._weights = np.empty(model.n_params)  # scratch of finish(): the penalised part
         self.timer = timer
         self.accumulate = accumulate
         self.n_params = model.n_params
@@ -125,10 +126,14 @@ class LocalObjective:
             count = packed[self.n_params + 1]
             scale = 1.0 / count if count > 0 else 0.0
             np.multiply(packed[: self.n_params], scale, out=grad_out)
-            weights = params * self.reg_mask
-            grad_out += self.l2 * weights
+            data_loss = float(packed[self.n_params] * scale)
+            if not self.l2:
+                return data_loss
+            weights = np.multiply(params, self.reg_mask, out=self._weights)
             penalty = self.penalty_sum(0.5 * self.l2 * float(weights @ weights))
-            return float(packed[self.n_params] * scale + penalty)
+            weights *= self.l2
+            grad_out += weights
+            return data_loss + penalty
 
 
 def memoize_last(closure):

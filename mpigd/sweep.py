@@ -135,7 +135,7 @@ def run_one(world: RankInfo, grid_path: str, out: str, index: int) -> None:
     from mpigd.train import train
 
     def pick():
-        values, configs = read_grid(grid_path, out)
+        _, configs = read_grid(grid_path, out)
         if not 0 <= index < len(configs):
             raise ConfigError(f"--index {index}: the grid has configs 0 to {len(configs) - 1}")
         return configs[index]

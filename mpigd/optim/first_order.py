@@ -68,13 +68,22 @@ class Adam(GradientDescent):
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.m = np.zeros(n_params)
         self.v = np.zeros(n_params)
+        self._scratch = np.empty(n_params)  # no temporaries: the update runs on big vectors
 
     def _update(self, params: np.ndarray, lr: float) -> None:
         t = self.steps + 1
+        g, step = self.grad, self._scratch
         self.m *= self.beta1
-        self.m += (1.0 - self.beta1) * self.grad
+        np.multiply(g, 1.0 - self.beta1, out=step)
+        self.m += step
         self.v *= self.beta2
-        self.v += (1.0 - self.beta2) * self.grad**2
-        m_hat = self.m / (1.0 - self.beta1**t)
-        v_hat = self.v / (1.0 - self.beta2**t)
-        params -= lr * m_hat / (np.sqrt(v_hat) + self.eps)
+        np.multiply(g, g, out=step)
+        step *= 1.0 - self.beta2
+        self.v += step
+        # lr m̂ / (sqrt(v̂) + eps), with m̂ = m / (1 - β1^t) and v̂ = v / (1 - β2^t)
+        np.sqrt(self.v, out=step)
+        step /= np.sqrt(1.0 - self.beta2**t)
+        step += self.eps
+        np.divide(self.m, step, out=step)
+        step *= lr / (1.0 - self.beta1**t)
+        params -= step
