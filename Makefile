@@ -15,7 +15,7 @@ MPI_TEST_TIMEOUT ?= 900
 RUN_DIR := build/run
 SYNTH   := build/synth-binary
 
-.PHONY: install run test lint unit mpi-tests bench clean
+.PHONY: install run test lint unit mpi-tests bench scaling commbench model clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ run: $(STAMP)
 		--model logreg --optimizer lbfgs --epochs 30 --tol 1e-6 --l2 1e-4 --overwrite --out $(RUN_DIR)
 	$(PY) -m mpigd eval $(RUN_DIR) --data $(SYNTH)/test
 	@echo "run record: $(RUN_DIR)/run.json $(RUN_DIR)/metrics.jsonl $(RUN_DIR)/model.h5"
+	$(PY) -m experiments.scaling experiments/studies/quick.toml --out results
+	@echo "scaling study (weak, 1 and 2 ranks): curves results/quick/speedup.png" \
+		"results/quick/efficiency.png results/quick/breakdown.png, CSV results/quick/points.csv"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mpigd kernels experiments tests
@@ -41,7 +44,7 @@ lint: $(STAMP)
 # Serial tests (including CLI tests that launch their own mpirun), then the MPI
 # tests under real mpirun with 1, 2, 3 and 4 ranks (oversubscribed on small machines).
 unit: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 mpi-tests: $(STAMP)
 	set -e; for n in 1 2 3 4; do \
@@ -54,6 +57,21 @@ test: lint unit mpi-tests
 
 bench: $(STAMP)
 	$(PY) experiments/bench_kernels.py
+	$(PY) experiments/bench_strategies.py
+	$(PY) experiments/bench_mlp.py --quick
+
+# Scaling study (STUDY file, RANKS=1,2,4 to override its rank counts), the MPI
+# microbenchmark on NP ranks, and the performance model fitted to both.
+STUDY ?= experiments/studies/weak-logreg.toml
+STUDY_NAME = $(shell sed -n 's/^name *= *"\(.*\)".*/\1/p' $(STUDY))
+scaling: $(STAMP)
+	$(PY) -m experiments.scaling $(STUDY) --out results $(if $(RANKS),--ranks $(RANKS))
+
+commbench: $(STAMP)
+	$(MPIRUN) -n $(NP) $(PY) -m experiments.commbench --out results/commbench/p$(NP).csv
+
+model: $(STAMP)
+	$(PY) -m experiments.perfmodel results/$(STUDY_NAME) --commbench results/commbench/p*.csv
 
 clean:
 	rm -rf build results .pytest_cache

@@ -1,5 +1,7 @@
-"""Under mpirun every rank runs pytest: give each rank its own temporary base directory,
-so that ranks never clean up each other's pytest temporaries."""
+"""Under mpirun every rank runs pytest: give each rank its own temporary base directory
+inside one directory unique to this test session (made by rank 0, shared by broadcast),
+so that ranks never clean up each other's pytest temporaries and two sessions on one
+machine never meet."""
 
 from __future__ import annotations
 
@@ -11,5 +13,6 @@ def pytest_configure(config):
     if config.getoption("with_mpi", default=False) and config.option.basetemp is None:
         from mpi4py import MPI
 
-        rank = MPI.COMM_WORLD.Get_rank()
-        config.option.basetemp = os.path.join(tempfile.gettempdir(), f"mpigd-pytest-rank{rank}")
+        world = MPI.COMM_WORLD
+        session = world.bcast(tempfile.mkdtemp(prefix="mpigd-pytest-") if world.rank == 0 else None)
+        config.option.basetemp = os.path.join(session, f"rank{world.rank}")
