@@ -34,14 +34,10 @@ the command line accepts works here, and a bad one fails its runs with mpigd's m
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+from mpigd.config import read_toml
 
 MODES = ("strong", "weak")
 LAUNCHERS = ("auto", "mpirun", "srun")
@@ -97,13 +93,7 @@ class Study:
 
 def load_study(path: str | Path, ranks: list[int] | None = None) -> Study:
     """Read and validate a study file; ``ranks`` (if given) replaces its rank counts."""
-    try:
-        with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
-    except OSError as exc:
-        raise StudyError(f"cannot read study file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise StudyError(f"study file {path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path, "study file", StudyError)
     unknown = set(raw) - {"study", "data", "train", "launch"}
     if unknown:
         raise StudyError(f"{path}: unknown sections {', '.join(sorted(unknown))}")

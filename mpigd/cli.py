@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from mpigd.comm import collectively, run_guarded, world
-from mpigd.config import BACKENDS, PROGRESS_MODES, TrainConfig
+from mpigd.config import BACKENDS, PROGRESS_MODES, TrainConfig, read_toml
 from mpigd.errors import ConfigError
 from mpigd.models import MODELS
 from mpigd.optim import OPTIMIZERS, SCHEDULES
 from mpigd.strategies import STRATEGIES
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,13 +257,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _read_config_file(path: str) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path, "config file")
     values = {key.replace("-", "_"): value for key, value in raw.items()}
     unknown = sorted(set(values) - set(TrainConfig.keys()))
     if unknown:

@@ -6,12 +6,18 @@ stores it whole, and ``eval`` reads the model part back from ``model.h5``.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field, fields
 
 from mpigd.errors import ConfigError
 from mpigd.models import MODELS
 from mpigd.optim import OPTIMIZERS, SCHEDULES
 from mpigd.strategies import DEFAULT_STRATEGY, STRATEGIES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
 
 BACKENDS = ("numpy", "reference", "cupy")
 
@@ -145,3 +151,14 @@ class TrainConfig:
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+def read_toml(path, what: str, error: type[Exception] = ConfigError) -> dict:
+    """The TOML file at ``path`` as a dict; ``error`` naming ``what`` if it is unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{what} {path} is not valid TOML: {exc}") from exc

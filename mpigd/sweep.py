@@ -36,18 +36,12 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import sys
 from pathlib import Path
 
 from mpigd.comm import RankInfo, collectively
-from mpigd.config import TrainConfig
+from mpigd.config import TrainConfig, read_toml
 from mpigd.errors import CollectiveError, ConfigError
 from mpigd.preemption import Preempted
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 TABLE_FIELDS = (
     "index",
@@ -70,13 +64,7 @@ def read_grid(path: str, out: str) -> tuple[list[dict], list[TrainConfig]]:
     Raises ConfigError for an unreadable file, unknown keys, an empty list, or a key
     the sweep sets itself (``out``).
     """
-    try:
-        with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read grid file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"grid file {path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path, "grid file")
     grid = {key.replace("-", "_"): value for key, value in raw.pop("grid", {}).items()}
     fixed = {key.replace("-", "_"): value for key, value in raw.items()}
     unknown = sorted((set(grid) | set(fixed)) - set(TrainConfig.keys()))
