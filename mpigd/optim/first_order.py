@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels.update import adam_update
 from mpigd.optim.base import Closure, Optimizer
 from mpigd.optim.schedule import Schedule
 
@@ -68,22 +69,8 @@ class Adam(GradientDescent):
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.m = np.zeros(n_params)
         self.v = np.zeros(n_params)
-        self._scratch = np.empty(n_params)  # no temporaries: the update runs on big vectors
 
     def _update(self, params: np.ndarray, lr: float) -> None:
         t = self.steps + 1
-        g, step = self.grad, self._scratch
-        self.m *= self.beta1
-        np.multiply(g, 1.0 - self.beta1, out=step)
-        self.m += step
-        self.v *= self.beta2
-        np.multiply(g, g, out=step)
-        step *= 1.0 - self.beta2
-        self.v += step
-        # lr m̂ / (sqrt(v̂) + eps), with m̂ = m / (1 - β1^t) and v̂ = v / (1 - β2^t)
-        np.sqrt(self.v, out=step)
-        step /= np.sqrt(1.0 - self.beta2**t)
-        step += self.eps
-        np.divide(self.m, step, out=step)
-        step *= lr / (1.0 - self.beta1**t)
-        params -= step
+        adam_update(params, self.grad, self.m, self.v, self.beta1, self.beta2,
+                    lr / (1.0 - self.beta1**t), np.sqrt(1.0 - self.beta2**t), self.eps)  # fmt: skip
