@@ -135,6 +135,29 @@ class LocalObjective:
             grad_out += weights
             return data_loss + penalty
 
+    def local_loss(self, params: np.ndarray) -> np.ndarray:
+        """This rank's ``[loss sum, rows]`` over all its rows, without the gradient when
+        the model can skip it (the MLP's backward pass): the epoch's ``train_loss``."""
+        sums = np.zeros(2)
+        with self.timer.phase("compute"):
+            grad = None if self.model.loss_without_gradient else self._weights
+            for micro in self._micro_batches(None):
+                sums[0] += self.model.loss_grad(
+                    self.X, self.y, self.sample_weight, params, grad, rows=micro
+                )
+            sums[1] = len(self.X)
+        self.full_passes += 1
+        return sums
+
+    def loss_value(self, sums: np.ndarray, params: np.ndarray) -> float:
+        """f from the global ``[loss sum, rows]`` of :meth:`local_loss`, L2 term included."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            data_loss = float(sums[0] / sums[1]) if sums[1] > 0 else 0.0
+            if not self.l2:
+                return data_loss
+            weights = params * self.reg_mask
+            return data_loss + self.penalty_sum(0.5 * self.l2 * float(weights @ weights))
+
 
 def memoize_last(closure):
     """Wrap a closure so a repeated call at the same parameters costs no pass.

@@ -17,6 +17,10 @@ and the test metrics, and rank 0 appends one line to ``metrics.jsonl``:
   server's waiting differ widely, and the mean hides which rank is the bottleneck).
 - ``samples_per_s``: training rows stepped through in the epoch, per second of ``time_s``.
 - ``full_passes``: passes over all training rows so far (objective evaluations).
+- ``grad_norm_inf``: max |∂f/∂θ_i| at the epoch's end (full-batch training only).
+
+With mini-batches the ``train_loss`` pass computes the loss alone where the model can
+skip its backward pass (the MLP).
 
 A full-batch optimiser's next step needs the objective at exactly the point where the
 epoch's ``train_loss`` pass computed it, so that pass is memoised and done once: with
@@ -231,7 +235,7 @@ class Trainer(CheckpointingMixin):
             if self.optimizer.stop_reason:
                 stop_reason = self.optimizer.stop_reason
                 break
-        final_loss = self.strategy.full_closure(self.params, np.empty_like(self.params))
+        final_loss = self._train_loss(np.empty_like(self.params))
         return {"stop_reason": stop_reason, "epochs_run": epochs_run,
                 "final_train_loss": final_loss}  # fmt: skip
 
@@ -260,9 +264,10 @@ class Trainer(CheckpointingMixin):
         grad = np.empty_like(self.params)
         row = {
             "epoch": epoch,
-            "train_loss": self.strategy.full_closure(self.params, grad),
-            "grad_norm_inf": float(np.max(np.abs(grad))),
+            "train_loss": self._train_loss(grad),
         }
+        if config.batch_size is None:
+            row["grad_norm_inf"] = float(np.max(np.abs(grad)))
         eval_start = time.perf_counter()
         if self.test is not None:
             metrics = evaluate(self.model, self.test_X, self.test.y, self.params, ranks)
@@ -282,6 +287,13 @@ class Trainer(CheckpointingMixin):
         row.update(self.optimizer.epoch_fields())
         row.update(self.strategy.epoch_fields())
         return row
+
+    def _train_loss(self, grad: np.ndarray) -> float:
+        """Collective: f over all training rows. Full batch: the memoised pass, which also
+        fills ``grad`` and which the next step reuses; mini-batches: the loss alone."""
+        if self.config.batch_size is None:
+            return self.strategy.full_closure(self.params, grad)
+        return self.strategy.full_loss(self.params)
 
     # -- run record ------------------------------------------------------------------
 

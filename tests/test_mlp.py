@@ -107,3 +107,13 @@ def test_buckets_follow_layers_backwards_and_cover_the_gradient():
     assert plan_buckets(layers, 8 * 50) == [(130, 210), (0, 130)]
     assert plan_buckets(layers, 1) == [(200, 210), (130, 200), (100, 130), (0, 100)]
     assert plan_buckets(layers, 8 * 10**6) == [(0, 210)]
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_the_loss_only_pass_equals_the_loss_of_the_full_pass(accumulate):
+    X, y = make_problem("multiclass", n_rows=40, d=4, n_classes=3)
+    model = mlp()
+    obj = objective(model, X, y, np.linspace(0.5, 1.5, len(y)), accumulate)
+    params = model.init_params(np.random.default_rng(0))
+    value, _ = value_and_grad(obj, params)
+    assert obj.loss_value(obj.local_loss(params), params) == pytest.approx(value, rel=1e-13)

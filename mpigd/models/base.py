@@ -25,6 +25,8 @@ class Model(ABC):
 
     name: str
     tasks: tuple[str, ...]
+    #: Whether ``loss_grad`` accepts ``grad_out=None`` and then skips the gradient.
+    loss_without_gradient = False
 
     def __init__(self, backend, n_features: int, n_classes: int | None) -> None:
         self.backend = backend
@@ -59,6 +61,8 @@ class Model(ABC):
 
         X : (n, d) local rows; y : output of :meth:`targets`; sample_weight : (n,) or None;
         params, grad_out : (n_params,) float64; rows : optional int64 row indices.
+        ``grad_out`` None asks for the loss alone: models that can skip the backward
+        pass then do (the MLP); the others need not accept None.
         on_ready : optional ``on_ready(lo, hi)``, called as soon as ``grad_out[lo:hi]`` is
         final; the ranges reported cover the vector exactly once (layered models report
         layer by layer, last layer first; the others once, at the end).

@@ -36,6 +36,7 @@ class MLP(Model):
 
     name = "mlp"
     tasks = ("regression", "binary", "multiclass")
+    loss_without_gradient = True
 
     def __init__(self, backend, n_features, n_classes, hidden=(128,), dropout=0.0,
                  dropout_seed=(0,)) -> None:  # fmt: skip
@@ -133,7 +134,8 @@ class MLP(Model):
             X, y = X[rows], y[rows]
             sample_weight = None if sample_weight is None else sample_weight[rows]
         if len(X) == 0:
-            grad_out[:] = 0.0
+            if grad_out is not None:
+                grad_out[:] = 0.0
             if on_ready is not None:
                 on_ready(0, self.n_params)
             return 0.0
@@ -146,6 +148,8 @@ class MLP(Model):
             loss = kernels.half_squared_error(logits, y, sample_weight, dZ)
         else:
             loss = kernels.softmax_xent(logits, y, sample_weight, dZ)
+        if grad_out is None:  # a loss-only pass (the epoch's train_loss)
+            return loss
         for layer in reversed(range(len(layers))):
             W, b = layers[layer]
             w_start, b_start, end = self.offsets[layer]

@@ -149,6 +149,8 @@ class SplitMLP(MLP):
             loss = kernels.half_squared_error(pre[-1], y, sample_weight, dZ)
         else:
             loss = kernels.softmax_xent(pre[-1], y, sample_weight, dZ)
+        if grad_out is None:  # a loss-only pass (the epoch's train_loss)
+            return loss
         last = len(layers) - 1
         for layer in reversed(range(last + 1)):
             W, b = layers[layer]

@@ -157,6 +157,18 @@ class Strategy(ABC):
             raise DivergenceError(f"the {what} is not finite ({loss=})")
         return loss
 
+    def full_loss(self, params: np.ndarray) -> float:
+        """Collective: f at ``params`` over all training rows, without the gradient.
+
+        The ``train_loss`` of a mini-batch epoch; full-batch training uses the memoised
+        :attr:`full_closure`, whose pass the next step reuses.
+        """
+        sums = self.sum_over_data(self.objective.local_loss(params))
+        loss = self.objective.loss_value(sums, params)
+        if not np.isfinite(loss):
+            raise DivergenceError(f"the loss is not finite ({loss=})")
+        return loss
+
     def sum_over_data(self, values: np.ndarray) -> np.ndarray:
         """Element-wise sum over the ranks holding distinct rows (in place; returned).
 
