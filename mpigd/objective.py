@@ -129,8 +129,7 @@ class LocalObjective:
             data_loss = float(packed[self.n_params] * scale)
             if not self.l2:
                 return data_loss
-            weights = np.multiply(params, self.reg_mask, out=self._weights)
-            penalty = self.penalty_sum(0.5 * self.l2 * float(weights @ weights))
+            penalty, weights = self._penalty(params)
             weights *= self.l2
             grad_out += weights
             return data_loss + penalty
@@ -155,8 +154,13 @@ class LocalObjective:
             data_loss = float(sums[0] / sums[1]) if sums[1] > 0 else 0.0
             if not self.l2:
                 return data_loss
-            weights = params * self.reg_mask
-            return data_loss + self.penalty_sum(0.5 * self.l2 * float(weights @ weights))
+            return data_loss + self._penalty(params)[0]
+
+    def _penalty(self, params: np.ndarray) -> tuple[float, np.ndarray]:
+        """(l2/2)·||w||² summed over the ranks sharing the parameters, and w: the
+        penalised entries of ``params`` (intercepts zeroed), in a scratch buffer."""
+        weights = np.multiply(params, self.reg_mask, out=self._weights)
+        return self.penalty_sum(0.5 * self.l2 * float(weights @ weights)), weights
 
 
 def memoize_last(closure):

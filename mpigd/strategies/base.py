@@ -147,12 +147,17 @@ class Strategy(ABC):
         return {}
 
     @staticmethod
-    def checked(loss: float, grad: np.ndarray) -> float:
+    def finite(loss: float, grad: np.ndarray | None = None) -> bool:
+        """Whether ``loss`` (and ``grad``, if given) hold no NaN or Inf."""
+        return bool(np.isfinite(loss) and (grad is None or np.isfinite(grad).all()))
+
+    @classmethod
+    def checked(cls, loss: float, grad: np.ndarray | None = None) -> float:
         """``loss``, after making sure it and the global gradient are finite.
 
         Every rank holds the same reduced numbers, so every rank raises together.
         """
-        if not (np.isfinite(loss) and np.isfinite(grad).all()):
+        if not cls.finite(loss, grad):
             what = "loss" if not np.isfinite(loss) else "gradient"
             raise DivergenceError(f"the {what} is not finite ({loss=})")
         return loss
@@ -164,10 +169,7 @@ class Strategy(ABC):
         :attr:`full_closure`, whose pass the next step reuses.
         """
         sums = self.sum_over_data(self.objective.local_loss(params))
-        loss = self.objective.loss_value(sums, params)
-        if not np.isfinite(loss):
-            raise DivergenceError(f"the loss is not finite ({loss=})")
-        return loss
+        return self.checked(self.objective.loss_value(sums, params))
 
     def sum_over_data(self, values: np.ndarray) -> np.ndarray:
         """Element-wise sum over the ranks holding distinct rows (in place; returned).

@@ -45,7 +45,7 @@ class LocalSGD(Strategy):
         def local_objective(point: np.ndarray, grad_out: np.ndarray) -> float:
             self.objective.local_sums(point, rows, self.packed)
             loss = self.objective.finish(self.packed, point, grad_out)
-            self.diverged = self.diverged or not (np.isfinite(loss) and np.isfinite(grad_out).all())
+            self.diverged = self.diverged or not self.finite(loss, grad_out)
             return loss
 
         optimizer.step(params, local_objective)

@@ -154,7 +154,7 @@ class ParameterServerAsync(ServerStrategy):
 
         def received(point: np.ndarray, grad_out: np.ndarray) -> float:
             loss = self.objective.finish(packed, point, grad_out)
-            if not (np.isfinite(loss) and np.isfinite(grad_out).all()):
+            if not self.finite(loss, grad_out):
                 # Not a CollectiveError: the workers are mid-exchange, so the job aborts.
                 raise MpigdError(
                     f"ps-async: a non-finite gradient at server version {self.version}; "
