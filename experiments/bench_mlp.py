@@ -427,16 +427,12 @@ def train(config, repeat, data, epochs):
     return run_dir
 
 
-def read_epochs(run_dir):
-    """The rows of one run's ``metrics.jsonl``."""
-    with open(run_dir / "metrics.jsonl") as lines:
-        return [json.loads(line) for line in lines if line.strip()]
-
-
 def summarize(config, run_dirs):
     """One configuration's medians over all epochs of all its runs."""
+    from mpigd.record import read_run
+
     name, procs, extra, env = config
-    epochs = [row for run_dir in run_dirs for row in read_epochs(run_dir)]
+    epochs = [row for run_dir in run_dirs for row in read_run(run_dir)[1]]
 
     def median(function):
         return statistics.median(function(e) for e in epochs)
@@ -569,6 +565,8 @@ def overlap_effects(rows):
 
 def run_train_part(args):
     """Part 2: every configuration ``--repeats`` times (repeats outermost); the record."""
+    from mpigd.record import read_run
+
     data = ensure_dataset()
     found = configs(args)
     run_dirs = {config[0]: [] for config in found}
@@ -580,7 +578,7 @@ def run_train_part(args):
     effects = overlap_effects(rows)
     biggest = max(args.procs)
     default = effects.get(f"P{biggest}")
-    first_run = json.loads((run_dirs[found[0][0]][0] / "run.json").read_text())
+    first_run, _ = read_run(run_dirs[found[0][0]][0])
     return {
         "mpi_library": first_run.get("mpi_library"),
         "epochs": args.epochs,

@@ -51,6 +51,8 @@ import sys
 import time
 from pathlib import Path
 
+from mpigd.record import read_run
+
 WORK = Path("build/bench")
 FEATURES = 100
 TEST_FRACTION = 0.1
@@ -220,14 +222,6 @@ def train(config, procs, repeat, data, args):
             f"{' '.join(command)}\nfailed with status {done.returncode}:\n{done.stderr[-3000:]}"
         )
     return run_dir
-
-
-def read_run(run_dir):
-    """``run.json`` and the list of ``metrics.jsonl`` rows of one run directory."""
-    info = json.loads((run_dir / "run.json").read_text())
-    with open(run_dir / "metrics.jsonl") as lines:
-        epochs = [json.loads(line) for line in lines if line.strip()]
-    return info, epochs
 
 
 def updates(epoch, strategy, world_size):

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from experiments.study import SYNTH_KEYS, Study, StudyError, load_study
 from experiments.summary import summarize
+from mpigd.record import read_run
 
 #: Columns of points.csv, in order.
 POINT_FIELDS = (
@@ -196,12 +197,9 @@ def read_point(run_dir: Path, skip_epochs: int) -> dict:
     ``no-record``; one that failed early has only the fields its record holds.
     """
     try:
-        run = json.loads((run_dir / "run.json").read_text())
+        run, epochs = read_run(run_dir)
     except (OSError, ValueError):
         return {"status": "no-record"}
-    metrics = run_dir / "metrics.jsonl"
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    epochs = [json.loads(line) for line in lines]
     measured = epochs[skip_epochs:] or epochs
     dataset = run.get("dataset", {})
     point = {

@@ -169,6 +169,19 @@ def mark_aborted(run_dir: str, message: str) -> None:
         pass  # best effort: the job is being torn down either way
 
 
+def read_run(run_dir) -> tuple[dict, list[dict]]:
+    """A run directory's run.json and its metrics.jsonl rows ([] when it has none yet).
+
+    For the experiments, which read run records and never console output. OSError or
+    ValueError (no or a broken run.json) is left to the caller to interpret.
+    """
+    directory = Path(run_dir)
+    run = json.loads((directory / RUN_FILE).read_text())
+    metrics = directory / METRICS_FILE
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    return run, [json.loads(line) for line in lines if line.strip()]
+
+
 def load_model(run_dir: str) -> tuple[np.ndarray, dict]:
     """Read ``RUN_DIR/model.h5``: the flat parameters and the model config dict."""
     path = Path(run_dir) / MODEL_FILE
