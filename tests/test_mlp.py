@@ -8,6 +8,7 @@ from helpers import make_problem
 
 import kernels
 from mpigd.models import create_model
+from mpigd.models.mlp_split import SplitMLP
 from mpigd.objective import LocalObjective
 from mpigd.strategies.buckets import plan_buckets
 from mpigd.timing import PhaseTimer
@@ -117,3 +118,66 @@ def test_the_loss_only_pass_equals_the_loss_of_the_full_pass(accumulate):
     params = model.init_params(np.random.default_rng(0))
     value, _ = value_and_grad(obj, params)
     assert obj.loss_value(obj.local_loss(params), params) == pytest.approx(value, rel=1e-13)
+
+
+class OneRankGroup:
+    """The collectives of a model group of one rank (``parts=1``): each is the identity."""
+
+    def sum(self, array):
+        return array
+
+    def gather_columns(self, block, widths):
+        assert widths == [block.shape[1]]
+        return block
+
+
+def same_nested(a, b):
+    """Whether two nestings of tuples/lists of arrays (or None) have the same shape and values."""
+    if isinstance(a, tuple | list):
+        return (type(a) is type(b) and len(a) == len(b)
+                and all(same_nested(x, z) for x, z in zip(a, b, strict=True)))  # fmt: skip
+    if a is None or b is None:
+        return a is b
+    return a.shape == b.shape and np.array_equal(a, b)
+
+
+def full_pass(model, X, y, weights, params, rows):
+    """Loss and gradient, the reported ranges, and the loss of a loss-only pass."""
+    grad, seen = np.full(model.n_params, np.nan), []
+    loss = model.loss_grad(X, y, weights, params, grad, rows, lambda *r: seen.append(r))
+    return loss, model.loss_grad(X, y, weights, params, None, rows), grad, seen
+
+
+@pytest.mark.parametrize("task, dropout", [("multiclass", 0.0), ("multiclass", 0.5),
+                                           ("regression", 0.0)])  # fmt: skip
+@pytest.mark.parametrize("backend", [name for name in kernels.BACKENDS if name != "cupy"])
+def test_a_split_mlp_of_one_part_is_substitutable_for_the_mlp(task, dropout, backend):
+    """SplitMLP(parts=1) gives exactly MLP's loss, gradient (through ``index``), reported
+    ranges and predictions, on all rows, on a batch and on an empty batch; its ``_forward``
+    returns the same tuple as MLP's."""
+    X, y = make_problem(task, n_rows=40, d=4, n_classes=3, seed=1)
+    whole = mlp(task, hidden=(7, 5), dropout=dropout, seed=(0, 1), backend=backend)
+    split = SplitMLP(whole.backend, 4, whole.n_classes, (7, 5), dropout, (0, 1), 1, 0,
+                     OneRankGroup())  # fmt: skip
+    assert split.full_size == whole.n_params
+    assert split.layer_ranges() == whole.layer_ranges()
+    np.testing.assert_array_equal(split.reg_mask, whole.reg_mask[split.index])
+    full = whole.init_params(np.random.default_rng(2))
+    np.testing.assert_array_equal(split.init_params(np.random.default_rng(2)), full[split.index])
+    full[whole.reg_mask == 0] = 0.1
+    params = full[split.index]
+    targets, weights = whole.targets(y), np.random.default_rng(3).uniform(0.5, 2.0, len(y))
+    for rows in (None, np.arange(3, 31), np.array([], dtype=np.int64)):
+        loss, loss_only, grad, seen = full_pass(whole, X, targets, weights, full, rows)
+        split_loss, split_loss_only, split_grad, split_seen = full_pass(
+            split, X, targets, weights, params, rows
+        )
+        assert (split_loss, split_loss_only, split_seen) == (loss, loss_only, seen)
+        full_grad = np.full(split.full_size, np.nan)
+        full_grad[split.index] = split_grad
+        np.testing.assert_array_equal(full_grad, grad)
+    assert seen == [(0, whole.n_params)] and not grad.any()  # the empty batch
+    np.testing.assert_array_equal(split.predict(X, params), whole.predict(X, full))
+    forward = whole._forward(X, whole._weights(full, X.dtype), train=False)
+    split_forward = split._forward(X, split._weights(params, X.dtype), train=False)
+    assert len(forward) == 3 and same_nested(split_forward, forward)

@@ -32,7 +32,13 @@ from mpigd.models.base import Model
 
 
 class MLP(Model):
-    """``--model mlp --hidden 128[,64...]``: any number of hidden ReLU layers."""
+    """``--model mlp --hidden 128[,64...]``: any number of hidden ReLU layers.
+
+    The passes are written once, here. A model that holds only part of each layer
+    (:class:`~mpigd.models.mlp_split.SplitMLP`) sets :attr:`blocks` to its part and
+    overrides the three steps where the parts meet: :meth:`_next_input` and
+    :meth:`_logits` forward, :meth:`_activation_grad` backward.
+    """
 
     name = "mlp"
     tasks = ("regression", "binary", "multiclass")
@@ -44,12 +50,16 @@ class MLP(Model):
         self.sizes = [n_features, *hidden, n_classes or 1]
         self.dropout = dropout
         self.rng = np.random.default_rng(dropout_seed)
-        offsets, offset = [], 0
+        offsets, blocks, offset = [], [], 0
         for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
             offsets.append((offset, offset + n_out * n_in, offset + n_out * (n_in + 1)))
+            blocks.append((*offsets[-1], (n_out, n_in)))
             offset += n_out * (n_in + 1)
         #: Per layer: (start of W, start of b, end of b) in the flat vector.
         self.offsets = offsets
+        #: Per layer: (start of W, start of b, end of b, shape of W) of the part of the layer
+        #: that the ``params`` of :meth:`loss_grad` and :meth:`predict` hold: all of it.
+        self.blocks = blocks
         self._n_params = offset
 
     @property
@@ -73,7 +83,7 @@ class MLP(Model):
 
     def layer_ranges(self) -> list[tuple[int, int]]:
         """``(lo, hi)`` of each layer's [W, b] block in the flat vector, input layer first."""
-        return [(w_start, end) for w_start, _, end in self.offsets]
+        return [(w_start, end) for w_start, _, end, _ in self.blocks]
 
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         params = np.zeros(self._n_params)
@@ -97,33 +107,50 @@ class MLP(Model):
     # -- passes ----------------------------------------------------------------------
 
     def _weights(self, params: np.ndarray, dtype) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(W, b) per layer as views of ``params`` (on the backend's device), cast to the
-        compute dtype if needed."""
+        """(W, b) per layer as views of ``params`` (on the backend's device), laid out as
+        :attr:`blocks` says, cast to the compute dtype if needed."""
         params = self.backend.to_device(params)
         layers = []
-        for layer, (w_start, b_start, end) in enumerate(self.offsets):
-            shape = (self.sizes[layer + 1], self.sizes[layer])
+        for w_start, b_start, end, shape in self.blocks:
             W = params[w_start:b_start].reshape(shape).astype(dtype, copy=False)
             layers.append((W, params[b_start:end].astype(dtype, copy=False)))
         return layers
 
     def _forward(self, X, layers, train: bool):
-        """Pre-activations Z_l, activations A_l (A_0 = X) and dropout masks of a pass."""
+        """Pre-activations Z_l (the logits last), the input A_l that each layer's W
+        multiplies (A_0 = X) and the dropout masks of a pass."""
         kernels, dtype, xp = self.backend, X.dtype, self.backend.xp
         activations, pre, masks = [X], [], []
-        for index, (W, b) in enumerate(layers):
-            Z = kernels.dense_forward(activations[-1], W, b,
-                                      xp.empty((len(X), W.shape[0]), dtype))  # fmt: skip
+        for layer, (W, b) in enumerate(layers[:-1]):
+            Z = kernels.dense_forward(activations[-1], W, b, xp.empty((len(X), W.shape[0]), dtype))
             pre.append(Z)
-            if index == len(layers) - 1:
-                break
             mask = None
             if train and self.dropout > 0:
                 keep = self.rng.random(Z.shape) >= self.dropout
                 mask = kernels.to_device(keep.astype(dtype) / dtype.type(1.0 - self.dropout))
             masks.append(mask)
-            activations.append(kernels.relu_forward(Z, mask, xp.empty_like(Z)))
+            A = kernels.relu_forward(Z, mask, xp.empty_like(Z))
+            activations.append(self._next_input(layer, A))
+        pre.append(self._logits(activations[-1], *layers[-1]))
         return pre, activations, masks
+
+    def _next_input(self, layer: int, A):
+        """The input of layer ``layer + 1``, given the activations ``A`` of hidden layer
+        ``layer``: ``A`` itself."""
+        del layer
+        return A
+
+    def _logits(self, A, W, b):
+        """The output layer's pre-activations, given its input ``A`` and its (W, b)."""
+        out = self.backend.xp.empty((len(A), W.shape[0]), A.dtype)
+        return self.backend.dense_forward(A, W, b, out)
+
+    def _activation_grad(self, layer: int, dA):
+        """The backward of :meth:`_next_input`: the loss's gradient with respect to the
+        activations of hidden layer ``layer``, given ``dA``, its gradient with respect to
+        the input of layer ``layer + 1``: ``dA`` itself."""
+        del layer
+        return dA
 
     def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
                   train=True) -> float:  # fmt: skip
@@ -134,6 +161,9 @@ class MLP(Model):
             X, y = X[rows], y[rows]
             sample_weight = None if sample_weight is None else sample_weight[rows]
         if len(X) == 0:
+            # No rows, no pass. A SplitMLP thereby skips its model group's collectives,
+            # which is safe: the ranks of a model group hold the same rows and take the
+            # same batches, so the batch is empty on all of them at once.
             if grad_out is not None:
                 grad_out[:] = 0.0
             if on_ready is not None:
@@ -152,7 +182,7 @@ class MLP(Model):
             return loss
         for layer in reversed(range(len(layers))):
             W, b = layers[layer]
-            w_start, b_start, end = self.offsets[layer]
+            w_start, b_start, end, _ = self.blocks[layer]
             gW = xp.empty_like(W)
             gb = xp.empty_like(b)
             dA = xp.empty_like(activations[layer]) if layer else None
@@ -162,6 +192,7 @@ class MLP(Model):
             if on_ready is not None:
                 on_ready(w_start, end)
             if layer:
+                dA = self._activation_grad(layer - 1, dA)
                 dZ = kernels.relu_backward(dA, pre[layer - 1], masks[layer - 1], out=dA)
         return loss
 
