@@ -1,9 +1,9 @@
-"""Benchmark the ``numpy`` backend's loss+gradient kernels on one core.
+"""Benchmark the ``numba`` backend's loss+gradient kernels on one core.
 
 For each case (logistic regression and C-class softmax, float64 and float32 ``X``) this
 times one full pass over ``X`` of:
 
-- ``mpigd``: the ``numpy`` backend kernel (:mod:`kernels.cpu`);
+- ``mpigd``: the ``numba`` backend kernel (:mod:`kernels.cpu`);
 - ``numpy``: the plain numpy version (``z = X @ w + b``, loss, residual, ``X.T @ r``), which
   reads ``X`` twice and, for a float32 ``X`` with float64 parameters, lets numpy widen
   ``X`` to a float64 temporary;

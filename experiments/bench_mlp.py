@@ -178,7 +178,7 @@ def make_training(optimizer_name, X, y, overlap=True):
 
     config = TrainConfig(data="-", out="-", model="mlp", optimizer=optimizer_name, lr=LR,
                          batch_size=BATCH, hidden=list(HIDDEN), overlap=overlap)  # fmt: skip
-    backend = kernels.get_backend("numpy")
+    backend = kernels.get_backend("numba")
     model = create_model("mlp", backend, FEATURES, "multiclass", CLASSES, hidden=config.hidden)
     timer = PhaseTimer()
     objective = LocalObjective(model, X, model.targets(y), None, config.l2, timer)

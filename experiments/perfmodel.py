@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python -m experiments.perfmodel results/STUDY --commbench results/commbench/p2.csv ...
-        [--max-ranks 4096] [--model logreg --backend numpy]
+        [--max-ranks 4096] [--model logreg --backend numba]
         [--total-rows N] [--rows-per-rank N]
 
 It fits the model to a study's ``points.csv`` and any number of ``commbench`` CSVs (more

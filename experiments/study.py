@@ -10,7 +10,7 @@ Example (``experiments/studies/weak-logreg.toml``)::
     skip_epochs = 1             # leading epochs left out of the per-epoch time
     strategies = ["allreduce"]  # each crossed with models, backends and ranks
     models = ["logreg"]
-    backends = ["numpy"]
+    backends = ["numba"]
 
     [data]                      # synthetic data (mpigd data synth), written once per size
     task = "binary"
@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kernels import DEFAULT_BACKEND
 from mpigd.config import read_toml
 
 MODES = ("strong", "weak")
@@ -108,7 +109,7 @@ def load_study(path: str | Path, ranks: list[int] | None = None) -> Study:
         skip_epochs=head.pop("skip_epochs", 1),
         strategies=_names(head.pop("strategies", [train.pop("strategy", "allreduce")])),
         models=_names(head.pop("models", [train.pop("model", "logreg")])),
-        backends=_names(head.pop("backends", [train.pop("backend", "numpy")])),
+        backends=_names(head.pop("backends", [train.pop("backend", DEFAULT_BACKEND)])),
         data=dict(raw.get("data", {})),
         train=train,
         launcher=launch.get("launcher", "auto"),

@@ -34,15 +34,16 @@ softmax ``-log softmax(z)_y``.
 
 Backends:
 
-=============  =========================  ============================================
-name           module                     what it is
-=============  =========================  ============================================
-``numpy``      :mod:`kernels.cpu`         fused Numba kernels, one read of ``X`` per call
-``reference``  :mod:`kernels.reference`   plain numpy, the specification the tests use
-``cupy``       :mod:`kernels.gpu`         one GPU per rank: a single-pass CUDA kernel for
-                                          the linear models, cuBLAS + fused kernels for
-                                          softmax and the MLP (needs CuPy and a GPU)
-=============  =========================  ============================================
+=========  =========================  ================================================
+name       module                     what it is
+=========  =========================  ================================================
+``numba``  :mod:`kernels.cpu`         fused Numba kernels, one read of ``X`` per call
+                                      (the default)
+``numpy``  :mod:`kernels.reference`   plain numpy, the specification the tests use
+``cupy``   :mod:`kernels.gpu`         one GPU per rank: a single-pass CUDA kernel for
+                                      the linear models, cuBLAS + fused kernels for
+                                      softmax and the MLP (needs CuPy and a GPU)
+=========  =========================  ================================================
 
 With ``cupy`` the rows live on the GPU (the trainer moves them with ``to_device``) while
 ``params`` and ``grad_out`` stay host numpy float64; decision values and predictions
@@ -50,7 +51,13 @@ come back as host arrays. :func:`gpu_unavailable_reason` says why ``cupy`` canno
 here, or None.
 """
 
-BACKENDS = ("numpy", "reference", "cupy")
+import importlib
+
+#: Module of each backend, by the name ``--backend`` takes; the one place these names live.
+_MODULES = {"numba": "kernels.cpu", "numpy": "kernels.reference", "cupy": "kernels.gpu"}
+BACKENDS = tuple(_MODULES)
+#: The backend of a run that names none: the compiled CPU kernels.
+DEFAULT_BACKEND = "numba"
 
 
 def gpu_unavailable_reason() -> str | None:
@@ -74,7 +81,7 @@ def get_backend(name):
     Parameters
     ----------
     name : str
-        ``"numpy"``, ``"reference"`` or ``"cupy"``.
+        One of :data:`BACKENDS`: ``"numba"``, ``"numpy"`` or ``"cupy"``.
 
     Raises
     ------
@@ -82,19 +89,10 @@ def get_backend(name):
         For ``"cupy"`` when CuPy is missing or no GPU is usable (the message says which),
         and for unknown names.
     """
-    if name == "numpy":
-        from kernels import cpu
-
-        return cpu
-    if name == "reference":
-        from kernels import reference
-
-        return reference
+    if name not in _MODULES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "cupy":
         reason = gpu_unavailable_reason()
         if reason is not None:
-            raise ValueError(f"{reason}; use --backend numpy, or install mpigd[gpu] on a GPU node")
-        from kernels import gpu
-
-        return gpu
-    raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+            raise ValueError(f"{reason}; use --backend numba, or install mpigd[gpu] on a GPU node")
+    return importlib.import_module(_MODULES[name])

@@ -1,4 +1,4 @@
-"""The ``numpy`` backend: the interface of :mod:`kernels`, computed by :mod:`kernels.fused`.
+"""The ``numba`` backend: the interface of :mod:`kernels`, computed by :mod:`kernels.fused`.
 
 This module only checks arguments (the compiled kernels do no bounds checking) and maps
 loss names to the kernels' integer codes; the work, one read of ``X`` per call, is in
@@ -26,7 +26,7 @@ from kernels.reference import (
     to_host,
 )
 
-name = "numpy"
+name = "numba"
 xp = numpy
 
 __all__ = [

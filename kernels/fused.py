@@ -1,4 +1,4 @@
-"""Single-pass Numba kernels behind the ``numpy`` backend (:mod:`kernels.cpu`).
+"""Single-pass Numba kernels behind the ``numba`` backend (:mod:`kernels.cpu`).
 
 The gradients are memory-bandwidth-bound, so each kernel reads ``X`` from memory once.
 All arithmetic is float64; a float32 ``X`` is read as float32 (half the traffic) and

@@ -33,7 +33,7 @@ dense layers (MLP)       cuBLAS GEMMs (``cupy.matmul``) in the data's dtype; ReL
 Every function also accepts host arrays (it copies them to the device), so evaluation
 code written for numpy works unchanged, at the cost of a copy per call. Results are
 bitwise reproducible for a given GPU model and problem (no atomics: fixed reduction
-orders), but not bitwise equal to the numpy backend's (other summation orders).
+orders), but not bitwise equal to the CPU backends' (other summation orders).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Reference backend: plain, vectorised numpy, written to be obviously correct.
+"""The ``numpy`` (reference) backend: plain, vectorised numpy, written to be obviously correct.
 
 Every function here is the specification the fast backends are tested against, and it is
-also a usable backend (``--backend reference``): it reads ``X`` twice per gradient (once
+also a usable backend (``--backend numpy``): it reads ``X`` twice per gradient (once
 for ``X @ w``, once for ``X.T @ r``) and converts a float32 ``X`` to float64 with a full
 temporary copy, so it is simple rather than fast. See :mod:`kernels` for the interface.
 
@@ -38,7 +38,7 @@ __all__ = [
     "xp",
 ]
 
-name = "reference"
+name = "numpy"
 xp = numpy
 
 LINEAR_LOSSES = ("squared", "logistic", "hinge", "squared_hinge")

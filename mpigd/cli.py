@@ -1,21 +1,23 @@
 """Argument parsing for ``python -m mpigd {data,train,eval,sweep}`` (DESIGN.md, Command line).
 
-``train`` options may also come from a TOML file (``--config run.toml``) whose keys are
-the option names with ``_`` or ``-`` (``batch_size = 512``); flags given on the command
-line override the file. No numerics here: each command calls one library function.
+The ``train`` flags, their ``--help`` and the README's option table
+(:func:`options_markdown`) are generated from the field metadata of
+:class:`mpigd.config.TrainConfig`. ``train`` options may also come from a TOML file
+(``--config run.toml``) whose keys are the option names with ``_`` or ``-``
+(``batch_size = 512``); flags given on the command line override the file. No numerics
+here: each command calls one library function.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import MISSING, fields
 
+from kernels import BACKENDS, DEFAULT_BACKEND
 from mpigd.comm import collectively, run_guarded, world
-from mpigd.config import BACKENDS, PROGRESS_MODES, TrainConfig, read_toml
+from mpigd.config import OPTION_GROUPS, TrainConfig, flag_of, read_toml
 from mpigd.errors import ConfigError
-from mpigd.models import MODELS
-from mpigd.optim import OPTIMIZERS, SCHEDULES
-from mpigd.strategies import STRATEGIES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a trained model on a dataset")
     evaluate.add_argument("run_dir", help="run directory holding model.h5")
     evaluate.add_argument("--data", required=True, help="dataset file or shard directory")
-    evaluate.add_argument("--backend", choices=BACKENDS, default="numpy")
+    evaluate.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND)
     return parser
 
 
@@ -134,105 +136,25 @@ def _add_sweep_command(commands) -> None:
 
 
 def _add_train_command(commands) -> None:
+    """``train``: one flag per TrainConfig option, generated from its field metadata.
+
+    The flags are listed by topic (one argument group per :data:`OPTION_GROUPS` entry).
+    Every one defaults to None, so an option not given on the command line keeps the
+    config file's value (:func:`train_config` merges them).
+    """
     train = commands.add_parser(
-        "train", help="train a model (run under mpirun/srun)", argument_default=None
-    )
-    train.add_argument("--config", help="TOML file of train options; flags override it")
-    train.add_argument("--data", help="training dataset (file or shard directory)")
-    train.add_argument("--test-data", help="test dataset, evaluated after every epoch")
-    train.add_argument("--out", help="run directory for run.json, metrics.jsonl, model.h5")
-    train.add_argument("--model", choices=tuple(MODELS))
-    train.add_argument("--svm-loss", choices=("hinge", "squared-hinge"))
-    train.add_argument("--hidden", type=_widths, help="mlp: hidden layer widths, e.g. 256,128")
-    train.add_argument("--dropout", type=float, help="mlp: dropout probability of hidden units")
-    train.add_argument(
-        "--no-overlap",
-        dest="overlap",
-        action="store_false",
-        default=None,
-        help="mlp with allreduce: one Allreduce after backpropagation, not buckets during it",
-    )
-    train.add_argument("--bucket-mb", type=float, help="mlp: gradient bucket size (MiB)")
-    train.add_argument(
-        "--model-parallel",
-        type=int,
-        metavar="M",
-        help="mlp: split every hidden layer over M ranks (a P/M x M grid)",
+        "train",
+        help="train a model (run under mpirun/srun)",
+        description="Train a model on the ranks of this MPI job; rank 0 writes OUT.",
     )
     train.add_argument(
-        "--accumulate", type=int, metavar="K", help="gradient accumulation micro-batches"
+        "--config",
+        metavar="FILE",
+        help="TOML file of train options, keyed by option name; flags override it",
     )
-    train.add_argument("--strategy", choices=tuple(STRATEGIES))
-    train.add_argument("--optimizer", choices=OPTIMIZERS)
-    train.add_argument("--lr", type=float, help="learning rate (unused by lbfgs)")
-    train.add_argument("--lr-schedule", choices=SCHEDULES)
-    train.add_argument("--lr-step-epochs", type=int, help="step schedule: epochs per decay")
-    train.add_argument("--lr-gamma", type=float, help="step schedule: decay factor")
-    train.add_argument("--momentum", type=float, help="momentum coefficient (momentum)")
-    train.add_argument("--nesterov", action="store_true", default=None)
-    train.add_argument("--batch-size", type=int, help="GLOBAL mini-batch; omit: full batch")
-    train.add_argument("--epochs", type=int, help="epochs (lbfgs: iterations)")
-    train.add_argument(
-        "--tol", type=float, help="stop when the full-batch gradient's max |g_i| <= tol"
-    )
-    train.add_argument("--lbfgs-memory", type=int, help="L-BFGS correction pairs")
-    train.add_argument("--l2", type=float, help="L2 coefficient: + (l2/2)·||w||²")
-    train.add_argument("--class-weight", choices=("none", "balanced"))
-    train.add_argument("--seed", type=int)
-    train.add_argument("--backend", choices=BACKENDS)
-    train.add_argument(
-        "--server-computes",
-        action="store_true",
-        default=None,
-        help="ps-sync/ps-async: the server (rank 0) also computes on a share of the rows",
-    )
-    train.add_argument("--sync-every", type=int, metavar="H", help="local-sgd: steps per average")
-    train.add_argument(
-        "--max-staleness",
-        type=int,
-        metavar="S",
-        help="ps-async: most server versions a gradient may lag (default: unbounded)",
-    )
-    train.add_argument(
-        "--checkpoint-every",
-        type=int,
-        metavar="K",
-        help="write checkpoint.h5 every K epochs (always at the end)",
-    )
-    train.add_argument(
-        "--checkpoint-every-steps",
-        type=int,
-        metavar="K",
-        help="write checkpoint.h5 every K optimiser steps",
-    )
-    train.add_argument(
-        "--resume",
-        action="store_true",
-        default=None,
-        help="continue from OUT/checkpoint.h5 (start fresh if there is none)",
-    )
-    train.add_argument(
-        "--overwrite",
-        action="store_true",
-        default=None,
-        help="replace a previous run in OUT (refused otherwise)",
-    )
-    train.add_argument(
-        "--force-resume",
-        action="store_true",
-        default=None,
-        help="resume even from a checkpoint of another config or dataset",
-    )
-    output = train.add_mutually_exclusive_group()
-    output.add_argument("--progress", choices=PROGRESS_MODES)
-    output.add_argument("--quiet", dest="progress", action="store_const", const="quiet")
-    output.add_argument(
-        "--json",
-        dest="progress",
-        action="store_const",
-        const="json",
-        help="print each epoch's metrics as a JSON line",
-    )
+    groups = {key: train.add_argument_group(title) for key, title in OPTION_GROUPS.items()}
+    for spec in fields(TrainConfig):
+        _add_option(groups[spec.metadata["group"]], spec)
 
 
 def _widths(text: str) -> list[int]:
@@ -243,6 +165,135 @@ def _widths(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of widths: {text}") from exc
 
 
+#: argparse ``type`` of each annotated TrainConfig field (booleans are switches instead).
+_ARGUMENT_TYPES = {
+    "str": str,
+    "str | None": str,
+    "int": int,
+    "int | None": int,
+    "float": float,
+    "float | None": float,
+    "list[int]": _widths,
+}
+
+
+def _add_option(group, spec) -> None:
+    """Add the flag of the TrainConfig field ``spec`` (and its aliases) to ``group``.
+
+    A boolean is a switch: ``--name`` sets it when it defaults to False, ``--no-name``
+    clears it when it defaults to True. Any other option takes a value, checked against
+    its choices; its help ends with its default.
+    """
+    meta = spec.metadata
+    aliases = meta["aliases"]
+    if aliases:
+        group = group.add_mutually_exclusive_group()
+    if spec.type == "bool":
+        group.add_argument(
+            _flag(spec),
+            dest=spec.name,
+            action="store_false" if spec.default else "store_true",
+            default=None,
+            help=_escaped(meta["help"]),
+        )
+    else:
+        group.add_argument(
+            _flag(spec),
+            dest=spec.name,
+            type=_ARGUMENT_TYPES[spec.type],
+            choices=meta["choices"],
+            metavar=meta["metavar"],
+            default=None,
+            help=_escaped(f"{meta['help']} ({_shown_default(spec)})"),
+        )
+    for alias, value in aliases.items():
+        group.add_argument(
+            alias,
+            dest=spec.name,
+            action="store_const",
+            const=value,
+            default=None,
+            help=f"same as {_flag(spec)} {value}",
+        )
+
+
+def _flag(spec) -> str:
+    """The flag of a TrainConfig field: ``--name``, or ``--no-name`` for a switch that
+    defaults to on."""
+    if spec.type == "bool" and spec.default:
+        return "--no-" + flag_of(spec.name)[2:]
+    return flag_of(spec.name)
+
+
+def _shown_default(spec) -> str:
+    """``default: VALUE`` for ``--help``, or ``required``."""
+    value = _default_value(spec)
+    return "required" if value is None else f"default: {value}"
+
+
+def _default_value(spec) -> str | None:
+    """A field's default as it would be typed (``128,64`` for widths, ``none`` when
+    unset), or None for an option without a default (a required one)."""
+    if spec.default is not MISSING:
+        value = spec.default
+    elif spec.default_factory is not MISSING:
+        value = spec.default_factory()
+    else:
+        return None
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _escaped(help_text: str) -> str:
+    """``help_text`` with ``%`` doubled: argparse %-formats every help string."""
+    return help_text.replace("%", "%%")
+
+
+def options_markdown() -> str:
+    """The README's table of every ``train`` option, generated from the field metadata.
+
+    One row per flag (aliases included) in ``--help`` order: the flag with its value,
+    the default, the group and the one-line help. ``tests/test_config.py`` checks that
+    README.md holds exactly this text, so the table cannot drift from the code.
+    """
+    rows = ["| option | default | group | what it does |", "| --- | --- | --- | --- |"]
+    group_order = list(OPTION_GROUPS)
+    by_group = sorted(fields(TrainConfig), key=lambda s: group_order.index(s.metadata["group"]))
+    for spec in by_group:
+        meta = spec.metadata
+        if spec.type == "bool":
+            usage, default = _flag(spec), "off"
+        else:
+            value = _default_value(spec)
+            usage = f"{_flag(spec)} {_metavar(spec)}"
+            default = "required" if value is None else f"`{value}`"
+        rows.append(_markdown_row(usage, default, meta["group"], meta["help"]))
+        for alias, value in meta["aliases"].items():
+            rows.append(
+                _markdown_row(alias, "off", meta["group"], f"same as `{_flag(spec)} {value}`")
+            )
+    return "\n".join(rows) + "\n"
+
+
+def _metavar(spec) -> str:
+    """The value's name as ``--help`` shows it: the metavar, ``{choices}`` or NAME."""
+    meta = spec.metadata
+    if meta["metavar"]:
+        return meta["metavar"]
+    if meta["choices"]:
+        return "{" + ",".join(meta["choices"]) + "}"
+    return spec.name.upper()
+
+
+def _markdown_row(usage: str, default: str, group: str, help_text: str) -> str:
+    """One row of :func:`options_markdown`; ``|`` in the help escaped for markdown."""
+    escaped_help = help_text.replace("|", "\\|")
+    return f"| `{usage}` | {default} | {group} | {escaped_help} |"
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """Merge defaults < config file < command-line flags into a TrainConfig."""
     values = {}
@@ -250,10 +301,19 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         values.update(_read_config_file(args.config))
     flags = {k: v for k, v in vars(args).items() if v is not None and k in TrainConfig.keys()}
     values.update(flags)
-    missing = [key for key in ("data", "out", "model") if key not in values]
+    missing = [name for name in _required_options() if name not in values]
     if missing:
-        raise ConfigError("train needs " + ", ".join(f"--{key}" for key in missing))
+        raise ConfigError("train needs " + ", ".join(flag_of(name) for name in missing))
     return TrainConfig(**values)
+
+
+def _required_options() -> list[str]:
+    """Names of the TrainConfig fields without a default (a flag or the file must give them)."""
+    return [
+        spec.name
+        for spec in fields(TrainConfig)
+        if spec.default is MISSING and spec.default_factory is MISSING
+    ]
 
 
 def _read_config_file(path: str) -> dict:
@@ -265,14 +325,15 @@ def _read_config_file(path: str) -> dict:
     return values
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, hooks=()) -> int:
+    """Run the parsed command on this rank; ``hooks`` go to the trainer (``train``)."""
     from mpigd import data
 
     if args.command == "train":
-        from mpigd.train import train
+        from mpigd.run import train
 
         ranks = world()
-        train(collectively(ranks.comm, lambda: train_config(args)), ranks)
+        train(collectively(ranks.comm, lambda: train_config(args)), ranks, hooks=hooks)
     elif args.command == "sweep":
         _sweep(args)
     elif args.command == "eval":
@@ -355,12 +416,20 @@ class _Parser(argparse.ArgumentParser):
             super()._print_message(message, file)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse, run the command on this rank, return the exit status."""
+def main(argv: list[str] | None = None, hooks=()) -> int:
+    """Entry point: parse, run the command on this rank, return the exit status.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after ``mpigd``; default: ``sys.argv[1:]``.
+    hooks : sequence of mpigd.run.hooks.Hook
+        Extra hooks for a ``train`` run, after its default ones (tests use them).
+    """
     ranks = world()
 
     def parse_and_run() -> int:
         args = collectively(ranks.comm, lambda: build_parser().parse_args(argv))
-        return _run(args)
+        return _run(args, hooks)
 
     return run_guarded(parse_and_run, ranks)

@@ -1,14 +1,22 @@
-"""The training configuration: every option of ``mpigd train``, with its default.
+"""The training configuration: every option of ``mpigd train``, declared once.
 
-The CLI fills it from flags and an optional TOML config file (flags win); ``run.json``
-stores it whole, and ``eval`` reads the model part back from ``model.h5``.
+Each :class:`TrainConfig` field carries its metadata (:func:`option`): a one-line help,
+the topic group it is listed under, the allowed values, and whether another value makes
+a resumed run continue a different trajectory. Everything else is generated from it: the
+CLI's flags and ``--help`` (:mod:`mpigd.cli`), the README's option table, the choice
+checks of :meth:`TrainConfig.validate` and the checkpoint's config fingerprint
+(:meth:`TrainConfig.trajectory_fingerprint`). The CLI fills a config from flags and an
+optional TOML config file (flags win); ``run.json`` stores it whole, and ``eval`` reads
+the model part back from ``model.h5``.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field, fields
+import types
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from kernels import BACKENDS, DEFAULT_BACKEND
 from mpigd.errors import ConfigError
 from mpigd.models import MODELS
 from mpigd.optim import OPTIMIZERS, SCHEDULES
@@ -18,8 +26,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
-
-BACKENDS = ("numpy", "reference", "cupy")
 
 #: Python types each annotated field accepts (an int is fine where a float is wanted).
 _TYPES = {
@@ -32,49 +38,259 @@ _TYPES = {
     "bool": (bool,),
     "list[int]": (list,),
 }
+#: Console output of rank 0 (:mod:`mpigd.progress`).
 PROGRESS_MODES = ("bar", "quiet", "json")
+
+#: The topic groups of the options, by key, with the title ``--help`` gives each; in the
+#: order ``--help`` and the README list them.
+OPTION_GROUPS = {
+    "data": "data and run directory",
+    "model": "model",
+    "optimiser": "optimiser and objective",
+    "strategy": "parallel execution: strategy, communication, kernels",
+    "checkpoints": "checkpoints and resuming",
+    "output": "console output and traces",
+}
+
+
+def option(
+    default=MISSING,
+    *,
+    help: str,
+    group: str,
+    trajectory=False,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    aliases: dict[str, str] | None = None,
+):
+    """A TrainConfig field with the metadata that the CLI, README and checkpoints read.
+
+    Parameters
+    ----------
+    default
+        The value when neither a flag nor the config file gives one; leave it out for a
+        required option. A list is copied for every config (as a dataclass needs).
+    help : str
+        One line for ``--help`` and the README's option table.
+    group : str
+        Key of :data:`OPTION_GROUPS`: the topic the option is listed under.
+    trajectory : bool or callable
+        Whether another value makes a resumed run continue a different trajectory (a
+        checkpoint written under another value is then refused); a predicate
+        ``config -> bool`` where that depends on the other options.
+    choices : tuple of str, optional
+        The allowed values, checked by :meth:`TrainConfig.validate` and by argparse.
+    metavar : str, optional
+        The value's name in ``--help`` (argparse's default: the option name in capitals).
+    aliases : dict, optional
+        Extra flags that each set the option to one value, ``{"--quiet": "quiet"}``; the
+        CLI makes them mutually exclusive with the option's own flag.
+    """
+    metadata = {
+        "help": help,
+        "group": group,
+        "trajectory": trajectory,
+        "choices": choices,
+        "metavar": metavar,
+        "aliases": aliases or {},
+    }
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of the option ``name``: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def _under_cosine_schedule(config: TrainConfig) -> bool:
+    """Whether ``epochs`` decides the trajectory: the cosine schedule's length is the run's
+    length, so more epochs decay the rate more slowly from the first step on."""
+    return config.lr_schedule == "cosine"
 
 
 @dataclass
 class TrainConfig:
     """Options of one training run. Units: learning rates per step, tolerances absolute."""
 
-    data: str
-    out: str
-    model: str
-    test_data: str | None = None
-    strategy: str = DEFAULT_STRATEGY
-    optimizer: str = "gd"
-    lr: float = 0.1
-    lr_schedule: str = "constant"
-    lr_step_epochs: int = 10
-    lr_gamma: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    batch_size: int | None = None
-    epochs: int = 10
-    tol: float | None = None
-    lbfgs_memory: int = 10
-    l2: float = 0.0
-    class_weight: str = "none"
-    svm_loss: str = "hinge"
-    seed: int = 0
-    backend: str = "numpy"
-    progress: str = "bar"
-    checkpoint_every: int = 0
-    checkpoint_every_steps: int = 0
-    resume: bool = False
-    force_resume: bool = False
-    overwrite: bool = False
-    hidden: list[int] = field(default_factory=lambda: [128])
-    dropout: float = 0.0
-    overlap: bool = True
-    bucket_mb: float = 1.0
-    accumulate: int = 1
-    model_parallel: int = 1
-    server_computes: bool = False
-    sync_every: int = 8
-    max_staleness: int | None = None
+    data: str = option(help="training dataset (HDF5 file or shard directory)", group="data")
+    out: str = option(help="run directory for run.json, metrics.jsonl, model.h5", group="data")
+    model: str = option(
+        help="the model to train", group="model", trajectory=True, choices=tuple(MODELS)
+    )
+    test_data: str | None = option(
+        None, help="test dataset, evaluated after every epoch", group="data"
+    )
+    strategy: str = option(
+        DEFAULT_STRATEGY,
+        help="how the ranks combine their gradients or parameters",
+        group="strategy",
+        trajectory=True,
+        choices=tuple(STRATEGIES),
+    )
+    optimizer: str = option(
+        "gd", help="the optimiser", group="optimiser", trajectory=True, choices=OPTIMIZERS
+    )
+    lr: float = option(
+        0.1, help="learning rate per step; lbfgs ignores it", group="optimiser", trajectory=True
+    )
+    lr_schedule: str = option(
+        "constant",
+        help="how the learning rate changes over the epochs",
+        group="optimiser",
+        trajectory=True,
+        choices=SCHEDULES,
+    )
+    lr_step_epochs: int = option(
+        10, help="step schedule: epochs per decay", group="optimiser", trajectory=True
+    )
+    lr_gamma: float = option(
+        0.1, help="step schedule: decay factor", group="optimiser", trajectory=True
+    )
+    momentum: float = option(
+        0.9, help="momentum optimiser: momentum coefficient", group="optimiser", trajectory=True
+    )
+    nesterov: bool = option(
+        False, help="momentum optimiser: Nesterov momentum", group="optimiser", trajectory=True
+    )
+    batch_size: int | None = option(
+        None,
+        help="GLOBAL mini-batch, shared among the ranks; none means full batch",
+        group="optimiser",
+        trajectory=True,
+        metavar="B",
+    )
+    epochs: int = option(
+        10,
+        help="epochs (lbfgs: iterations)",
+        group="optimiser",
+        trajectory=_under_cosine_schedule,
+    )
+    tol: float | None = option(
+        None,
+        help="stop when the full-batch gradient's max |g_i| <= tol",
+        group="optimiser",
+    )
+    lbfgs_memory: int = option(
+        10, help="lbfgs: correction pairs kept", group="optimiser", trajectory=True
+    )
+    l2: float = option(
+        0.0,
+        help="L2 coefficient: + (l2/2)·||w||², intercepts unregularised",
+        group="optimiser",
+        trajectory=True,
+    )
+    class_weight: str = option(
+        "none",
+        help="row weights of the loss: none, or balanced (inverse class frequencies)",
+        group="optimiser",
+        trajectory=True,
+        choices=("none", "balanced"),
+    )
+    svm_loss: str = option(
+        "hinge",
+        help="svm: the hinge or the squared hinge",
+        group="model",
+        trajectory=True,
+        choices=("hinge", "squared-hinge"),
+    )
+    seed: int = option(
+        0,
+        help="seed of the initialisation, the mini-batch shuffle and dropout",
+        group="optimiser",
+        trajectory=True,
+    )
+    backend: str = option(
+        DEFAULT_BACKEND,
+        help="compute kernels: numba (compiled), numpy (plain reference), cupy (a GPU per rank)",
+        group="strategy",
+        choices=BACKENDS,
+    )
+    progress: str = option(
+        "bar",
+        help="console output of rank 0: a progress bar, nothing, or a JSON line per epoch",
+        group="output",
+        choices=PROGRESS_MODES,
+        aliases={"--quiet": "quiet", "--json": "json"},
+    )
+    checkpoint_every: int = option(
+        0,
+        help="write checkpoint.h5 every K epochs (always at the end)",
+        group="checkpoints",
+        metavar="K",
+    )
+    checkpoint_every_steps: int = option(
+        0, help="write checkpoint.h5 every K optimiser steps", group="checkpoints", metavar="K"
+    )
+    resume: bool = option(
+        False,
+        help="continue from OUT/checkpoint.h5 (start fresh if there is none)",
+        group="checkpoints",
+    )
+    force_resume: bool = option(
+        False,
+        help="resume even from a checkpoint of another config or dataset",
+        group="checkpoints",
+    )
+    overwrite: bool = option(
+        False, help="replace a previous run in OUT (refused otherwise)", group="data"
+    )
+    hidden: list[int] = option(
+        [128],
+        help="mlp: hidden layer widths, e.g. 256,128",
+        group="model",
+        trajectory=True,
+        metavar="W[,W...]",
+    )
+    dropout: float = option(
+        0.0, help="mlp: dropout probability of hidden units", group="model", trajectory=True
+    )
+    overlap: bool = option(
+        True,
+        help="mlp with allreduce: one Allreduce after backpropagation, not buckets during it",
+        group="strategy",
+    )
+    bucket_mb: float = option(1.0, help="mlp: gradient bucket size (MiB)", group="strategy")
+    accumulate: int = option(
+        1,
+        help="micro-batches whose gradients are summed before communicating",
+        group="strategy",
+        trajectory=True,
+        metavar="K",
+    )
+    model_parallel: int = option(
+        1,
+        help="mlp: split every hidden layer over M ranks (a P/M x M grid)",
+        group="strategy",
+        metavar="M",
+    )
+    server_computes: bool = option(
+        False,
+        help="ps-sync/ps-async: the server (rank 0) also computes on a share of the rows",
+        group="strategy",
+        trajectory=True,
+    )
+    sync_every: int = option(
+        8,
+        help="local-sgd: local steps per average",
+        group="strategy",
+        trajectory=True,
+        metavar="H",
+    )
+    max_staleness: int | None = option(
+        None,
+        help="ps-async: most server versions a gradient may lag; none means unbounded",
+        group="strategy",
+        trajectory=True,
+        metavar="S",
+    )
+    timeline: bool = option(
+        False,
+        help="write a per-rank step timeline, RUNDIR/timeline.json "
+        "(Chrome trace format; opens in Perfetto)",
+        group="output",
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -82,21 +298,11 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ConfigError for values no run can use (wrong type, out of range)."""
         self._check_types()
-        choices = {
-            "model": tuple(MODELS),
-            "strategy": tuple(STRATEGIES),
-            "optimizer": OPTIMIZERS,
-            "lr_schedule": SCHEDULES,
-            "class_weight": ("none", "balanced"),
-            "svm_loss": ("hinge", "squared-hinge"),
-            "backend": BACKENDS,
-            "progress": PROGRESS_MODES,
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
+        for spec in fields(self):
+            allowed, value = spec.metadata["choices"], getattr(self, spec.name)
+            if allowed is not None and value not in allowed:
                 raise ConfigError(
-                    f"--{key.replace('_', '-')} {getattr(self, key)!r} is not one of "
-                    f"{', '.join(allowed)}"
+                    f"{flag_of(spec.name)} {value!r} is not one of {', '.join(allowed)}"
                 )
         if not self.hidden or not all(
             isinstance(width, int) and not isinstance(width, bool) and width >= 1
@@ -119,14 +325,14 @@ class TrainConfig:
             positive["batch_size"] = self.batch_size
         for key, value in positive.items():
             if value < 1:
-                raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+                raise ConfigError(f"{flag_of(key)} must be at least 1, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.max_staleness is not None and self.max_staleness < 0:
             raise ConfigError(f"--max-staleness must be >= 0, got {self.max_staleness}")
         for key in ("checkpoint_every", "checkpoint_every_steps"):
             if getattr(self, key) < 0:
-                raise ConfigError(f"--{key.replace('_', '-')} must be >= 0 (0: only at the end)")
+                raise ConfigError(f"{flag_of(key)} must be >= 0 (0: only at the end)")
         for key in ("l2", "tol"):
             value = getattr(self, key)
             if value is not None and not value >= 0:
@@ -146,11 +352,64 @@ class TrainConfig:
                 setattr(self, spec.name, float(value))
 
     def to_dict(self) -> dict:
+        """Every option by name, as ``run.json`` stores the config."""
         return asdict(self)
 
     @classmethod
     def keys(cls) -> list[str]:
+        """The option names, in declaration order (the keys a config file may use)."""
         return [f.name for f in fields(cls)]
+
+    def trajectory_fingerprint(self) -> dict:
+        """``{name: value}`` of exactly the options that decide this run's trajectory.
+
+        A checkpoint stores it, and ``--resume`` refuses a checkpoint whose fingerprint
+        differs: continuing it under other values would give neither run's result. Which
+        options count is each field's ``trajectory`` metadata (see :func:`option`).
+        """
+        return {
+            spec.name: getattr(self, spec.name)
+            for spec in fields(self)
+            if _decides_trajectory(spec, self)
+        }
+
+    def subset(self, names) -> types.SimpleNamespace:
+        """A read-only namespace of the options ``names`` alone.
+
+        A strategy or model gets its own options this way instead of the whole config,
+        so what it depends on is visible where it is built.
+
+        Parameters
+        ----------
+        names : iterable of str
+            Option names (fields of TrainConfig).
+
+        Raises
+        ------
+        KeyError
+            For a name that is not an option.
+        """
+        names = list(names)
+        unknown = sorted(set(names) - set(self.keys()))
+        if unknown:
+            raise KeyError(f"not train options: {', '.join(unknown)}")
+        return Options(**{name: getattr(self, name) for name in names})
+
+
+class Options(types.SimpleNamespace):
+    """The read-only namespace :meth:`TrainConfig.subset` returns."""
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"options are read-only: cannot set {name!r}")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"options are read-only: cannot delete {name!r}")
+
+
+def _decides_trajectory(spec, config: TrainConfig) -> bool:
+    """Whether the option of field ``spec`` decides the trajectory of ``config``'s run."""
+    rule = spec.metadata["trajectory"]
+    return rule(config) if callable(rule) else rule
 
 
 def read_toml(path, what: str, error: type[Exception] = ConfigError) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels import DEFAULT_BACKEND
 from mpigd.comm import RankInfo, collectively, sum_across
 
 # Layout of the packed local sums: loss, correct predictions, rows, Σy.
@@ -51,7 +52,7 @@ def evaluate(model, X, y, params, ranks: RankInfo) -> dict:
 
 
 def evaluate_run(
-    run_dir: str, data_path: str, backend_name: str = "numpy", ranks: RankInfo | None = None
+    run_dir: str, data_path: str, backend_name: str = DEFAULT_BACKEND, ranks: RankInfo | None = None
 ) -> dict:
     """Collective: metrics of the model saved in ``run_dir`` on the dataset ``data_path``.
 

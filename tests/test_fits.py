@@ -50,7 +50,7 @@ def point(ranks, time_s, repeat=0, strategy="allreduce"):
     return {
         "strategy": strategy,
         "model": "logreg",
-        "backend": "numpy",
+        "backend": "numba",
         "ranks": ranks,
         "repeat": repeat,
         "status": "completed",

@@ -1,11 +1,11 @@
 """The ``cupy`` backend (:mod:`kernels.gpu`) against numpy: every kernel, every model, a
 2-rank training run; and the CPU side of GPU support (:mod:`mpigd.device`, the errors).
 
-Tests parametrised over ``BACKENDS`` compare ``numpy`` and ``cupy`` with the ``reference``
-backend through the same code. A test that needs a GPU calls :func:`require_gpu`: without
-CuPy or a CUDA device it is SKIPPED with the reason, but with ``MPIGD_TEST_GPU=1`` set (on
-a GPU node: ``MPIGD_TEST_GPU=1 make test``) it FAILS, so a GPU run can never pass by
-skipping (as Horovod's ``skip_or_fail_gpu_test``).
+Tests parametrised over ``BACKENDS`` compare ``numba`` and ``cupy`` with the ``numpy``
+(reference) backend through the same code. A test that needs a GPU calls
+:func:`require_gpu`: without CuPy or a CUDA device it is SKIPPED with the reason, but with
+``MPIGD_TEST_GPU=1`` set (on a GPU node: ``MPIGD_TEST_GPU=1 make test``) it FAILS, so a
+GPU run can never pass by skipping (as Horovod's ``skip_or_fail_gpu_test``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mpigd.models import create_model
 from mpigd.objective import LocalObjective
 from mpigd.timing import PhaseTimer
 
-BACKENDS = ("numpy", "cupy")
+BACKENDS = ("numba", "cupy")
 DTYPES = (np.float64, np.float32)
 LOSSES = reference.LINEAR_LOSSES
 
@@ -116,7 +116,7 @@ def test_cuda_awareness_is_detected_conservatively():
 def test_cpu_backends_are_not_placed_and_move_nothing():
     from mpi4py import MPI
 
-    for name in ("numpy", "reference"):
+    for name in ("numba", "numpy"):
         backend = kernels.get_backend(name)
         assert device.place(MPI.COMM_WORLD, backend) is None
         X = np.ones((3, 2))
@@ -365,15 +365,15 @@ RUNS = {
 
 
 @pytest.mark.parametrize("run", sorted(RUNS))
-def test_two_rank_training_equals_the_numpy_run(tmp_path, run):
-    """``mpirun -n 2 ... --backend cupy`` ends at the numpy run's parameters (float64)."""
+def test_two_rank_training_equals_the_numba_run(tmp_path, run):
+    """``mpirun -n 2 ... --backend cupy`` ends at the numba run's parameters (float64)."""
     require_gpu()
     task, n_classes = ("binary", 2) if run.startswith("logreg") else ("multiclass", 3)
     X, y = make_problem(task, n_rows=1500, d=8, n_classes=n_classes, seed=11)
     train = write_h5(tmp_path / "train.h5", X[:1200], y[:1200], task, n_classes)
     test = write_h5(tmp_path / "test.h5", X[1200:], y[1200:], task, n_classes)
     finals = {}
-    for backend in ("numpy", "cupy"):
+    for backend in ("numba", "cupy"):
         out = tmp_path / backend
         result = run_mpigd(2, "train", "--data", str(train), "--test-data", str(test),
                            "--out", str(out), "--seed", "4", "--l2", "1e-3", *RUNS[run].split(),
@@ -384,8 +384,8 @@ def test_two_rank_training_equals_the_numpy_run(tmp_path, run):
         record = json.loads((out / "run.json").read_text())
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         finals[backend + "-loss"] = [row["train_loss"] for row in metrics]
-    np.testing.assert_allclose(finals["cupy"], finals["numpy"], rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(finals["cupy-loss"], finals["numpy-loss"], rtol=1e-10)
+    np.testing.assert_allclose(finals["cupy"], finals["numba"], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(finals["cupy-loss"], finals["numba-loss"], rtol=1e-10)
     gpu = record["gpu"]  # the cupy run's record
     assert record["versions"]["backend"] == "cupy" and record["versions"]["cupy"]
     assert isinstance(gpu["cuda_aware_mpi"], bool) and gpu["name"]

@@ -1,5 +1,5 @@
-"""Tests of :mod:`kernels`: gradients against finite differences, the ``numpy`` backend
-against the ``reference`` backend, numerical stability, argument checks and the factory."""
+"""Tests of :mod:`kernels`: gradients against finite differences, the ``numba`` backend
+against the ``numpy`` (reference) backend, numerical stability, argument checks and the factory."""
 
 import math
 
@@ -9,7 +9,7 @@ import pytest
 from kernels import fused, get_backend, gpu_unavailable_reason, reference
 
 LOSSES = reference.LINEAR_LOSSES
-BACKENDS = ("numpy", "reference")
+BACKENDS = ("numba", "numpy")
 # Enough rows for several softmax blocks and a partial last block, and n % 4 != 0.
 SOFTMAX_ROWS = 2 * fused.SOFTMAX_BLOCK_ROWS + 37
 
@@ -105,14 +105,14 @@ def test_softmax_gradient_matches_finite_differences(backend, weighted):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("selection", ["all", "subset", "empty", "repeated"])
-def test_linear_numpy_matches_reference(loss, dtype, weighted, selection):
+def test_linear_numba_matches_reference(loss, dtype, weighted, selection):
     X, y, weight, params = linear_problem(loss, n=103, d=13, dtype=dtype)
     weight = weight if weighted else None
     rows = row_selections(len(y))[selection]
     expected_grad = np.empty_like(params)
     expected = reference.linear_loss_grad(loss, X, y, weight, params, expected_grad, rows=rows)
     grad = np.full_like(params, np.nan)
-    value = get_backend("numpy").linear_loss_grad(loss, X, y, weight, params, grad, rows=rows)
+    value = get_backend("numba").linear_loss_grad(loss, X, y, weight, params, grad, rows=rows)
     assert_close(value, expected)
     assert_close(grad, expected_grad)
     if selection == "empty":
@@ -122,14 +122,14 @@ def test_linear_numpy_matches_reference(loss, dtype, weighted, selection):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("selection", ["all", "subset", "empty", "repeated"])
-def test_softmax_numpy_matches_reference(dtype, weighted, selection):
+def test_softmax_numba_matches_reference(dtype, weighted, selection):
     X, y, weight, params = softmax_problem(d=9, n_classes=5, dtype=dtype)
     weight = weight if weighted else None
     rows = row_selections(len(y))[selection]
     expected_grad = np.empty_like(params)
     expected = reference.softmax_loss_grad(X, y, weight, params, expected_grad, rows=rows)
     grad = np.full_like(params, np.nan)
-    value = get_backend("numpy").softmax_loss_grad(X, y, weight, params, grad, rows=rows)
+    value = get_backend("numba").softmax_loss_grad(X, y, weight, params, grad, rows=rows)
     assert_close(value, expected)
     assert_close(grad, expected_grad)
     if selection == "empty":
@@ -138,11 +138,11 @@ def test_softmax_numpy_matches_reference(dtype, weighted, selection):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_decisions_match_reference(dtype):
-    numpy_backend = get_backend("numpy")
+    numba_backend = get_backend("numba")
     X, _, _, params = linear_problem("squared", dtype=dtype)
-    assert_close(numpy_backend.linear_decision(X, params), reference.linear_decision(X, params))
+    assert_close(numba_backend.linear_decision(X, params), reference.linear_decision(X, params))
     X, _, _, params = softmax_problem(dtype=dtype)
-    Z = numpy_backend.softmax_decision(X, params)
+    Z = numba_backend.softmax_decision(X, params)
     assert Z.shape == (X.shape[0], 4) and Z.dtype == np.float64
     assert_close(Z, reference.softmax_decision(X, params))
 
@@ -221,5 +221,5 @@ def test_get_backend_errors():
     if gpu_unavailable_reason() is not None:  # the cupy backend itself: tests/test_gpu.py
         with pytest.raises(ValueError, match="CuPy is not installed|no CUDA device"):
             get_backend("cupy")
-    with pytest.raises(ValueError, match="numpy, reference, cupy"):
+    with pytest.raises(ValueError, match="numba, numpy, cupy"):
         get_backend("torch")

@@ -14,7 +14,7 @@ from mpigd.strategies.buckets import plan_buckets
 from mpigd.timing import PhaseTimer
 
 
-def mlp(task="multiclass", n_classes=3, hidden=(7, 5), dropout=0.0, seed=(0,), backend="numpy"):
+def mlp(task="multiclass", n_classes=3, hidden=(7, 5), dropout=0.0, seed=(0,), backend="numba"):
     return create_model("mlp", kernels.get_backend(backend), 4, task,
                         None if task == "regression" else n_classes, hidden=hidden,
                         dropout=dropout, dropout_seed=seed)  # fmt: skip
@@ -32,7 +32,7 @@ def value_and_grad(obj, params, rows=None):
 
 
 @pytest.mark.parametrize("task", ["multiclass", "regression"])
-@pytest.mark.parametrize("backend", ["numpy", "reference"])
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
 def test_mlp_gradient_matches_finite_differences(task, backend):
     X, y = make_problem(task, n_rows=40, d=4, n_classes=3, seed=1)
     model = mlp(task, backend=backend)

@@ -21,7 +21,7 @@ CASES = [
 ]
 
 
-def objective_for(name, task, n_classes, svm_loss, backend="numpy"):
+def objective_for(name, task, n_classes, svm_loss, backend="numba"):
     X, y = make_problem(task, n_rows=60, d=5, n_classes=n_classes, seed=4)
     model = create_model(name, kernels.get_backend(backend), 5, task, n_classes, svm_loss)
     weights = np.random.default_rng(1).uniform(0.5, 2.0, size=len(y))
@@ -35,7 +35,7 @@ def value_and_grad(objective, params):
     return objective.finish(packed, params, grad), grad
 
 
-@pytest.mark.parametrize("backend", ["numpy", "reference"])
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize("name, task, n_classes, svm_loss", CASES)
 def test_objective_gradient_matches_finite_differences(name, task, n_classes, svm_loss, backend):
     model, objective = objective_for(name, task, n_classes, svm_loss, backend)
@@ -63,6 +63,6 @@ def test_intercepts_are_not_regularised(name, task, n_classes, svm_loss):
 
 def test_model_and_task_must_match():
     with pytest.raises(ConfigError, match="regression"):
-        create_model("linreg", kernels.get_backend("numpy"), 3, "binary", 2)
+        create_model("linreg", kernels.get_backend("numba"), 3, "binary", 2)
     with pytest.raises(ConfigError, match="unknown model"):
-        create_model("tree", kernels.get_backend("numpy"), 3, "binary", 2)
+        create_model("tree", kernels.get_backend("numba"), 3, "binary", 2)

@@ -83,7 +83,7 @@ def measured_points(model, mode="weak", rows_per_rank=100_000, noise=0.0, seed=0
                     "mode": mode,
                     "strategy": "allreduce",
                     "model": "logreg",
-                    "backend": "numpy",
+                    "backend": "numba",
                     "ranks": ranks,
                     "repeat": repeat,
                     "status": "completed",

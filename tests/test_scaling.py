@@ -127,7 +127,7 @@ def test_a_strategy_mpigd_refuses_fails_its_points_not_the_study(tmp_path):
     assert run_harness(tmp_path, study, "--ranks", "1") == 1
     points = read_rows(tmp_path / "results" / "tiny" / "points.csv")
     assert [p["status"] for p in points] == ["no-record"]
-    log = tmp_path / "results" / "tiny" / "runs" / "no-such-strategy-logreg-numpy"
+    log = tmp_path / "results" / "tiny" / "runs" / "no-such-strategy-logreg-numba"
     assert "no-such-strategy" in (log / "p0001-r0" / "console.log").read_text()
 
 

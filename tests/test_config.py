@@ -1,0 +1,229 @@
+"""The train options, declared once in :mod:`mpigd.config`: their metadata, the flags and
+``--help`` generated from it, config files, the trajectory fingerprint, option subsets,
+and the README's option table."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+
+import pytest
+from helpers import REPO
+
+import kernels
+from mpigd.cli import build_parser, options_markdown, train_config
+from mpigd.config import OPTION_GROUPS, TrainConfig
+from mpigd.errors import ConfigError
+from mpigd.models import MODELS
+from mpigd.optim import OPTIMIZERS, SCHEDULES
+from mpigd.strategies import STRATEGIES
+
+REQUIRED = {"data": "train.h5", "out": "runs/x", "model": "logreg"}
+
+#: Options whose value decides the trajectory under every schedule (epochs: cosine only).
+TRAJECTORY = {
+    "model", "svm_loss", "hidden", "dropout", "strategy", "optimizer", "lr", "lr_schedule",
+    "lr_step_epochs", "lr_gamma", "momentum", "nesterov", "batch_size", "lbfgs_memory", "l2",
+    "class_weight", "seed", "sync_every", "max_staleness", "server_computes", "accumulate",
+}  # fmt: skip
+
+#: For every option, a valid value other than the one in ``base_config()``.
+OTHER_VALUES = {
+    "data": "other.h5", "out": "runs/y", "model": "softmax", "test_data": "test.h5",
+    "strategy": "ps-sync", "optimizer": "adam", "lr": 0.01, "lr_schedule": "step",
+    "lr_step_epochs": 3, "lr_gamma": 0.5, "momentum": 0.5, "nesterov": True, "batch_size": 32,
+    "epochs": 20, "tol": 1e-6, "lbfgs_memory": 5, "l2": 1e-3, "class_weight": "balanced",
+    "svm_loss": "squared-hinge", "seed": 7, "backend": "numpy", "progress": "quiet",
+    "checkpoint_every": 2, "checkpoint_every_steps": 5, "resume": True, "force_resume": True,
+    "overwrite": True, "hidden": [64, 32], "dropout": 0.5, "overlap": False, "bucket_mb": 2.0,
+    "accumulate": 2, "model_parallel": 2, "server_computes": True, "sync_every": 2,
+    "max_staleness": 1, "timeline": True,
+}  # fmt: skip
+
+
+def base_config(**changes) -> TrainConfig:
+    return TrainConfig(**{**REQUIRED, **changes})
+
+
+def parsed_config(*argv: str) -> TrainConfig:
+    return train_config(build_parser().parse_args(["train", *argv]))
+
+
+# -- the metadata ---------------------------------------------------------------------------
+
+
+def test_every_option_has_one_line_help_and_a_known_group():
+    for spec in dataclasses.fields(TrainConfig):
+        meta = spec.metadata
+        assert meta["group"] in OPTION_GROUPS, spec.name
+        assert meta["help"] and "\n" not in meta["help"], spec.name
+        assert isinstance(meta["trajectory"], bool) or callable(meta["trajectory"]), spec.name
+    used = {spec.metadata["group"] for spec in dataclasses.fields(TrainConfig)}
+    assert used == set(OPTION_GROUPS)
+
+
+def test_choices_come_from_the_registries():
+    choices = {spec.name: spec.metadata["choices"] for spec in dataclasses.fields(TrainConfig)}
+    assert choices["model"] == tuple(MODELS)
+    assert choices["strategy"] == tuple(STRATEGIES)
+    assert choices["optimizer"] == OPTIMIZERS
+    assert choices["lr_schedule"] == SCHEDULES
+    assert choices["backend"] == kernels.BACKENDS == ("numba", "numpy", "cupy")
+    assert base_config().backend == kernels.DEFAULT_BACKEND == "numba"
+    with pytest.raises(ConfigError, match="--backend 'reference' is not one of numba, numpy"):
+        base_config(backend="reference")
+
+
+def test_the_timeline_option_is_off_by_default():
+    assert base_config().timeline is False
+    assert parsed_config(*_required_flags(), "--timeline").timeline is True
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+def _required_flags() -> list[str]:
+    return ["--data", REQUIRED["data"], "--out", REQUIRED["out"], "--model", REQUIRED["model"]]
+
+
+def _help_sections(capsys) -> dict[str, str]:
+    """``mpigd train --help`` split into its sections, by title, whitespace normalised."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["train", "--help"])
+    assert exited.value.code == 0
+    sections = {}
+    for chunk in capsys.readouterr().out.split("\n\n"):
+        title, _, body = chunk.partition(":\n")
+        sections[title.strip()] = " ".join(body.split())
+    return sections
+
+
+def _flag(spec) -> str:
+    """The flag a user types for the option: ``--no-NAME`` for a switch that is on."""
+    name = spec.name.replace("_", "-")
+    return f"--no-{name}" if spec.type == "bool" and spec.default else f"--{name}"
+
+
+def test_help_lists_every_flag_under_its_topic_with_its_default(capsys):
+    sections = _help_sections(capsys)
+    assert list(OPTION_GROUPS.values()) == [t for t in sections if t in OPTION_GROUPS.values()]
+    for spec in dataclasses.fields(TrainConfig):
+        title = OPTION_GROUPS[spec.metadata["group"]]
+        assert re.search(rf"(^| ){re.escape(_flag(spec))}( |$)", sections[title]), spec.name
+    strategy = sections[OPTION_GROUPS["strategy"]]
+    assert "--backend {numba,numpy,cupy} compute kernels" in strategy
+    assert "(default: numba)" in strategy and "--no-overlap mlp with allreduce" in strategy
+    optimiser = sections[OPTION_GROUPS["optimiser"]]
+    assert "--lr LR learning rate per step; lbfgs ignores it (default: 0.1)" in optimiser
+    assert "--batch-size B" in optimiser and "(default: none)" in optimiser
+    assert (
+        "--hidden W[,W...] mlp: hidden layer widths, e.g. 256,128 (default: 128)"
+        in (sections[OPTION_GROUPS["model"]])
+    )
+    output = sections[OPTION_GROUPS["output"]]
+    assert "--quiet same as --progress quiet --json same as --progress json" in output
+    valued = [s for s in dataclasses.fields(TrainConfig) if s.type != "bool"]
+    shown = sum(text.count("(default: ") for text in sections.values())
+    assert shown == len(valued) - len(REQUIRED)
+
+
+def test_flags_not_given_stay_none_so_the_config_file_wins():
+    args = build_parser().parse_args(["train", "--lr", "0.5"])
+    given = {name: getattr(args, name) for name in TrainConfig.keys()}
+    assert given.pop("lr") == 0.5
+    assert set(given.values()) == {None}
+
+
+def test_progress_and_its_aliases_are_mutually_exclusive():
+    assert parsed_config(*_required_flags(), "--json").progress == "json"
+    assert parsed_config(*_required_flags(), "--quiet").progress == "quiet"
+    with pytest.raises(ConfigError, match="not allowed with"):
+        parsed_config(*_required_flags(), "--json", "--progress", "bar")
+
+
+def test_a_config_file_and_flags_give_the_same_config(tmp_path):
+    file = tmp_path / "run.toml"
+    file.write_text(
+        'data = "train.h5"\nout = "runs/x"\nmodel = "mlp"\nhidden = [256, 128]\n'
+        'optimizer = "momentum"\nnesterov = true\nlr = 1\nbatch-size = 64\noverlap = false\n'
+        'progress = "json"\nmax_staleness = 2\nlr-schedule = "cosine"\ntimeline = true\n'
+    )
+    flags = parsed_config(
+        "--data", "train.h5", "--out", "runs/x", "--model", "mlp", "--hidden", "256,128",
+        "--optimizer", "momentum", "--nesterov", "--lr", "1", "--batch-size", "64",
+        "--no-overlap", "--json", "--max-staleness", "2", "--lr-schedule", "cosine",
+        "--timeline",
+    )  # fmt: skip
+    from_file = parsed_config("--config", str(file))
+    assert from_file == flags and from_file.lr == 1.0 and isinstance(from_file.lr, float)
+    assert from_file.hidden == [256, 128] and from_file.overlap is False
+    overridden = parsed_config("--config", str(file), "--epochs", "3", "--progress", "bar")
+    assert overridden == dataclasses.replace(flags, epochs=3, progress="bar")
+
+
+def test_a_config_file_with_an_unknown_key_is_refused(tmp_path):
+    file = tmp_path / "run.toml"
+    file.write_text('data = "train.h5"\nlearning-rate = 0.1\n')
+    with pytest.raises(ConfigError, match="unknown keys learning_rate"):
+        parsed_config("--config", str(file))
+
+
+def test_required_options_are_named_when_missing():
+    with pytest.raises(ConfigError, match="train needs --out, --model"):
+        parsed_config("--data", "train.h5")
+
+
+# -- the trajectory fingerprint and option subsets ------------------------------------------
+
+
+def test_every_option_is_covered_by_these_tests():
+    assert set(OTHER_VALUES) == set(TrainConfig.keys())
+
+
+def test_the_fingerprint_holds_exactly_the_trajectory_options():
+    config = base_config()
+    fingerprint = config.trajectory_fingerprint()
+    assert set(fingerprint) == TRAJECTORY
+    assert fingerprint == {name: getattr(config, name) for name in TRAJECTORY}
+    cosine = base_config(lr_schedule="cosine").trajectory_fingerprint()
+    assert set(cosine) == TRAJECTORY | {"epochs"}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_VALUES))
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_the_fingerprint_changes_with_exactly_the_trajectory_options(name, schedule):
+    config = base_config(lr_schedule=schedule)
+    changed = dataclasses.replace(config, **{name: OTHER_VALUES[name]})
+    decides = name in TRAJECTORY or (name == "epochs" and schedule == "cosine")
+    differs = changed.trajectory_fingerprint() != config.trajectory_fingerprint()
+    assert differs == decides
+
+
+def test_subset_holds_only_the_named_options_read_only():
+    config = base_config(lr=0.5, sync_every=4)
+    options = config.subset(["lr", "sync_every"])
+    assert isinstance(options, types.SimpleNamespace)
+    assert vars(options) == {"lr": 0.5, "sync_every": 4}
+    with pytest.raises(AttributeError):
+        options.lr = 1.0
+    with pytest.raises(AttributeError):
+        options.seed  # noqa: B018 - not in the subset
+    with pytest.raises(KeyError, match="validate"):
+        config.subset(["lr", "validate"])
+
+
+# -- the README -----------------------------------------------------------------------------
+
+
+def test_the_readme_option_table_is_the_generated_one():
+    readme = (REPO / "README.md").read_text()
+    found = re.search(
+        r"<!-- train-options:begin -->\n(.*?)<!-- train-options:end -->", readme, re.DOTALL
+    )
+    assert found, "README.md lacks the train-options markers"
+    assert found.group(1) == options_markdown(), (
+        "README.md's option table is out of date: replace the block between the "
+        "train-options markers with the output of "
+        "python -c 'from mpigd.cli import options_markdown; print(options_markdown(), end=\"\")'"
+    )
