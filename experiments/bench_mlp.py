@@ -161,33 +161,34 @@ def n_params():
 def make_training(optimizer_name, X, y, overlap=True):
     """Model, objective, strategy, optimiser and parameters as ``mpigd train`` builds them.
 
-    The strategy is the default ``allreduce`` on ``MPI.COMM_WORLD`` (one process unless
-    under ``mpirun``), with overlapped buckets unless ``overlap`` is false, so that a step
-    is exactly the trainer's: closure, finiteness check, update.
+    Built by the run's own builder (:func:`mpigd.run.builder.build_parts`) with the
+    default ``allreduce`` strategy on the world (one process unless under ``mpirun``),
+    with overlapped buckets unless ``overlap`` is false, so that a step
+    (:func:`one_step`) is exactly the loop's: closure, finiteness check, update.
     """
-    import numpy as np
+    from types import SimpleNamespace
 
     import kernels
     from mpigd.comm import world
     from mpigd.config import TrainConfig
-    from mpigd.models import create_model
-    from mpigd.objective import LocalObjective
-    from mpigd.optim import Schedule, create_optimizer
-    from mpigd.strategies import create_strategy
+    from mpigd.run.builder import build_parts
+    from mpigd.run.hooks import Hooks
+    from mpigd.run.layouts import layout_for
     from mpigd.timing import PhaseTimer
 
     config = TrainConfig(data="-", out="-", model="mlp", optimizer=optimizer_name, lr=LR,
-                         batch_size=BATCH, hidden=list(HIDDEN), overlap=overlap)  # fmt: skip
-    backend = kernels.get_backend("numba")
-    model = create_model("mlp", backend, FEATURES, "multiclass", CLASSES, hidden=config.hidden)
-    timer = PhaseTimer()
-    objective = LocalObjective(model, X, model.targets(y), None, config.l2, timer)
-    strategy = create_strategy(config.strategy, world(), objective, timer, config)
-    steps = TRAIN_ROWS // BATCH
-    schedule = Schedule(config.lr, steps_per_epoch=steps, total_steps=steps)
-    optimizer = create_optimizer(optimizer_name, model.n_params, schedule, config)
-    params = model.init_params(np.random.default_rng(SEED))
-    return model, objective, strategy, optimizer, params
+                         batch_size=BATCH, hidden=list(HIDDEN), overlap=overlap, epochs=1,
+                         seed=SEED)  # fmt: skip
+    info = SimpleNamespace(n_features=FEATURES, task="multiclass", n_classes=CLASSES,
+                           n_rows=TRAIN_ROWS)  # fmt: skip
+    parts = build_parts(config, layout_for(config), world(), kernels.get_backend("numba"), info,
+                        SimpleNamespace(X=X, y=y), PhaseTimer(), Hooks([]))  # fmt: skip
+    return parts.model, parts.objective, parts.strategy, parts.optimizer, parts.params
+
+
+def one_step(strategy, optimizer, params, rows):
+    """One optimiser step on ``rows``: an epoch of one batch, as the loop runs it."""
+    strategy.run_epoch(optimizer, params, [rows], lambda step: None)
 
 
 def gemm_floor(batch_rows, dtype):
@@ -264,8 +265,8 @@ def step_variants(X, y, rows):
         "floor": lambda: (forward(), backward()),
         "floor_forward": forward,
         "floor_backward": backward,
-        "step_adam": lambda: strategy.step(adam, params, rows),
-        "step_sgd": lambda: sgd_strategy.step(sgd, sgd_params, rows),
+        "step_adam": lambda: one_step(strategy, adam, params, rows),
+        "step_sgd": lambda: one_step(sgd_strategy, sgd, sgd_params, rows),
         "pass": lambda: objective.local_sums(params, rows, packed),
         "elementwise": elementwise(len(rows), X.dtype, model.backend),
         "cast_params": lambda: [params[lo:hi].astype(X.dtype) for lo, hi in ranges],
@@ -464,25 +465,26 @@ def summarize(config, run_dirs):
 def allreduce_worker(out):
     """Under ``mpirun``: time one gradient-sized ``Allreduce`` alone; rank 0 writes ``out``.
 
-    The buffer is the strategy's (``n_params + 3`` doubles); a barrier before each call
+    The buffer is the strategy's (``n_params + 4`` doubles); a barrier before each call
     keeps the ranks' skew out, so this is the transfer itself, with nothing to wait for.
     """
     import numpy as np
-    from mpi4py import MPI
 
-    comm = MPI.COMM_WORLD
-    buffer = np.zeros(n_params() + 3)
+    from mpigd import comm
+
+    ranks = comm.world()
+    buffer = np.zeros(n_params() + 4)
     seconds = []
     for index in range(40):
-        comm.Barrier()
+        comm.barrier(ranks.comm)
         start = time.perf_counter()
-        comm.Allreduce(MPI.IN_PLACE, buffer)
+        comm.sum_across(ranks.comm, buffer)
         if index >= 5:
             seconds.append(time.perf_counter() - start)
-    worst = comm.reduce(statistics.median(seconds), op=MPI.MAX, root=0)
-    if comm.Get_rank() == 0:
+    medians = comm.gather_to_root(ranks.comm, statistics.median(seconds))
+    if ranks.is_root:
         out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"procs": comm.Get_size(), "bytes": buffer.nbytes, "median_s": worst}
+        record = {"procs": ranks.size, "bytes": buffer.nbytes, "median_s": max(medians)}
         out.write_text(json.dumps(record) + "\n")
 
 
@@ -496,10 +498,11 @@ def comm_worker(out, steps=40):
     within that step). Rank 0 writes the slowest rank's medians to ``out``.
     """
     import numpy as np
-    from mpi4py import MPI
 
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
+    from mpigd import comm
+
+    ranks = comm.world()
+    rank, size = ranks.rank, ranks.size
     X, y = synthetic_rows(TRAIN_ROWS // size)
     rows = np.sort(np.random.default_rng(rank).choice(len(X), BATCH // size, replace=False))
     runs = {mode: make_training("adam", X, y, overlap=mode == "overlap")
@@ -507,15 +510,15 @@ def comm_worker(out, steps=40):
     seconds = {f"{mode}_{what}_s": [] for mode in runs for what in ("comm", "step")}
     for index in range(5 + steps):
         for mode, (_, objective, strategy, optimizer, params) in runs.items():
-            comm.Barrier()
+            comm.barrier(ranks.comm)
             objective.timer.take()
             start = time.perf_counter()
-            strategy.step(optimizer, params, rows)
+            one_step(strategy, optimizer, params, rows)
             if index >= 5:
                 seconds[f"{mode}_step_s"].append(time.perf_counter() - start)
                 seconds[f"{mode}_comm_s"].append(objective.timer.take()["comm_s"])
-    medians = comm.gather({key: statistics.median(v) for key, v in seconds.items()}, root=0)
-    if rank == 0:
+    medians = comm.gather_to_root(ranks.comm, {k: statistics.median(v) for k, v in seconds.items()})
+    if ranks.is_root:
         record = {key: max(m[key] for m in medians) for key in medians[0]}
         record.update(procs=size, async_progress=os.environ.get("MPIR_CVAR_ASYNC_PROGRESS"))
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,8 @@
-"""Rank information and error-safe collectives: the one MPI module outside strategies.
+"""The communication layer: rank information, error-safe collectives, abort, MPI facts.
+
+With :mod:`mpigd.strategies` (which owns every collective of training) this is the only
+place that imports mpi4py: device placement, checkpoint agreement, sweeps and the
+timeline reach MPI through the small functions here (docs/architecture.md, "Layers").
 
 Every rank of a run must end the same way. Two mechanisms guarantee it:
 
@@ -10,11 +14,15 @@ Every rank of a run must end the same way. Two mechanisms guarantee it:
 * :func:`run_guarded` wraps a rank's whole program: an agreed ``MpigdError`` is printed
   once (by rank 0) and every rank exits with status 2; an agreed stop for a signal
   exits with :data:`EXIT_PREEMPTED` (75); any other exception, in the main thread or
-  any other, is printed with its rank and traceback, the abort hooks run (the trainer's
-  marks ``run.json`` aborted) and ``MPI_Abort`` ends the whole job (exit status 1), so
-  no rank is ever left waiting in a collective that a dead peer will never join. A
-  rank killed outright is noticed by the launcher (``mpirun``, ``srun``), which ends
-  the others.
+  any other, is a bug: the rank that raised it prints its traceback, the abort hooks
+  registered by the current run run (:func:`abort_hook`; a run's marks its ``run.json``
+  aborted) and ``MPI_Abort`` ends the whole job (exit status 1), so no rank is ever
+  left waiting in a collective that a dead peer will never join. A rank killed outright
+  is noticed by the launcher (``mpirun``, ``srun``), which ends the others.
+
+:func:`collectively` agrees on ``MpigdError`` only (bad input, bad configuration):
+anything else escaping ``work`` is a bug and takes the abort path above, traceback and
+all, instead of being turned into a one-line user error.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import os
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -85,15 +94,19 @@ def agree(comm: MPI.Comm, error: BaseException | None) -> None:
 
 
 def collectively(comm: MPI.Comm, work: Callable[[], T]) -> T:
-    """Collective: run ``work()`` on every rank; if it raised anywhere, raise everywhere.
+    """Collective: run ``work()`` on every rank; if it raised an ``MpigdError`` anywhere,
+    raise the agreed error everywhere.
 
     Wrap set-up steps whose failures could differ between ranks (or that should print
-    one message, not one per rank) so that every rank leaves together.
+    one message, not one per rank) so that every rank leaves together. Any other
+    exception propagates on the rank that raised it, to :func:`run_guarded`, which
+    prints its traceback and aborts the job (the other ranks are then waiting in this
+    collective and end with it).
     """
     result, error = None, None
     try:
         result = work()
-    except Exception as exc:  # noqa: BLE001 - reported on every rank by agree()
+    except MpigdError as exc:
         error = exc
     agree(comm, error)
     return result
@@ -109,9 +122,24 @@ def _describe(error: BaseException) -> str:
 _abort_hooks: list[Callable[[str], None]] = []
 
 
-def on_abort(hook: Callable[[str], None]) -> None:
-    """Register ``hook(message)`` to run on a failing rank just before ``MPI_Abort``."""
+@contextmanager
+def abort_hook(hook: Callable[[str], None]) -> Iterator[None]:
+    """Run ``hook(message)`` on a failing rank just before ``MPI_Abort``, while inside.
+
+    Scoped to the ``with`` block (a run's lifetime), so that runs in one process (a
+    sweep, the tests) never act on each other's records: the hook is removed when the
+    block ends normally or with an agreed error (every rank leaves together, nothing is
+    aborted). Any other exception is on its way to :func:`run_guarded`'s abort, which
+    ends the process, so the hook stays for it.
+    """
     _abort_hooks.append(hook)
+    try:
+        yield
+    except CollectiveError:
+        _abort_hooks.remove(hook)
+        raise
+    else:
+        _abort_hooks.remove(hook)
 
 
 def abort(info: RankInfo, message: str, status: int = EXIT_ABORT) -> None:
@@ -132,9 +160,18 @@ def run_guarded(main: Callable[[], int | None], rank_info: RankInfo | None = Non
     ``MPI_Abort(1)``. On one rank nothing needs aborting.
     """
     info = rank_info or world()
+    previous_excepthook = threading.excepthook
     threading.excepthook = lambda args: abort(
         info, f"in thread {args.thread.name}: {_describe(args.exc_value)}"
     )
+    try:
+        return _run_main(main, info)
+    finally:
+        threading.excepthook = previous_excepthook
+
+
+def _run_main(main: Callable[[], int | None], info: RankInfo) -> int:
+    """:func:`run_guarded`'s body: the exit status of ``main``, or the abort."""
     try:
         return int(main() or 0)
     except Preempted as exc:
@@ -166,14 +203,63 @@ def sum_across(comm: MPI.Comm, values):
     return values
 
 
+def barrier(comm: MPI.Comm) -> None:
+    """Collective: return once every rank of ``comm`` has called it."""
+    comm.Barrier()
+
+
+def gather_to_root(comm: MPI.Comm, value):
+    """Collective: every rank's (picklable) ``value`` in rank order on rank 0; None elsewhere."""
+    return comm.gather(value, root=0)
+
+
+def from_root(comm: MPI.Comm, value):
+    """Collective: rank 0's (picklable) ``value`` on every rank (others pass anything)."""
+    return comm.bcast(value, root=0)
+
+
+def gather_everywhere(comm: MPI.Comm, value) -> list:
+    """Collective: every rank's (picklable) ``value`` in rank order, on every rank."""
+    return comm.allgather(value)
+
+
+def split(info: RankInfo, color: int, key: int | None = None) -> RankInfo:
+    """Collective: the sub-communicator of the ranks passing the same ``color``.
+
+    Ranks are ordered by ``key`` (default: their rank here). Free it with :func:`free`.
+    """
+    comm = info.comm.Split(color, info.rank if key is None else key)
+    return RankInfo(comm, comm.Get_rank(), comm.Get_size())
+
+
+def free(info: RankInfo) -> None:
+    """Collective: release a communicator made by :func:`split`."""
+    info.comm.Free()
+
+
+def node_local_rank(comm: MPI.Comm) -> tuple[int, int]:
+    """Collective: this rank's index among the ranks on its node, and their number."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+    try:
+        return node.Get_rank(), node.Get_size()
+    finally:
+        node.Free()
+
+
+def host_name() -> str:
+    """The name of the node this rank runs on, as MPI reports it."""
+    return MPI.Get_processor_name()
+
+
 def rank_places(comm: MPI.Comm) -> list[dict]:
     """Collective: ``{"host": ..., "pid": ...}`` of every rank, in rank order (on every rank).
 
     Recorded in run.json, so that a launcher's report of a dead PID names its rank.
     """
-    return comm.allgather({"host": MPI.Get_processor_name(), "pid": os.getpid()})
+    return comm.allgather({"host": host_name(), "pid": os.getpid()})
 
 
-def mpi_library_version() -> str:
-    """The MPI library's own version string, first line."""
-    return MPI.Get_library_version().strip().splitlines()[0]
+def mpi_library_version(full: bool = False) -> str:
+    """The MPI library's own version string: its first line, or all of it (``full``)."""
+    version = MPI.Get_library_version()
+    return version if full else version.strip().splitlines()[0]

@@ -1,8 +1,8 @@
 """This rank's GPU and how MPI reaches it: device placement and CUDA-aware MPI detection.
 
-Part of the small communication layer (with :mod:`mpigd.comm`): it uses MPI to learn
-where a rank sits on its node. Only device backends (``--backend cupy``) are placed;
-for the numpy backends :func:`place` does nothing and returns None.
+It learns where a rank sits on its node through the communication layer
+(:mod:`mpigd.comm`) and never imports MPI itself. Only device backends (``--backend
+cupy``) are placed; for the CPU backends :func:`place` does nothing and returns None.
 
 Placement, one GPU per rank (:func:`choose_device`):
 
@@ -24,21 +24,10 @@ from __future__ import annotations
 import ctypes
 import os
 
-from mpi4py import MPI
-
-from mpigd.comm import collectively
+from mpigd import comm as mpi
 
 #: How gradients reach MPI with the cupy backend (recorded in run.json).
 COMMUNICATION = "host (gradients copied to pinned host memory before MPI)"
-
-
-def node_local_rank(comm: MPI.Comm) -> tuple[int, int]:
-    """Collective: this rank's index among the ranks on its node, and their number."""
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
-    try:
-        return node.Get_rank(), node.Get_size()
-    finally:
-        node.Free()
 
 
 def choose_device(local_rank: int, n_devices: int, environ=None) -> int:
@@ -67,7 +56,7 @@ def cuda_aware(environ=None) -> tuple[bool, str]:
     switched off (``MPIR_CVAR_ENABLE_GPU=0``) or nothing can tell.
     """
     environ = os.environ if environ is None else environ
-    version = MPI.Get_library_version()
+    version = mpi.mpi_library_version(full=True)
     if environ.get("MPIR_CVAR_ENABLE_GPU") == "0":
         return False, "MPIR_CVAR_ENABLE_GPU=0"
     if "CRAY MPICH" in version.upper():
@@ -109,7 +98,7 @@ def _loaded_mpi_library():
     return None
 
 
-def place(comm: MPI.Comm, backend) -> dict | None:
+def place(comm, backend) -> dict | None:
     """Collective: put this rank on its GPU; what run.json records (None for CPU backends).
 
     Every rank calls this with the same backend. Returns this rank's view: its device
@@ -118,18 +107,18 @@ def place(comm: MPI.Comm, backend) -> dict | None:
     """
     if not hasattr(backend, "use_device"):
         return None
-    local_rank, local_size = node_local_rank(comm)
+    local_rank, local_size = mpi.node_local_rank(comm)
 
     def use() -> dict:
         index = choose_device(local_rank, backend.device_count())
         return backend.use_device(index)
 
-    mine = collectively(comm, use)
+    mine = mpi.collectively(comm, use)
     aware, how = cuda_aware()
-    where = {"host": MPI.Get_processor_name(), "local_rank": local_rank,
+    where = {"host": mpi.host_name(), "local_rank": local_rank,
              "device": mine["device"], "pci_bus_id": mine["pci_bus_id"]}  # fmt: skip
-    ranks = comm.allgather(where)
-    everywhere = all(comm.allgather(aware))
+    ranks = mpi.gather_everywhere(comm, where)
+    everywhere = all(mpi.gather_everywhere(comm, aware))
     return {
         **mine,
         "cuda_aware_mpi": everywhere,

@@ -1,6 +1,6 @@
 """The training objective on one rank's rows, as sums ready to be combined across ranks.
 
-Objective (DESIGN.md): f(θ) = (1/n) Σ_i s_i ℓ_i(θ) + (l2/2) ||w||², the mean over the n
+Objective (docs/architecture.md): f(θ) = (1/n) Σ_i s_i ℓ_i(θ) + (l2/2) ||w||², the mean over the n
 rows of a batch (all training rows for full batch, on all ranks) with per-row weights
 s_i (1, or the balanced class weights), the intercepts not regularised.
 
@@ -26,10 +26,21 @@ class LocalObjective:
     X : (n_local, d) this rank's training rows.  y : their targets (``model.targets``).
     sample_weight : (n_local,) float64 or None.
     l2 : the L2 coefficient.  timer : where compute time is booked.
+    accumulate : micro-batches per local batch (gradient accumulation).
+    penalty_sum : sums this rank's share of the L2 term over the ranks that share the
+        parameters (a split model's group); ``float`` (no-op) when each rank has all.
     """
 
     def __init__(
-        self, model, X, y, sample_weight, l2: float, timer: PhaseTimer, accumulate: int = 1
+        self,
+        model,
+        X,
+        y,
+        sample_weight,
+        l2: float,
+        timer: PhaseTimer,
+        accumulate: int = 1,
+        penalty_sum=float,
     ) -> None:
         self.model = model
         self.X, self.y, self.sample_weight = X, y, sample_weight
@@ -39,8 +50,7 @@ class LocalObjective:
         self.timer = timer
         self.accumulate = accumulate
         self.n_params = model.n_params
-        #: Sums a penalty term over the ranks sharing the parameters (split models).
-        self.penalty_sum = float
+        self.penalty_sum = penalty_sum
         #: Passes over all of this rank's rows so far (full-batch objective evaluations).
         self.full_passes = 0
 

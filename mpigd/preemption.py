@@ -11,18 +11,38 @@ checkpoint and exit with :data:`mpigd.comm.EXIT_PREEMPTED`.
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from mpigd.errors import CollectiveError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 _received: list[str] = []
+_depth = 0
 
 
-def install() -> None:
-    """Route SIGTERM and SIGUSR1 to :func:`_record` (call once, from the main thread)."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _record)
+@contextmanager
+def listening() -> Iterator[None]:
+    """Inside: SIGTERM and SIGUSR1 are recorded, not fatal (enter from the main thread).
+
+    Run-scoped: the outermost ``with`` forgets earlier signals on entry and puts the
+    previous handlers back on exit; nested ones (each run of a sweep) change nothing,
+    so a signal between two runs of a sweep still stops the next one.
+    """
+    global _depth
+    previous = None
+    if _depth == 0:
+        _received.clear()
+        previous = {signum: signal.signal(signum, _record) for signum in STOP_SIGNALS}
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if previous is not None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _record(signum, frame) -> None:
@@ -31,7 +51,7 @@ def _record(signum, frame) -> None:
 
 
 def requested() -> bool:
-    """Whether this rank has received a stop signal since :func:`install`."""
+    """Whether this rank has received a stop signal inside :func:`listening`."""
     return bool(_received)
 
 

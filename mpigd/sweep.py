@@ -1,6 +1,6 @@
 """``mpigd sweep``: train a grid of configurations at once, one group of ranks per config.
 
-Task parallelism over data parallelism. ``MPI.Comm.Split`` cuts the world into G groups
+Task parallelism over data parallelism. :func:`mpigd.comm.split` cuts the world into G groups
 of consecutive ranks (sizes differ by at most one); config i of the grid is trained by
 group ``i mod G``, each group working through its configs one after another,
 data-parallel on its own communicator, into its own run directory ``DIR/cfg-NNN``. The
@@ -38,10 +38,13 @@ import itertools
 import json
 from pathlib import Path
 
+from mpigd import comm as mpi
+from mpigd import preemption
 from mpigd.comm import RankInfo, collectively
 from mpigd.config import TrainConfig, read_toml
 from mpigd.errors import CollectiveError, ConfigError
 from mpigd.preemption import Preempted
+from mpigd.record import read_run
 
 TABLE_FIELDS = (
     "index",
@@ -95,20 +98,25 @@ def group_of(rank: int, size: int, groups: int) -> int:
     return rank * groups // size
 
 
-def run_sweep(world: RankInfo, grid_path: str, out: str, groups: int = 1) -> list[dict]:
+def run_sweep(
+    world: RankInfo, grid_path: str, out: str, groups: int = 1, hooks=()
+) -> list[dict]:
     """Collective on ``world``: train every config; return the table (on every rank).
 
     World rank 0 writes ``sweep.csv`` and ``sweep.json``. Raises ``Preempted`` on every
-    rank, after the table, if a stop signal ended any group early.
+    rank, after the table, if a stop signal ended any group early. ``hooks`` are added
+    to every config's run (see :func:`mpigd.run.train`).
     """
     values, configs = collectively(world.comm, lambda: _checked(grid_path, out, groups, world))
     color = group_of(world.rank, world.size, groups)
-    comm = world.comm.Split(color, world.rank)
+    group = mpi.split(world, color)
     try:
-        mine = _train_group(RankInfo(comm, comm.rank, comm.size), color, groups, values, configs)
+        with preemption.listening():  # a signal between two configs still stops the next
+            mine = _train_group(group, color, groups, values, configs, hooks)
     finally:
-        comm.Free()
-    table = sorted(itertools.chain(*world.comm.allgather(mine)), key=lambda row: row["index"])
+        mpi.free(group)
+    everyone = mpi.gather_everywhere(world.comm, mine)
+    table = sorted(itertools.chain(*everyone), key=lambda row: row["index"])
     if world.is_root:
         write_table(table, out, list(values[0]), test_metric=configs[0].test_data is not None)
     if any(row["status"] == "preempted" for row in table):
@@ -120,7 +128,7 @@ def run_sweep(world: RankInfo, grid_path: str, out: str, groups: int = 1) -> lis
 
 def run_one(world: RankInfo, grid_path: str, out: str, index: int) -> None:
     """Collective on ``world``: train config ``index`` of the grid on all ranks."""
-    from mpigd.train import train
+    from mpigd.run import train
 
     def pick():
         _, configs = read_grid(grid_path, out)
@@ -157,15 +165,15 @@ def _checked(grid_path: str, out: str, groups: int, world: RankInfo):
     return read_grid(grid_path, out)
 
 
-def _train_group(ranks: RankInfo, group: int, groups: int, values, configs) -> list[dict]:
+def _train_group(ranks: RankInfo, group: int, groups: int, values, configs, hooks) -> list[dict]:
     """Train this group's configs in turn; the group's rank 0 returns their rows."""
-    from mpigd.train import train
+    from mpigd.run import train
 
     rows = []
     for index in range(group, len(configs), groups):
         error, status = None, None
         try:
-            train(configs[index], ranks)
+            train(configs[index], ranks, hooks=hooks)
         except Preempted as exc:
             error, status = str(exc), "preempted"
         except CollectiveError as exc:
@@ -188,11 +196,9 @@ def result_row(index: int, values: dict, directory: str, status=None, error=None
     if error is not None:
         return dict(row, status=status)
     try:
-        run = json.loads((Path(directory) / "run.json").read_text())
-        lines = (Path(directory) / "metrics.jsonl").read_text().splitlines()
+        run, epochs = read_run(directory)
     except (OSError, ValueError):
         return dict(row, status=status or "missing")
-    epochs = [json.loads(line) for line in lines]
     last = epochs[-1] if epochs else {}
     return dict(
         row,

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def write_h5(path, X, y, task, n_classes=None, **attrs) -> Path:
-    """One dataset file in the DESIGN.md format (no validation: tests write bad ones too)."""
+    """One dataset file in the dataset format of docs/architecture.md (no validation: tests write bad ones too)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as handle:
@@ -52,22 +52,28 @@ def write_sharded(directory, X, y, task, n_classes=None, sizes=(400, 350)) -> Pa
     return directory
 
 
-def mpirun_command(n_ranks: int, *args: str) -> list[str]:
-    """``mpirun -n N python -m mpigd ARGS`` with the mpirun that sits beside this Python."""
+def mpirun_command(n_ranks: int, *args: str, fault: str | None = None) -> list[str]:
+    """``mpirun -n N python -m mpigd ARGS`` with the mpirun that sits beside this Python.
+
+    ``fault`` (``ACTION@RANK:STEP``, see ``tests/fault_hooks.py``) runs the same command
+    line with that fault hook installed, through ``tests/run_with_fault.py``.
+    """
     mpirun = shutil.which("mpirun", path=os.path.dirname(sys.executable)) or "mpirun"
-    return [mpirun, "-n", str(n_ranks), sys.executable, "-m", "mpigd", *args]
+    program = ["-m", "mpigd"] if fault is None else [str(REPO / "tests/run_with_fault.py"), fault]
+    return [mpirun, "-n", str(n_ranks), sys.executable, *program, *args]
 
 
 def run_mpigd(
-    n_ranks: int, *args: str, timeout: float = 120, env: dict | None = None
+    n_ranks: int, *args: str, timeout: float = 120, env: dict | None = None, fault=None
 ) -> subprocess.CompletedProcess:
     """Run mpigd under mpirun; a hang fails the test after ``timeout`` seconds.
 
-    ``env`` adds variables (e.g. ``MPIGD_FAULT``) to this process's environment.
+    ``env`` adds variables to this process's environment; ``fault`` injects a fault
+    (see :func:`mpirun_command`).
     """
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", **(env or {}))
     return subprocess.run(
-        mpirun_command(n_ranks, *args),
+        mpirun_command(n_ranks, *args, fault=fault),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpigd.batching import epoch_batches, steps_per_epoch
 from mpigd.data import row_range
+from mpigd.run.batching import epoch_batches, steps_per_epoch
 
 
 @pytest.mark.parametrize("n_rows, size, batch", [(1001, 3, 64), (10, 2, 1), (7, 4, 3), (50, 1, 50)])

@@ -10,7 +10,7 @@ from mpi4py import MPI
 from mpigd.comm import world
 from mpigd.config import TrainConfig
 from mpigd.data import write_digits
-from mpigd.train import train
+from mpigd.run import train
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(300)]
 

@@ -9,7 +9,7 @@ from test_train_mpi import run, shared_dataset, trained_params
 
 from mpigd.comm import RankInfo
 from mpigd.config import TrainConfig
-from mpigd.train import train
+from mpigd.run import train
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(180)]
 

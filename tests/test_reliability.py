@@ -1,7 +1,8 @@
 """Checkpoint, resume, preemption, rank failure and divergence, under real mpirun.
 
-Faults are injected with the test-only switch ``MPIGD_FAULT`` (``mpigd.faults``), so
-each interruption lands at a known step; one test also sends a real SIGTERM.
+Faults are injected as hooks (``tests/fault_hooks.py``, run through
+``tests/run_with_fault.py``), so each interruption lands at a known step; one test also
+sends a real SIGTERM.
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ def data(tmp_path_factory):
 
 
 def train(n_ranks, data, out, *options, fault=None, timeout=120):
-    env_fault = {"MPIGD_FAULT": fault} if fault else {}
     return run_mpigd(n_ranks, "train", "--data", data, "--model", "logreg", "--out", str(out),
-                     "--quiet", *options, timeout=timeout, env=env_fault)  # fmt: skip
+                     "--quiet", *options, timeout=timeout, fault=fault)  # fmt: skip
 
 
 def params_of(run_dir):

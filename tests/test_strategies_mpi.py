@@ -8,21 +8,21 @@ model on the smallest world it accepts.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
+from fault_hooks import ApplyOrder, SlowRank
 from mpi4py import MPI
 from scipy.optimize import minimize
 from serial_reference import objective
 from test_train_mpi import run, shared_dataset, trained_params
 
-from mpigd.batching import epoch_batches
 from mpigd.comm import RankInfo
 from mpigd.config import TrainConfig
 from mpigd.data import row_range
 from mpigd.errors import AgreedError
-from mpigd.train import train
+from mpigd.run import train
+from mpigd.run.batching import epoch_batches
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(180)]
 
@@ -68,21 +68,19 @@ def test_ps_sync_equals_allreduce_over_the_workers_rows(mpi_tmp_path):
 
 @pytest.mark.mpi(min_size=2)
 def test_ps_async_without_staleness_is_sequential_sgd_in_the_applied_order(mpi_tmp_path):
-    os.environ["MPIGD_TEST_RECORD_ORDER"] = "1"
-    try:
-        data, X, y, _ = shared_dataset(mpi_tmp_path, "logreg")
-        params = run(data, mpi_tmp_path / "async", strategy="ps-async", max_staleness=0,
-                     **SGD)  # fmt: skip
-    finally:
-        del os.environ["MPIGD_TEST_RECORD_ORDER"]
+    data, X, y, _ = shared_dataset(mpi_tmp_path, "logreg")
+    order = ApplyOrder()
+    params = run(data, mpi_tmp_path / "async", hooks=[order], strategy="ps-async",
+                 max_staleness=0, **SGD)  # fmt: skip
+    applied = WORLD.bcast(order.applied)  # the server (rank 0) saw the order
+    assert len(applied) == SGD["epochs"] * (WORLD.size - 1) * -(-len(X) // SGD["batch_size"])
     rows_of = worker_rows(len(X), WORLD.size)
     reference = np.zeros_like(params)
-    for row in metrics(mpi_tmp_path / "async"):
-        assert row["staleness_max"] == 0
-        for worker, step in row["apply_order"]:
-            rows = rows_of(worker, row["epoch"])[step]
-            _, grad = objective("logreg", reference, X[rows], y[rows], SGD["l2"])
-            reference -= SGD["lr"] * grad
+    assert all(row["staleness_max"] == 0 for row in metrics(mpi_tmp_path / "async"))
+    for epoch, worker, step in applied:
+        rows = rows_of(worker, epoch)[step]
+        _, grad = objective("logreg", reference, X[rows], y[rows], SGD["l2"])
+        reference -= SGD["lr"] * grad
     np.testing.assert_allclose(params, reference, rtol=1e-10, atol=1e-12)
 
 
@@ -111,12 +109,9 @@ def test_ps_async_staleness_bound_holds_and_unbounded_still_converges(mpi_tmp_pa
 
 @pytest.mark.mpi(min_size=3)
 def test_a_slow_worker_neither_deadlocks_nor_hides_its_staleness(mpi_tmp_path):
-    os.environ["MPIGD_TEST_DELAY"] = "1:0.01"
-    try:
-        data, *_ = shared_dataset(mpi_tmp_path, "logreg")
-        run(data, mpi_tmp_path / "slow", strategy="ps-async", **{**SGD, "epochs": 2})
-    finally:
-        del os.environ["MPIGD_TEST_DELAY"]
+    data, *_ = shared_dataset(mpi_tmp_path, "logreg")
+    run(data, mpi_tmp_path / "slow", hooks=[SlowRank(1, 0.01)], strategy="ps-async",
+        **{**SGD, "epochs": 2})  # fmt: skip
     for row in metrics(mpi_tmp_path / "slow"):
         slow, *fast = row["staleness_mean_per_worker"]
         assert slow > max(fast)

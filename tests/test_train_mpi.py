@@ -16,7 +16,7 @@ from serial_reference import gradient_descent, objective
 
 from mpigd.comm import world
 from mpigd.config import TrainConfig
-from mpigd.train import train
+from mpigd.run import train
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(180)]
 
@@ -44,9 +44,9 @@ def trained_params(run_dir) -> np.ndarray:
     return params
 
 
-def run(data, out, **options) -> np.ndarray:
+def run(data, out, hooks=(), **options) -> np.ndarray:
     config = TrainConfig(data=data, out=str(out), progress="quiet", **options)
-    train(config, world())
+    train(config, world(), hooks=hooks)
     return trained_params(out)
 
 
@@ -176,8 +176,8 @@ def test_hinge_svm_approaches_the_qp_optimum(mpi_tmp_path):
 def test_mini_batch_sgd_matches_a_serial_replay_of_the_same_global_batches(mpi_tmp_path):
     """Each step's global batch is the union of every rank's share; SGD on P ranks must
     equal serial SGD over those unions, whatever P is."""
-    from mpigd.batching import epoch_batches
     from mpigd.data import row_range
+    from mpigd.run.batching import epoch_batches
 
     size = MPI.COMM_WORLD.size
     data, X, y, _ = shared_dataset(mpi_tmp_path, "logreg")

@@ -14,7 +14,10 @@ local-sgd      ``--sync-every H`` local steps, then one         fewer messages w
                row-weighted Allreduce average of parameters     latency dominates
 =============  ===============================================  ======================
 
-Each is one module subclassing :class:`~mpigd.strategies.base.Strategy`.
+Each is one module subclassing :class:`~mpigd.strategies.base.Strategy` and writing its
+:meth:`~mpigd.strategies.base.Strategy.run_epoch`; its own options (``OPTIONS``) reach
+it as a small options object. The tensor-parallel grid's communication
+(:mod:`mpigd.strategies.tensor_parallel`) is built by its layout, not by name here.
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ STRATEGIES: dict[str, type[Strategy]] = {
 DEFAULT_STRATEGY = "allreduce"
 
 
-def create_strategy(name: str, ranks, objective, timer, config) -> Strategy:
-    """Build strategy ``name`` (see the table above) for this rank."""
+def strategy_class(name: str) -> type[Strategy]:
+    """The class of strategy ``name`` (see the table above); ConfigError if unknown."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](ranks, objective, timer, config)
+    return STRATEGIES[name]
 
 
-__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "Strategy", "create_strategy"]
+__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "Strategy", "strategy_class"]

@@ -1,9 +1,13 @@
-"""The strategy interface: how the ranks combine their work into one update.
+"""The strategy contract: how the ranks combine their work into updates, for one epoch.
 
-A strategy owns every MPI call of training. The trainer hands it the optimiser, the
-flat parameters and this epoch's mini-batches; the strategy decides who computes what,
-which collective combines it and who applies the update. It also provides the global
-sums and maxima the trainer needs for metrics, so the trainer never touches MPI.
+A strategy owns every MPI call of training. The loop hands it the optimiser, the flat
+parameters and this epoch's mini-batches (:meth:`Strategy.run_epoch`, the one method a
+strategy must write); the strategy decides who computes what, which collective
+combines it and who applies the update. It also provides the global sums and maxima
+the loop needs for metrics, so the loop never touches MPI. The stop vote and the
+divergence flag travel in every strategy's own messages as the control word
+(:mod:`mpigd.strategies.control`). The shortest complete strategy is
+:mod:`mpigd.strategies.allreduce`; docs/architecture.md says how to add one.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from functools import cached_property
 import numpy as np
 from mpi4py import MPI
 
-from mpigd import preemption
 from mpigd.comm import RankInfo, sum_across
-from mpigd.errors import DivergenceError
+from mpigd.errors import ConfigError
 from mpigd.objective import LocalObjective, memoize_last
 from mpigd.optim import Closure, Optimizer
-from mpigd.strategies.buckets import OverlappedSum, plan_buckets
+from mpigd.strategies import control
 from mpigd.timing import PhaseTimer
+
+#: ``before_step(i)``: the loop's hook point before the i-th step of the epoch.
+BeforeStep = Callable[[int], None]
 
 
 class Strategy(ABC):
@@ -29,105 +35,94 @@ class Strategy(ABC):
 
     Parameters
     ----------
-    ranks : this rank's place in the job.
+    ranks : this rank's place among the ranks that train together.
     objective : this rank's rows and the model.
-    timer : where communication time is booked (``comm``).
-    config : the run's TrainConfig (strategy options such as ``sync_every``).
+    timer : where communication time is booked (``comm``), with a label and byte count.
+    options : the strategy's own options (``config.subset(cls.OPTIONS)``).
+    hooks : the run's hooks (:class:`mpigd.run.hooks.Hooks`), for strategies that report
+        events only they see (an asynchronous server's ``gradient_applied``).
     """
 
     name: str
     #: The fewest ranks the strategy can run on.
     min_ranks = 1
+    #: Names of the TrainConfig options the strategy reads (its ``options`` object).
+    OPTIONS: tuple[str, ...] = ()
 
     @classmethod
-    def data_share(cls, rank: int, size: int, config) -> tuple[int, int]:
+    def check(cls, config, size: int) -> None:
+        """ConfigError if the strategy cannot run this config on ``size`` ranks."""
+        if size < cls.min_ranks:
+            raise ConfigError(
+                f"--strategy {cls.name} needs at least {cls.min_ranks} ranks; this job has "
+                f"{size} (run it under mpirun -n P)"
+            )
+
+    @classmethod
+    def data_share(cls, rank: int, size: int, options) -> tuple[int, int]:
         """Which training rows this rank holds: part ``part`` of ``parts`` equal ranges
         (``(0, 0)``: none). Data parallelism: every rank its own part."""
-        del config
+        del options
         return rank, size
 
     def __init__(
-        self, ranks: RankInfo, objective: LocalObjective, timer: PhaseTimer, config
+        self, ranks: RankInfo, objective: LocalObjective, timer: PhaseTimer, options, hooks
     ) -> None:
-        self.config = config
         self.ranks = ranks
         self.comm = ranks.comm
         self.objective = objective
         self.timer = timer
+        self.options = options
+        self.hooks = hooks
         #: True on every rank once any rank asked to stop (SIGTERM/SIGUSR1), agreed
-        #: through a collective so that all ranks stop after the same step.
+        #: through the control word so that all ranks stop after the same step.
         self.stop_agreed = False
-        #: ``[gradient | loss | rows | stop vote]``; ``packed`` is the objective's part.
-        self.buffer = np.zeros(objective.packed_buffer().size + 1)
-        self.packed = self.buffer[:-1]
-        #: Bucketed, overlapped summing for layered models (None: one plain Allreduce).
-        self.overlapped = None
-        layers = objective.model.layer_ranges()
-        if getattr(config, "overlap", False) and len(layers) > 1:
-            buckets = plan_buckets(layers, config.bucket_mb * 2**20)
-            self.overlapped = OverlappedSum(self.comm, self.buffer, objective.n_params,
-                                            buckets, timer)  # fmt: skip
+        #: ``[gradient | loss | rows | control word]``; ``packed`` is the objective's part.
+        self.buffer = np.zeros(objective.packed_buffer().size + control.SIZE)
+        self.packed = self.buffer[: -control.SIZE]
+        self.word = self.buffer[-control.SIZE :]
+
+    @abstractmethod
+    def run_epoch(
+        self, optimizer: Optimizer, params: np.ndarray, batches: list, before_step: BeforeStep
+    ) -> int:
+        """Take the epoch's steps; return how many were taken.
+
+        ``batches`` holds this rank's local row indices per step (``None``: all its
+        rows); every rank gets the same number. ``before_step(i)`` must run before the
+        i-th of them on every rank that steps. Stops early, at the same step on every
+        rank, when the optimiser has converged or the ranks agreed to stop
+        (:attr:`stop_agreed`). ``params`` is updated in place wherever the strategy
+        keeps it, and is the same on every rank when the epoch returns.
+        """
 
     def closure(self, rows: np.ndarray | None) -> Closure:
         """The collective global objective over this batch (``rows`` of this rank).
 
-        One Allreduce of ``[gradient | loss | rows | stop vote]`` per evaluation: the
-        buffer's last slot carries each rank's stop vote (a SIGTERM/SIGUSR1 received),
-        so agreeing to stop costs no extra message. For a layered model (the MLP) with
-        ``--overlap`` (default) the sum runs bucket by bucket during backpropagation
-        instead (:mod:`mpigd.strategies.buckets`). Every rank returns the same value.
+        One Allreduce of ``[gradient | loss | rows | control word]`` per evaluation over
+        all ranks (a rank without rows adds zeros), so the stop vote costs no extra
+        message. Every rank returns the same value.
         """
 
         def evaluate(params: np.ndarray, grad_out: np.ndarray) -> float:
-            self.buffer[-1] = 1.0 if preemption.requested() else 0.0
-            if self.overlapped is None:
-                self.objective.local_sums(params, rows, self.packed)
-                with self.timer.phase("comm"):
-                    self.comm.Allreduce(MPI.IN_PLACE, self.buffer, op=MPI.SUM)
-            else:
-                self.overlapped.start()
-                self.objective.local_sums(params, rows, self.packed, self.overlapped.ready)
-                self.overlapped.finish()
-            self.stop_agreed = self.stop_agreed or self.buffer[-1] > 0
-            return self.checked(self.objective.finish(self.packed, params, grad_out), grad_out)
+            self.objective.local_sums(params, rows, self.packed)
+            control.fill(self.word)
+            with self.timer.phase("comm", "Allreduce", self.buffer.nbytes):
+                self.comm.Allreduce(MPI.IN_PLACE, self.buffer, op=MPI.SUM)
+            return self.settled(self.objective.finish(self.packed, params, grad_out), grad_out)
 
         return evaluate
+
+    def settled(self, loss: float, grad_out: np.ndarray) -> float:
+        """``loss`` after the reduced control word and numbers are settled: records an
+        agreed stop, raises DivergenceError (every rank alike) if not finite."""
+        self.stop_agreed = control.settle(self.word) or self.stop_agreed
+        return control.check_finite(loss, grad_out)
 
     @cached_property
     def full_closure(self) -> Closure:
         """The full-batch objective over all training rows, memoised at its last point."""
         return memoize_last(self.closure(None))
-
-    @abstractmethod
-    def step(self, optimizer: Optimizer, params: np.ndarray, rows: np.ndarray | None) -> None:
-        """One optimiser step on this batch (``rows`` of this rank; ``None`` = all rows),
-        updating ``params`` in place wherever the strategy keeps them."""
-
-    def run_epoch(
-        self,
-        optimizer: Optimizer,
-        params: np.ndarray,
-        batches: list,
-        before_step: Callable[[int], None],
-    ) -> int:
-        """Take one step per batch; return how many were taken.
-
-        ``batches`` holds this rank's local row indices per step; every rank gets the same
-        number. ``before_step(i)`` runs before the i-th of them (the trainer's hook for
-        step checkpoints and fault injection). Stops early, at the same step on every
-        rank, when the optimiser has converged or the ranks agreed to stop
-        (:attr:`stop_agreed`).
-        """
-        for taken, rows in enumerate(batches):
-            before_step(taken)
-            self.step(optimizer, params, rows)
-            if self.should_stop(optimizer):
-                return taken + 1
-        return len(batches)
-
-    def should_stop(self, optimizer: Optimizer) -> bool:
-        """Whether the epoch ends here on every rank: converged or a stop was agreed."""
-        return optimizer.stop_reason is not None or self.stop_agreed
 
     def agree_stop_reason(self, optimizer: Optimizer) -> None:
         """Collective: make ``optimizer.stop_reason`` the same on every rank.
@@ -146,22 +141,6 @@ class Strategy(ABC):
         """Strategy-specific fields for the epoch's metrics line."""
         return {}
 
-    @staticmethod
-    def finite(loss: float, grad: np.ndarray | None = None) -> bool:
-        """Whether ``loss`` (and ``grad``, if given) hold no NaN or Inf."""
-        return bool(np.isfinite(loss) and (grad is None or np.isfinite(grad).all()))
-
-    @classmethod
-    def checked(cls, loss: float, grad: np.ndarray | None = None) -> float:
-        """``loss``, after making sure it and the global gradient are finite.
-
-        Every rank holds the same reduced numbers, so every rank raises together.
-        """
-        if not cls.finite(loss, grad):
-            what = "loss" if not np.isfinite(loss) else "gradient"
-            raise DivergenceError(f"the {what} is not finite ({loss=})")
-        return loss
-
     def full_loss(self, params: np.ndarray) -> float:
         """Collective: f at ``params`` over all training rows, without the gradient.
 
@@ -169,14 +148,14 @@ class Strategy(ABC):
         :attr:`full_closure`, whose pass the next step reuses.
         """
         sums = self.sum_over_data(self.objective.local_loss(params))
-        return self.checked(self.objective.loss_value(sums, params))
+        return control.check_finite(self.objective.loss_value(sums, params))
 
     def sum_over_data(self, values: np.ndarray) -> np.ndarray:
         """Element-wise sum over the ranks holding distinct rows (in place; returned).
 
         All ranks here; one rank per model group when the model is split.
         """
-        with self.timer.phase("comm"):
+        with self.timer.phase("comm", "Allreduce", values.nbytes):
             return sum_across(self.comm, values)
 
     def full_vector(self, local: np.ndarray) -> np.ndarray | None:
@@ -191,7 +170,32 @@ class Strategy(ABC):
     def mean_and_max(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Element-wise mean and maximum over all ranks of a float64 array (untimed)."""
         total, largest = values.copy(), values.copy()
-        world = self.ranks.comm
-        world.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
-        world.Allreduce(MPI.IN_PLACE, largest, op=MPI.MAX)
-        return total / world.Get_size(), largest
+        self.comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+        self.comm.Allreduce(MPI.IN_PLACE, largest, op=MPI.MAX)
+        return total / self.ranks.size, largest
+
+
+def take_steps(batches: list, before_step: BeforeStep, step, done: Callable[[], bool]) -> int:
+    """The epoch of a step-by-step strategy: ``step(rows)`` per batch, after
+    ``before_step(i)``, until ``done()``; the number of steps taken."""
+    for taken, rows in enumerate(batches):
+        before_step(taken)
+        step(rows)
+        if done():
+            return taken + 1
+    return len(batches)
+
+
+def replicated_epoch(strategy: Strategy, optimizer, params, batches, before_step) -> int:
+    """The epoch of a strategy whose ranks all run the same optimiser on the same
+    numbers: one ``optimizer.step`` per batch on the strategy's collective closure (the
+    memoised full-batch one for ``None``), until converged or a stop is agreed."""
+
+    def step(rows) -> None:
+        closure = strategy.full_closure if rows is None else strategy.closure(rows)
+        optimizer.step(params, closure)
+
+    def done() -> bool:
+        return optimizer.stop_reason is not None or strategy.stop_agreed
+
+    return take_steps(batches, before_step, step, done)

@@ -32,7 +32,7 @@ def plan_buckets(layer_ranges: list[tuple[int, int]], bucket_bytes: float) -> li
 class OverlappedSum:
     """Sum a buffer over ``comm`` bucket by bucket, as backpropagation completes them.
 
-    ``buffer`` is ``[gradient (n) | tail]``; the tail (loss, row count, stop vote) is
+    ``buffer`` is ``[gradient (n) | tail]``; the tail (loss, row count, control word) is
     summed by one more small Iallreduce at the end. Use: :meth:`start`, pass
     :meth:`ready` to the model as ``on_ready``, then :meth:`finish`.
     """
@@ -51,20 +51,24 @@ class OverlappedSum:
         """``buffer[lo:hi]`` is final: start every bucket now complete, nudge the rest."""
         del hi
         self.done_from = min(self.done_from, lo)
-        with self.timer.phase("comm"):
-            while (
-                self.next_bucket < len(self.buckets)
-                and self.buckets[self.next_bucket][0] >= self.done_from
-            ):
-                lo_b, hi_b = self.buckets[self.next_bucket]
-                self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, self.buffer[lo_b:hi_b]))
-                self.next_bucket += 1
-            if self.requests:
+        while (
+            self.next_bucket < len(self.buckets)
+            and self.buckets[self.next_bucket][0] >= self.done_from
+        ):
+            lo_b, hi_b = self.buckets[self.next_bucket]
+            bucket = self.buffer[lo_b:hi_b]
+            with self.timer.phase("comm", f"Iallreduce bucket {self.next_bucket}", bucket.nbytes):
+                self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, bucket))
+            self.next_bucket += 1
+        if self.requests:
+            with self.timer.phase("comm", "Testall"):
                 MPI.Request.Testall(self.requests)  # lets MPI progress the transfers
 
     def finish(self) -> None:
         """Start what is left (and the tail), then wait for every bucket."""
         self.ready(0, self.n)
-        with self.timer.phase("comm"):
-            self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, self.buffer[self.n :]))
+        tail = self.buffer[self.n :]
+        with self.timer.phase("comm", "Iallreduce tail", tail.nbytes):
+            self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, tail))
+        with self.timer.phase("comm", "Waitall"):
             MPI.Request.Waitall(self.requests)

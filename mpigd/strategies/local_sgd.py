@@ -17,8 +17,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from mpigd import preemption
-from mpigd.errors import DivergenceError
+from mpigd.strategies import control
 from mpigd.strategies.base import Strategy
 
 
@@ -26,12 +25,13 @@ class LocalSGD(Strategy):
     """H local steps, then a row-weighted parameter average (one Allreduce)."""
 
     name = "local-sgd"
+    OPTIONS = ("sync_every",)
 
-    def __init__(self, ranks, objective, timer, config) -> None:
-        super().__init__(ranks, objective, timer, config)
-        self.sync_every = config.sync_every
-        #: ``[n_r θ_r | n_r | stop vote | diverged]``, summed over ranks at each average.
-        self.average = np.zeros(objective.n_params + 3)
+    def __init__(self, ranks, objective, timer, options, hooks) -> None:
+        super().__init__(ranks, objective, timer, options, hooks)
+        self.sync_every = options.sync_every
+        #: ``[n_r θ_r | n_r | control word]``, summed over ranks at each average.
+        self.average = np.zeros(objective.n_params + 1 + control.SIZE)
         self.steps_since_sync = 0
         self.rows_since_sync = 0
         self.diverged = False
@@ -41,21 +41,10 @@ class LocalSGD(Strategy):
     def replicated(self) -> bool:
         return self.steps_since_sync == 0
 
-    def step(self, optimizer, params, rows) -> None:
-        def local_objective(point: np.ndarray, grad_out: np.ndarray) -> float:
-            self.objective.local_sums(point, rows, self.packed)
-            loss = self.objective.finish(self.packed, point, grad_out)
-            self.diverged = self.diverged or not self.finite(loss, grad_out)
-            return loss
-
-        optimizer.step(params, local_objective)
-        self.steps_since_sync += 1
-        self.rows_since_sync += len(self.objective.X) if rows is None else len(rows)
-
     def run_epoch(self, optimizer, params, batches, before_step) -> int:
         for taken, rows in enumerate(batches):
             before_step(taken)
-            self.step(optimizer, params, rows)
+            self._local_step(optimizer, params, rows)
             if self.steps_since_sync == self.sync_every or taken == len(batches) - 1:
                 self._average(params)
                 if self.stop_agreed:
@@ -67,18 +56,30 @@ class LocalSGD(Strategy):
         syncs, self.syncs = self.syncs, 0
         return {"syncs": syncs}
 
+    def _local_step(self, optimizer, params, rows) -> None:
+        """One optimiser step on this rank's batch alone (no communication)."""
+
+        def local_objective(point: np.ndarray, grad_out: np.ndarray) -> float:
+            self.objective.local_sums(point, rows, self.packed)
+            loss = self.objective.finish(self.packed, point, grad_out)
+            self.diverged = self.diverged or not control.finite(loss, grad_out)
+            return loss
+
+        optimizer.step(params, local_objective)
+        self.steps_since_sync += 1
+        self.rows_since_sync += len(self.objective.X) if rows is None else len(rows)
+
     def _average(self, params: np.ndarray) -> None:
         """Row-weighted average of every rank's parameters (one Allreduce)."""
         n = params.size
         self.average[:n] = self.rows_since_sync * params
-        self.average[n:] = self.rows_since_sync, preemption.requested(), self.diverged
-        with self.timer.phase("comm"):
+        self.average[n] = self.rows_since_sync
+        control.fill(self.average[n + 1 :], diverged=self.diverged)
+        with self.timer.phase("comm", "Allreduce", self.average.nbytes):
             self.comm.Allreduce(MPI.IN_PLACE, self.average, op=MPI.SUM)
-        rows, votes, diverged = self.average[n:]
-        if diverged:
-            raise DivergenceError("the loss or gradient became non-finite on some rank")
+        self.stop_agreed = control.settle(self.average[n + 1 :]) or self.stop_agreed
+        rows = self.average[n]
         if rows > 0:
             np.divide(self.average[:n], rows, out=params)
-        self.stop_agreed = self.stop_agreed or votes > 0
         self.steps_since_sync = self.rows_since_sync = 0
         self.syncs += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mpigd import comm as mpi
 from mpigd.strategies.base import Strategy
 
 SERVER = 0
@@ -15,10 +16,11 @@ class ServerStrategy(Strategy):
     """
 
     min_ranks = 2
+    OPTIONS = ("server_computes",)
 
     @classmethod
-    def data_share(cls, rank: int, size: int, config) -> tuple[int, int]:
-        if config.server_computes:
+    def data_share(cls, rank: int, size: int, options) -> tuple[int, int]:
+        if options.server_computes:
             return rank, size
         return (0, 0) if rank == SERVER else (rank - 1, size - 1)
 
@@ -27,4 +29,4 @@ class ServerStrategy(Strategy):
         return self.ranks.rank == SERVER
 
     def agree_stop_reason(self, optimizer) -> None:
-        optimizer.stop_reason = self.comm.bcast(optimizer.stop_reason, root=SERVER)
+        optimizer.stop_reason = mpi.from_root(self.comm, optimizer.stop_reason)

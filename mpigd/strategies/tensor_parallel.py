@@ -1,13 +1,14 @@
-"""``--model-parallel M``: a (P/M data) x (M model) grid of ranks for the split MLP.
+"""The tensor-parallel layout's communication: a (P/M data) x (M model) grid of ranks.
 
 World rank r is model part m = r mod M of data group d = r div M. The M ranks of a
 *model group* (same d) hold the same rows and different blocks of the network
 (:class:`mpigd.models.mlp_split.SplitMLP`); their per-layer sums and gathers go over
-``model_comm``. The P/M ranks of a *data group* (same m) hold the same block and
-different rows; each step their gradients, loss and row counts are summed over
-``data_comm`` with one Allreduce, as in plain data parallelism. One more tiny world
-Allreduce per evaluation agrees on the stop vote and on divergence, which every rank
-must see even though each holds different parameters.
+``model_comm`` through :class:`GroupOps`. The P/M ranks of a *data group* (same m) hold
+the same block and different rows; each step their gradients, loss and row counts are
+summed over ``data_comm`` with one Allreduce, as in plain data parallelism. One more
+tiny world Allreduce per evaluation carries the control word (stop vote and
+divergence), which every rank must see even though each holds different parameters.
+Built by the ``tensor-parallel`` layout (:mod:`mpigd.run.layouts`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from mpigd import preemption
-from mpigd.errors import DivergenceError
-from mpigd.strategies.allreduce import AllreduceStrategy
+from mpigd.strategies import control
+from mpigd.strategies.base import Strategy, replicated_epoch
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,12 @@ def make_grid(world: MPI.Comm, parts: int) -> Grid:
     return Grid(model_comm, data_comm, rank % parts, parts)
 
 
+def model_group_share(rank: int, size: int, parts: int) -> tuple[int, int]:
+    """The rows of world rank ``rank``: its model group's share, ``rank // parts`` of
+    ``size // parts`` (every rank of a group holds the same rows)."""
+    return rank // parts, size // parts
+
+
 class GroupOps:
     """The model group's collectives, as the split model calls them (timed as comm)."""
 
@@ -48,55 +54,56 @@ class GroupOps:
 
     def sum(self, array: np.ndarray) -> np.ndarray:
         """Element-wise sum over the model group, in place."""
-        with self.timer.phase("comm"):
+        with self.timer.phase("comm", "Allreduce model group", array.nbytes):
             self.comm.Allreduce(MPI.IN_PLACE, array, op=MPI.SUM)
         return array
+
+    def total(self, value: float) -> float:
+        """The sum over the model group of one float (each rank's share of a penalty)."""
+        return float(self.sum(np.array([value]))[0])
 
     def gather_columns(self, block: np.ndarray, widths: list[int]) -> np.ndarray:
         """The (n, Σ widths) matrix whose column blocks are every rank's ``block``."""
         n = block.shape[0]
         gathered = np.empty((sum(widths), n), block.dtype)
         counts = [width * n for width in widths]
-        with self.timer.phase("comm"):
+        with self.timer.phase("comm", "Allgatherv model group", block.nbytes):
             self.comm.Allgatherv(np.ascontiguousarray(block.T), [gathered, counts])
         return np.ascontiguousarray(gathered.T)
 
 
-class TensorParallelAllreduce(AllreduceStrategy):
-    """Data-parallel Allreduce over each data group of the grid (see module docstring)."""
+class TensorParallelAllreduce(Strategy):
+    """Data-parallel Allreduce over each data group of the grid (see module docstring).
 
-    def __init__(self, ranks, objective, timer, config, grid: Grid) -> None:
-        super().__init__(ranks, objective, timer, config)
-        self.world, self.grid = ranks.comm, grid
-        self.comm = grid.data_comm
-        self.overlapped = None
-        self.flags = np.zeros(2)
-        objective.penalty_sum = lambda value: float(grid.model_comm.allreduce(value, op=MPI.SUM))
+    ``self.comm`` stays the world (metrics, the control word); ``grid.data_comm``
+    carries the gradients.
+    """
 
-    @classmethod
-    def data_share(cls, rank: int, size: int, config) -> tuple[int, int]:
-        parts = config.model_parallel
-        return rank // parts, size // parts
+    name = "allreduce"
+
+    def __init__(self, ranks, objective, timer, options, hooks, grid: Grid) -> None:
+        super().__init__(ranks, objective, timer, options, hooks)
+        self.grid = grid
+
+    def run_epoch(self, optimizer, params, batches, before_step) -> int:
+        return replicated_epoch(self, optimizer, params, batches, before_step)
 
     def closure(self, rows):
         def evaluate(params: np.ndarray, grad_out: np.ndarray) -> float:
             self.objective.local_sums(params, rows, self.packed)
-            with self.timer.phase("comm"):
-                self.comm.Allreduce(MPI.IN_PLACE, self.packed, op=MPI.SUM)
+            with self.timer.phase("comm", "Allreduce data group", self.packed.nbytes):
+                self.grid.data_comm.Allreduce(MPI.IN_PLACE, self.packed, op=MPI.SUM)
             loss = self.objective.finish(self.packed, params, grad_out)
-            self.flags[:] = preemption.requested(), not np.isfinite(grad_out).all()
-            with self.timer.phase("comm"):
-                self.world.Allreduce(MPI.IN_PLACE, self.flags, op=MPI.SUM)
-            self.stop_agreed = self.stop_agreed or self.flags[0] > 0
-            if self.flags[1]:
-                raise DivergenceError("the gradient is not finite on some rank")
-            return self.checked(loss, grad_out)
+            control.fill(self.word, diverged=not control.finite(loss, grad_out))
+            with self.timer.phase("comm", "Allreduce control", self.word.nbytes):
+                self.comm.Allreduce(MPI.IN_PLACE, self.word, op=MPI.SUM)
+            return self.settled(loss, grad_out)
 
         return evaluate
 
     def sum_over_data(self, values: np.ndarray) -> np.ndarray:
-        with self.timer.phase("comm"):
-            self.comm.Allreduce(MPI.IN_PLACE, values, op=MPI.SUM)
+        with self.timer.phase("comm", "Allreduce data group", values.nbytes):
+            self.grid.data_comm.Allreduce(MPI.IN_PLACE, values, op=MPI.SUM)
         return values
 
     def full_vector(self, local: np.ndarray) -> np.ndarray | None:

@@ -11,7 +11,7 @@ Layout (one HDF5 file, replaced by rename so a crash leaves the old or the new o
   generator state (the MLP's dropout), restored when the rank count is the same.
 
 Mini-batch order needs no saved generator: it is a pure function of (seed, epoch, rank)
-(:mod:`mpigd.batching`), and the seed is in the fingerprint. Parameters and optimiser
+(:mod:`mpigd.run.batching`), and the seed is in the fingerprint. Parameters and optimiser
 state are stored whole even when the model is split across ranks.
 """
 
@@ -28,14 +28,8 @@ import mpigd
 from mpigd.data import DatasetInfo
 from mpigd.data.fingerprint import content_hash
 from mpigd.errors import DataError
-from mpigd.record import CHECKPOINT_FILE, replace_atomically
-
-#: Config keys that change the trajectory: a checkpoint made with other values is refused.
-TRAJECTORY_KEYS = (
-    "model", "svm_loss", "hidden", "dropout", "strategy", "optimizer", "lr", "lr_schedule",
-    "lr_step_epochs", "lr_gamma", "momentum", "nesterov", "batch_size", "lbfgs_memory", "l2",
-    "class_weight", "seed",
-)  # fmt: skip
+from mpigd.record.atomic import replace_atomically
+from mpigd.record.run_dir import CHECKPOINT_FILE
 
 
 @dataclass
@@ -55,8 +49,9 @@ class Checkpoint:
 
 
 def config_fingerprint(config) -> dict:
-    """The trajectory-relevant part of a TrainConfig."""
-    return {key: getattr(config, key) for key in TRAJECTORY_KEYS}
+    """The options of a TrainConfig that change the trajectory (as its field metadata
+    marks them): a checkpoint made with other values is refused on resume."""
+    return config.trajectory_fingerprint()
 
 
 def data_fingerprint(info: DatasetInfo) -> dict:
@@ -68,7 +63,8 @@ def data_fingerprint(info: DatasetInfo) -> dict:
 
 
 def save(run_dir: str, checkpoint: Checkpoint, before_rename=None) -> None:
-    """Write ``RUN_DIR/checkpoint.h5`` atomically (rank 0 only)."""
+    """Write ``RUN_DIR/checkpoint.h5`` atomically (rank 0 only); ``before_rename()`` runs
+    once the temporary file is complete, before it replaces the old checkpoint."""
 
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as handle:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mpigd.comm import RankInfo, agree
 from mpigd.data import DatasetInfo, LocalRows, load_rank_rows, open_dataset, read_rows, row_range
+from mpigd.errors import DataError, MpigdError
 
 
 def load_local_rows(
@@ -19,7 +20,9 @@ def load_local_rows(
     that does not compute). ``every_rank_needs_rows`` (training data) makes a dataset
     with fewer rows than parts an error; test data may leave some ranks with no rows.
     Raises the same MpigdError on every rank if any rank could not open, read or
-    validate its part.
+    validate its part. What h5py raises on a file that breaks mid-read (OSError,
+    KeyError, ValueError) is bad input too, reported as a DataError naming the path;
+    anything else is a bug and aborts the job with its traceback.
     """
     part, parts = share or (ranks.rank, ranks.size)
     info = rows = error = None
@@ -31,7 +34,9 @@ def load_local_rows(
             rows = load_rank_rows(info, part, parts)
         else:
             rows = read_rows(info, *row_range(info.n_rows, part, parts))
-    except Exception as exc:  # noqa: BLE001 - reported on every rank by agree()
+    except MpigdError as exc:
         error = exc
+    except (OSError, KeyError, ValueError) as exc:
+        error = DataError(f"cannot read dataset {path}: {type(exc).__name__}: {exc}")
     agree(ranks.comm, error)
     return info, rows

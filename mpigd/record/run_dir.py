@@ -1,17 +1,14 @@
-"""The run record (DESIGN.md): run.json, metrics.jsonl, model.h5. Written by rank 0 only.
+"""The run directory: run.json, metrics.jsonl and model.h5 (the run-record contract in
+docs/architecture.md). Written by rank 0 only.
 
 Every file that a later reader could mistake for a finished result is written to a
-temporary sibling and renamed into place, so an interrupted run leaves the previous
-complete file or none, never a half-written one.
+temporary sibling and renamed into place (:mod:`mpigd.record.atomic`), so an
+interrupted run leaves the previous complete file or none, never a half-written one.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import numpy as np
 
 import mpigd
 from mpigd.errors import ConfigError, DataError
+from mpigd.record.atomic import replace_atomically
 
 MODEL_FILE = "model.h5"
 CHECKPOINT_FILE = "checkpoint.h5"
@@ -30,61 +28,6 @@ METRICS_FILE = "metrics.jsonl"
 def now_iso() -> str:
     """The current UTC time, ISO 8601 with seconds."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def replace_atomically(path: Path, write, before_rename=None) -> None:
-    """Call ``write(tmp_path)``, fsync, rename over ``path``, fsync the directory.
-
-    A crash at any moment leaves the old ``path`` or the new one, never a partial file.
-    ``before_rename`` (tests only) runs between the fsync and the rename.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        if before_rename:
-            before_rename()
-        os.replace(tmp, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def git_commit() -> str | None:
-    """The commit of the mpigd source tree, when it is a git checkout."""
-    source = Path(mpigd.__file__).resolve().parent.parent
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
-
-
-def software_versions(backend_name: str) -> dict:
-    """Versions of Python and the numerical stack, for provenance."""
-    versions = {
-        "mpigd": mpigd.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "h5py": h5py.__version__,
-        "hdf5": h5py.version.hdf5_version,
-    }
-    for module in ("mpi4py", "numba", "scipy", "cupy"):
-        imported = sys.modules.get(module)
-        versions[module] = getattr(imported, "__version__", None) if imported else None
-    versions["backend"] = backend_name
-    return versions
 
 
 class RunRecord:

@@ -1,0 +1,30 @@
+"""Files replaced atomically: a reader sees the previous complete file or the new one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def replace_atomically(path: Path, write, before_rename=None) -> None:
+    """Call ``write(tmp_path)``, fsync, rename over ``path``, fsync the directory.
+
+    A crash at any moment leaves the old ``path`` or the new one, never a partial file.
+    ``before_rename()``, if given, runs between the fsync and the rename (the
+    checkpoint's ``before_checkpoint_rename`` hook point).
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        if before_rename:
+            before_rename()
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,59 @@
+"""One training run, built by composition: set-up, the loop, and the hooks around it.
+
+=================  ==============================================================
+module             job
+=================  ==============================================================
+``setup``          the collective set-up: run directory, layout, rows, parts, resume
+``layouts``        the registry of layouts (data-parallel, tensor-parallel)
+``builder``        the pure builder: model, objective, strategy, optimiser, params
+``loop``           the epochs: steps, metrics, the end of a run (``Run``)
+``state``          where a run is (epoch, step, global step, last checkpoint)
+``hooks``          what a run does besides training (progress, checkpoint policy, ...)
+``checkpointing``  write checkpoint.h5 at a step boundary, resume from it
+``timeline``       the per-rank step timeline hook (``--timeline``)
+``loading``        every rank reads its own rows, collectively
+``batching``       which local rows each step of an epoch uses
+=================  ==============================================================
+
+See docs/architecture.md for the data flow and for how a strategy, a layout, a model
+and a hook plug in.
+"""
+
+from __future__ import annotations
+
+from mpigd import comm as mpi
+from mpigd import preemption
+from mpigd.run.hooks import AbortMarker, CheckpointPolicy, Hook, Hooks, Progress
+
+
+def default_hooks(config) -> list[Hook]:
+    """The hooks every run has: progress, checkpoint policy, abort marker, timeline."""
+    hooks = [
+        Progress(config.progress),
+        CheckpointPolicy(config.checkpoint_every, config.checkpoint_every_steps),
+        AbortMarker(config.out),
+    ]
+    if config.timeline:
+        from mpigd.run.timeline import TimelineHook
+
+        hooks.append(TimelineHook())
+    return hooks
+
+
+def train(config, ranks: mpi.RankInfo | None = None, hooks=()) -> dict:
+    """Collective: run one training job; return the final summary (on every rank).
+
+    ``hooks`` are added after the default ones (tests add faults or observers). What
+    the run registers with the process (stop-signal handlers, the abort hook) is
+    removed when it returns or raises.
+    """
+    from mpigd.run.loop import run_to_end
+    from mpigd.run.setup import set_up
+
+    ranks = ranks or mpi.world()
+    run_hooks = Hooks([*default_hooks(config), *hooks])
+    with preemption.listening(), mpi.abort_hook(run_hooks.aborting):
+        return run_to_end(set_up(config, ranks, run_hooks))
+
+
+__all__ = ["Hook", "default_hooks", "train"]

@@ -1,0 +1,154 @@
+"""Hooks: what a run does besides training, as objects handed to the loop.
+
+The loop (:mod:`mpigd.run.loop`) calls every hook at fixed points of a run; a hook
+that has nothing to do at a point inherits the base class's no-op. The default hooks
+of a run (:func:`mpigd.run.default_hooks`) are the progress display, the checkpoint
+policy, the abort marker and, with ``--timeline``, the step timeline; tests add their
+own (a slow rank, a fault, a crash before a checkpoint's rename) without any switch in
+the package. The shortest example is :class:`Progress`.
+
+Every method gets the :class:`~mpigd.run.loop.Run` (config, ranks, timer, parts,
+state, record) first. Where a method is called:
+
+=========================  ==============================================================
+method                     called
+=========================  ==============================================================
+``run_started(run)``       every rank, once set-up has succeeded, before the first epoch
+``before_step(run)``       every rank, before each optimiser step; ``run.state.global_step``
+                           is the index of the step about to be taken (from 0, whole run)
+``epoch_ended(run, row)``  every rank, after each completed epoch; ``row`` is its
+                           metrics line (the same on every rank)
+``before_checkpoint_``     rank 0, between writing (and fsyncing) the temporary
+``rename(run)``            checkpoint file and renaming it over ``checkpoint.h5``
+``gradient_applied(run,``  the server of an asynchronous strategy, after applying the
+``worker, step, lag)``     gradient of ``worker``'s ``step``-th batch, ``lag`` versions stale
+``aborting(run, msg)``     the failing rank, just before ``MPI_Abort`` ends the job
+                           (``run`` is None if that happens during set-up)
+``run_ended(run, status)`` every rank, in reverse order, when the ranks end the run
+                           together: ``completed``, ``failed`` (an agreed error) or
+                           ``preempted``. Not after an abort.
+=========================  ==============================================================
+
+Hooks may call collectives only in ``run_started``, ``epoch_ended`` and ``run_ended``,
+where every rank is; ``before_step`` may checkpoint (collective) only while the
+strategy keeps the ranks in step (``run.parts.strategy.replicated``).
+"""
+
+from __future__ import annotations
+
+from mpigd.run import progress
+
+
+class Hook:
+    """Base class: every hook point is a no-op (see the module docstring for when each
+    is called)."""
+
+    def run_started(self, run) -> None:
+        pass
+
+    def before_step(self, run) -> None:
+        pass
+
+    def epoch_ended(self, run, row: dict) -> None:
+        pass
+
+    def before_checkpoint_rename(self, run) -> None:
+        pass
+
+    def gradient_applied(self, run, worker: int, step: int, lag: int) -> None:
+        pass
+
+    def aborting(self, run, message: str) -> None:
+        pass
+
+    def run_ended(self, run, status: str) -> None:
+        pass
+
+
+class Hooks:
+    """The run's hooks in order, called as one (``hooks.before_step()``).
+
+    Holds the :class:`~mpigd.run.loop.Run` once it exists (:meth:`bind`), so that parts
+    which only see this object (a strategy reporting ``gradient_applied``) need not.
+    """
+
+    def __init__(self, hooks) -> None:
+        self.hooks = list(hooks)
+        self.run = None
+
+    def bind(self, run) -> None:
+        self.run = run
+
+    def run_started(self) -> None:
+        for hook in self.hooks:
+            hook.run_started(self.run)
+
+    def before_step(self) -> None:
+        for hook in self.hooks:
+            hook.before_step(self.run)
+
+    def epoch_ended(self, row: dict) -> None:
+        for hook in self.hooks:
+            hook.epoch_ended(self.run, row)
+
+    def before_checkpoint_rename(self) -> None:
+        for hook in self.hooks:
+            hook.before_checkpoint_rename(self.run)
+
+    def gradient_applied(self, worker: int, step: int, lag: int) -> None:
+        for hook in self.hooks:
+            hook.gradient_applied(self.run, worker, step, lag)
+
+    def aborting(self, message: str) -> None:
+        for hook in self.hooks:
+            hook.aborting(self.run, message)
+
+    def run_ended(self, status: str) -> None:
+        for hook in reversed(self.hooks):
+            hook.run_ended(self.run, status)
+
+
+class Progress(Hook):
+    """Rank 0's console line per epoch in the ``--progress`` mode (bar, json, quiet)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def epoch_ended(self, run, row: dict) -> None:
+        if run.ranks.is_root:
+            progress.report(self.mode, row, run.config.epochs)
+
+
+class CheckpointPolicy(Hook):
+    """``--checkpoint-every K`` epochs and ``--checkpoint-every-steps K`` steps.
+
+    The loop itself checkpoints at the end of the run and when the ranks agree to stop;
+    this hook adds the periodic ones. A step checkpoint is taken only where the
+    strategy holds one model on every rank (``replicated``).
+    """
+
+    def __init__(self, every_epochs: int, every_steps: int) -> None:
+        self.every_epochs, self.every_steps = every_epochs, every_steps
+
+    def before_step(self, run) -> None:
+        step = run.state.global_step
+        if self.every_steps and step > 0 and step % self.every_steps == 0:
+            if run.parts.strategy.replicated:
+                run.save_checkpoint()
+
+    def epoch_ended(self, run, row: dict) -> None:
+        if self.every_epochs and row["epoch"] % self.every_epochs == 0:
+            run.save_checkpoint()
+
+
+class AbortMarker(Hook):
+    """Marks ``run.json`` in ``out`` as aborted, with the failing rank's message, before
+    MPI_Abort (also during set-up, before the Run exists)."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def aborting(self, run, message: str) -> None:
+        from mpigd.record import mark_aborted
+
+        mark_aborted(self.out, message)

@@ -1,0 +1,164 @@
+"""Layouts: how a run's ranks divide the work, chosen by the config from a registry.
+
+A layout decides which rows each rank holds, which model each rank builds (whole or
+a part of it), which ranks share parameters, and which strategy combines their work.
+The builder (:mod:`mpigd.run.builder`) asks the layout and never names one; the loop
+never sees it at all.
+
+==================  =====================================  ==============================
+layout              when                                   what each rank holds
+==================  =====================================  ==============================
+``data-parallel``   ``--model-parallel 1`` (default)       the whole model; its rows, as
+                                                           ``--strategy`` divides them
+``tensor-parallel`` ``--model-parallel M`` > 1             a block of every MLP layer
+                                                           (:mod:`mpigd.models.mlp_split`)
+                                                           and its model group's rows
+==================  =====================================  ==============================
+
+A layout's life: :meth:`Layout.check` (the config fits ``size`` ranks; ConfigError
+otherwise), :meth:`Layout.data_share`, :meth:`Layout.connect` (collective: its
+sub-communicators), then :meth:`Layout.model` and :meth:`Layout.strategy` (no MPI). To
+add one, subclass :class:`Layout` and add it to :data:`LAYOUTS`;
+:class:`DataParallel` is the shortest example.
+"""
+
+from __future__ import annotations
+
+from mpigd.errors import ConfigError
+from mpigd.models import create_model
+from mpigd.models.mlp_split import SplitMLP
+from mpigd.strategies import strategy_class
+from mpigd.strategies.tensor_parallel import (
+    GroupOps,
+    TensorParallelAllreduce,
+    make_grid,
+    model_group_share,
+)
+
+
+class Layout:
+    """Base class: the data-parallel defaults (see the module docstring)."""
+
+    name: str
+
+    def __init__(self, config) -> None:
+        self.config = config
+
+    @staticmethod
+    def applies(config) -> bool:
+        """Whether this layout is the one ``config`` asks for."""
+        raise NotImplementedError
+
+    def check(self, size: int) -> None:
+        """ConfigError unless the config can run on ``size`` ranks in this layout."""
+
+    def data_share(self, rank: int, size: int) -> tuple[int, int]:
+        """``(part, parts)``: rank ``rank`` holds part ``part`` of ``parts`` equal row
+        ranges (``(0, 0)``: no rows)."""
+        raise NotImplementedError
+
+    def connect(self, ranks, timer) -> None:
+        """Collective: make the layout's sub-communicators (none by default)."""
+
+    def penalty_sum(self, value: float) -> float:
+        """This rank's share of the L2 term summed over the ranks sharing parameters."""
+        return value
+
+    def model(self, backend, info, rank: int):
+        """This rank's model (no MPI)."""
+        config = self.config
+        return create_model(
+            config.model, backend, info.n_features, info.task, info.n_classes,
+            svm_loss=config.svm_loss, hidden=config.hidden, dropout=config.dropout,
+            dropout_seed=(config.seed, rank),
+        )  # fmt: skip
+
+    def strategy(self, ranks, objective, timer, hooks):
+        """This rank's strategy (no MPI until it runs)."""
+        raise NotImplementedError
+
+
+class DataParallel(Layout):
+    """Every rank the whole model; ``--strategy`` combines the ranks' gradients."""
+
+    name = "data-parallel"
+
+    @staticmethod
+    def applies(config) -> bool:
+        return config.model_parallel == 1
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.strategy_class = strategy_class(config.strategy)
+        self.options = config.subset(self.strategy_class.OPTIONS)
+
+    def check(self, size: int) -> None:
+        self.strategy_class.check(self.config, size)
+
+    def data_share(self, rank: int, size: int) -> tuple[int, int]:
+        return self.strategy_class.data_share(rank, size, self.options)
+
+    def strategy(self, ranks, objective, timer, hooks):
+        return self.strategy_class(ranks, objective, timer, self.options, hooks)
+
+
+class TensorParallel(Layout):
+    """The MLP split over model groups of M ranks, data-parallel across the groups."""
+
+    name = "tensor-parallel"
+
+    @staticmethod
+    def applies(config) -> bool:
+        return config.model_parallel > 1
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.parts = config.model_parallel
+        self.grid = self.ops = None
+
+    def check(self, size: int) -> None:
+        config, parts = self.config, self.parts
+        if config.model != "mlp" or config.strategy != "allreduce":
+            raise ConfigError("--model-parallel splits the mlp under --strategy allreduce only")
+        if size % parts:
+            raise ConfigError(
+                f"--model-parallel {parts} needs a multiple of {parts} ranks, not {size}"
+            )
+        if config.optimizer == "lbfgs" or config.tol:
+            raise ConfigError("--model-parallel: lbfgs and --tol need whole-vector norms; use "
+                              "gd, sgd, momentum or adam without --tol")  # fmt: skip
+        if min(config.hidden) < parts:
+            raise ConfigError(
+                f"--model-parallel {parts}: every hidden layer needs >= {parts} units"
+            )
+
+    def data_share(self, rank: int, size: int) -> tuple[int, int]:
+        return model_group_share(rank, size, self.parts)
+
+    def connect(self, ranks, timer) -> None:
+        self.grid = make_grid(ranks.comm, self.parts)
+        self.ops = GroupOps(self.grid, timer)
+
+    def penalty_sum(self, value: float) -> float:
+        return self.ops.total(value)
+
+    def model(self, backend, info, rank: int):
+        config = self.config
+        return SplitMLP(
+            backend, info.n_features, info.n_classes, config.hidden, config.dropout,
+            (config.seed, rank), self.parts, self.grid.part, self.ops,
+        )  # fmt: skip
+
+    def strategy(self, ranks, objective, timer, hooks):
+        return TensorParallelAllreduce(ranks, objective, timer, self.config.subset(()), hooks,
+                                       self.grid)  # fmt: skip
+
+
+#: Every layout, by name.
+LAYOUTS: dict[str, type[Layout]] = {cls.name: cls for cls in (DataParallel, TensorParallel)}
+
+
+def layout_for(config) -> Layout:
+    """The layout ``config`` asks for (exactly one applies)."""
+    (chosen,) = [cls for cls in LAYOUTS.values() if cls.applies(config)]
+    return chosen(config)

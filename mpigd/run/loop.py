@@ -1,0 +1,210 @@
+"""The training loop: epochs of steps, measured, recorded, checkpointed. Every rank.
+
+Per epoch the strategy takes the epoch's steps, then the loop evaluates the full
+training objective (``train_loss``, over all rows of all ranks, with the L2 term) and
+the test metrics, rank 0 appends one line to ``metrics.jsonl`` and the hooks see it:
+
+- ``time_s``: wall time of the epoch on rank 0: its steps, the ``train_loss`` pass and
+  the test evaluation (``eval_s``). The initial read of the data is not in any epoch;
+  run.json holds it as ``load_s`` (and Numba compilation as ``warmup_s``).
+- ``compute_s``, ``comm_s``: time in kernels (and optimiser updates) and in MPI during
+  the steps and the ``train_loss`` pass, averaged over the ranks (``comm_s`` includes
+  waiting for slower ranks); ``io_s``: data read during the epoch (0 while the rows
+  stay in memory). Every rank books each second to one phase at most, so
+  ``time_s − compute_s − comm_s − io_s − eval_s`` (≥ 0 up to clock skew) is the
+  average rank's Python overhead. ``compute_s_max``, ``comm_s_max``, ``io_s_max``: the
+  busiest rank's figures (with a parameter server the workers' compute and the
+  server's waiting differ widely, and the mean hides which rank is the bottleneck).
+- ``samples_per_s``: training rows stepped through in the epoch, per second of ``time_s``.
+- ``full_passes``: passes over all training rows so far (objective evaluations).
+- ``grad_norm_inf``: max |∂f/∂θ_i| at the epoch's end (full-batch training only).
+
+With mini-batches the ``train_loss`` pass computes the loss alone where the model can
+skip its backward pass (the MLP). A full-batch optimiser's next step needs the
+objective at exactly the point where the epoch's ``train_loss`` pass computed it, so
+that pass is memoised and done once: with full-batch training the pass booked in
+epoch e's ``compute_s`` is epoch e+1's gradient.
+
+Reliability: the loop writes ``checkpoint.h5`` at the end and when the ranks agree to
+stop for a signal (the :class:`~mpigd.run.hooks.CheckpointPolicy` hook adds the
+periodic ones); ``--resume`` continues from it exactly (same rank count: bit for bit).
+A NaN or Inf in the loss or gradient stops the run at that step and keeps the last
+good checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpigd import preemption
+from mpigd.errors import CollectiveError, DivergenceError, MpigdError
+from mpigd.evaluate import evaluate
+from mpigd.preemption import Preempted
+from mpigd.record import CHECKPOINT_FILE
+from mpigd.run import checkpointing
+from mpigd.run.batching import epoch_batches
+
+
+@dataclass
+class RunData:
+    """This rank's rows. ``test_X``: the test rows on the backend's device (as loaded on
+    CPU backends); ``load_interval``: ``time.perf_counter()`` at the start and end of
+    the read (seconds), for run.json's ``load_s`` and the timeline."""
+
+    info: object
+    rows: object
+    test: object | None
+    test_X: object | None
+    load_interval: tuple[float, float]
+
+    @property
+    def load_s(self) -> float:
+        return self.load_interval[1] - self.load_interval[0]
+
+
+@dataclass
+class Run:
+    """One training run on this rank: what the loop, the hooks and the checkpoints share.
+
+    Built by :func:`mpigd.run.setup.set_up`. ``record`` (the run directory's writer)
+    and ``data_fingerprint`` exist on rank 0 only. ``share`` is ``(part, parts)``: which
+    of the equal row ranges this rank holds.
+    """
+
+    config: object
+    ranks: object
+    timer: object
+    hooks: object
+    record: object | None
+    data: RunData
+    parts: object
+    state: object
+    share: tuple[int, int]
+    model_info: dict
+    data_fingerprint: dict | None
+
+    def save_checkpoint(self) -> None:
+        """Collective: write checkpoint.h5 at the current step boundary."""
+        checkpointing.save(self)
+
+
+def run_to_end(run: Run) -> dict:
+    """Collective: the epochs, then model.h5 and the final run.json; the summary.
+
+    The run ends ``completed``, ``preempted`` (an agreed stop: exit 75) or ``failed``
+    (an error); the hooks' ``run_ended`` runs when the ranks end together.
+    """
+    record = run.record
+    run.hooks.run_started()
+    try:
+        summary = _epochs(run)
+    except MpigdError as exc:
+        status = "preempted" if isinstance(exc, Preempted) else "failed"
+        if isinstance(exc, CollectiveError):
+            run.hooks.run_ended(status)
+        if record:
+            record.finish(status, stop_reason=str(exc))
+        raise
+    whole = run.parts.strategy.full_vector(run.parts.params)
+    run.hooks.run_ended("completed")
+    if record:
+        record.save_model(whole, run.model_info)
+        record.finish("completed", **summary)
+    return summary
+
+
+def _epochs(run: Run) -> dict:
+    config, state, parts = run.config, run.state, run.parts
+    stop_reason = f"reached --epochs {config.epochs}"
+    for epoch in range(state.start_epoch, config.epochs + 1):
+        state.epoch = epoch
+        try:
+            row = _epoch(run, epoch)
+        except DivergenceError as exc:
+            raise DivergenceError(
+                f"training diverged at epoch {epoch}, step {state.global_step}: {exc}; "
+                f"the last good checkpoint is kept; try a smaller --lr (now {config.lr})"
+            ) from exc
+        if row is None:  # cut short at a step boundary by an agreed stop signal
+            run.save_checkpoint()
+            raise Preempted(_preempted_message(run, epoch))
+        state.epochs_done, state.step_in_epoch = epoch, 0
+        if run.record:
+            run.record.append_metrics(row)
+        run.hooks.epoch_ended(row)
+        last = epoch == config.epochs or parts.optimizer.stop_reason is not None
+        if last or parts.strategy.stop_agreed:
+            run.save_checkpoint()
+        if parts.strategy.stop_agreed and not last:
+            raise Preempted(_preempted_message(run, epoch + 1))
+        if parts.optimizer.stop_reason:
+            stop_reason = parts.optimizer.stop_reason
+            break
+    final_loss = _train_loss(run, np.empty_like(parts.params))
+    return {"stop_reason": stop_reason, "epochs_run": state.epochs_done,
+            "final_train_loss": final_loss}  # fmt: skip
+
+
+def _epoch(run: Run, epoch: int) -> dict | None:
+    """Train one epoch and measure it; its metrics line, or None if a stop cut it short."""
+    config, state, parts, data = run.config, run.state, run.parts, run.data
+    start = time.perf_counter()
+    part, parts_count = run.share
+    batches = epoch_batches(len(data.rows.X), part, max(parts_count, 1), data.info.n_rows,
+                            config.batch_size, config.seed, epoch)  # fmt: skip
+    first = state.steps_already_taken(epoch)
+
+    def before_step(i: int) -> None:
+        state.step_in_epoch = first + i
+        run.hooks.before_step()
+        state.global_step += 1
+
+    taken = parts.strategy.run_epoch(parts.optimizer, parts.params, batches[first:], before_step)
+    parts.strategy.agree_stop_reason(parts.optimizer)
+    state.step_in_epoch = first + taken
+    if state.step_in_epoch < len(batches) and not parts.optimizer.stop_reason:
+        return None
+    grad = np.empty_like(parts.params)
+    row = {"epoch": epoch, "train_loss": _train_loss(run, grad)}
+    if config.batch_size is None:
+        row["grad_norm_inf"] = float(np.max(np.abs(grad)))
+    eval_start = time.perf_counter()
+    if data.test is not None:
+        with run.timer.span("evaluation", epoch=epoch):
+            metrics = evaluate(parts.model, data.test_X, data.test.y, parts.params, run.ranks)
+        row.update({f"test_{k}": v for k, v in metrics.items() if k != "rows"})
+    end = time.perf_counter()
+    time_s = end - start
+    phases = run.timer.take()
+    mean, largest = parts.strategy.mean_and_max(np.array(list(phases.values())))
+    row.update(zip(phases, mean.tolist(), strict=True))
+    row.update((f"{name}_max", value) for name, value in zip(phases, largest.tolist(),
+                                                             strict=True))  # fmt: skip
+    row.update(time_s=time_s, eval_s=end - eval_start, steps=taken,
+               samples_per_s=data.info.n_rows * taken / len(batches) / time_s)  # fmt: skip
+    if first:
+        row["resumed_at_step"] = first
+    row["full_passes"] = parts.objective.full_passes
+    row.update(parts.optimizer.epoch_fields())
+    row.update(parts.strategy.epoch_fields())
+    return row
+
+
+def _train_loss(run: Run, grad: np.ndarray) -> float:
+    """Collective: f over all training rows. Full batch: the memoised pass, which also
+    fills ``grad`` and which the next step reuses; mini-batches: the loss alone."""
+    strategy, params = run.parts.strategy, run.parts.params
+    if run.config.batch_size is None:
+        return strategy.full_closure(params, grad)
+    return strategy.full_loss(params)
+
+
+def _preempted_message(run: Run, epoch: int) -> str:
+    signals = "/".join(preemption.received()) or "a stop signal on another rank"
+    return (
+        f"stopped by {signals} at epoch {epoch}, step {run.state.global_step}; checkpoint "
+        f"written to {run.config.out}/{CHECKPOINT_FILE}; continue with --resume"
+    )

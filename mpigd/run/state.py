@@ -1,0 +1,37 @@
+"""Where a run is: the small record the loop, the checkpoints and the hooks share.
+
+The same on every rank. Order of updates in one epoch ``e`` (:mod:`mpigd.run.loop`):
+``epoch`` is set to ``e`` before its first step; before each step the hooks see
+``global_step`` as the index of the step about to be taken, then it is incremented;
+``step_in_epoch`` counts the steps taken in ``e`` once the strategy returns (it is read
+only after that: by a checkpoint that a stop signal cuts the epoch short for, and by
+the metrics line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RunState:
+    """Progress of a run (replicated on every rank)."""
+
+    #: The epoch being trained (from 1); 0 before the first.
+    epoch: int = 0
+    #: Steps taken in ``epoch`` (valid once the strategy has returned from it).
+    step_in_epoch: int = 0
+    #: Optimiser steps taken in the whole run, resumed ones included.
+    global_step: int = 0
+    #: The first epoch this process trains (a resumed run: the checkpoint's + 1).
+    start_epoch: int = 1
+    #: Steps of ``start_epoch`` already taken before a resume (0 at an epoch boundary).
+    first_step: int = 0
+    #: ``global_step`` of the last checkpoint written (or resumed from); -1: none.
+    last_checkpoint_step: int = -1
+    #: Epochs completed, resumed ones included.
+    epochs_done: int = 0
+
+    def steps_already_taken(self, epoch: int) -> int:
+        """Steps of ``epoch`` that a resumed run skips (its checkpoint took them)."""
+        return self.first_step if epoch == self.start_epoch else 0
