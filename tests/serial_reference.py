@@ -1,8 +1,9 @@
 """Independent serial numpy implementations of every model's objective, for the tests.
 
-Written from DESIGN.md's definitions without using ``kernels`` or ``mpigd.models``, so
-the distributed code is checked against a second, plain implementation. Parameter
-layouts match the documented flat vectors: linear ``[w, b]``; softmax ``[W (C,d), b (C)]``.
+Written from the objective's definitions (docs/architecture.md) without using
+``kernels`` or ``mpigd.models``, so the distributed code is checked against a second,
+plain implementation. Parameter layouts match the documented flat vectors: linear
+``[w, b]``; softmax ``[W (C,d), b (C)]``.
 """
 
 from __future__ import annotations

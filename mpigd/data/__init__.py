@@ -1,6 +1,6 @@
 """The data layer: HDF5 datasets, row ranges per rank, validation, synth/digits/import/inspect.
 
-A dataset is one HDF5 file or a directory of shards (DESIGN.md, "Dataset format").
+A dataset is one HDF5 file or a directory of shards (docs/architecture.md, "Dataset format").
 :func:`open_dataset` validates the metadata, :func:`load_rank_rows` reads one rank's
 contiguous rows; nothing here uses MPI.
 

@@ -1,6 +1,6 @@
 """Open a dataset (one HDF5 file or a directory of shards) and read global row ranges.
 
-The dataset contract (DESIGN.md): each file holds ``X`` (2-D, float32/float64, shape
+The dataset contract (docs/architecture.md): each file holds ``X`` (2-D, float32/float64, shape
 ``(n_i, d)``) and ``y`` (1-D, length ``n_i``), with root attributes ``task`` and, for
 classification, ``n_classes``. Shards of a directory (``*.h5``, sorted by name) form one
 table of ``N = sum(n_i)`` rows. Rank ``r`` of ``P`` owns rows ``[r*N//P, (r+1)*N//P)`` and

@@ -1,7 +1,7 @@
 """Linear models with one output: linreg, logreg and the linear SVM.
 
 Flat parameter layout (n_params = d + 1): ``[w_0, ..., w_{d-1}, b]``, weights then the
-intercept ``b``. Per-row losses with ``z = x.w + b`` (DESIGN.md):
+intercept ``b``. Per-row losses with ``z = x.w + b`` (docs/architecture.md, "Objective"):
 
 ========  ============================  =========================
 model     loss                          labels
