@@ -1,4 +1,4 @@
-"""Argument parsing for ``python -m mpigd {data,train,eval,sweep}`` (docs/architecture.md, "Command line").
+"""Argument parsing for ``python -m mpigd {data,train,eval,sweep}`` (docs/architecture.md).
 
 The ``train`` flags, their ``--help`` and the README's option table
 (:func:`options_markdown`) are generated from the field metadata of
