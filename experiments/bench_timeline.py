@@ -1,0 +1,366 @@
+"""Benchmark the cost of ``--timeline``: epoch time with and without the step trace.
+
+Two workloads, each on 1 and 2 ranks (``--procs``), trained ``--repeats`` times with the
+timeline off and on in alternation (off, on, then on, off, ...: a drift of the machine
+hits both modes alike):
+
+- ``logreg``: logistic regression, SGD at global batch 512, on synthetic binary data of
+  200,000 training rows x 100 float64 features (the cheapest steps we have, so the trace's
+  per-step cost weighs most);
+- ``mlp``: the MLP ``--hidden 256,256``, SGD at global batch 512 with the default
+  overlapped bucketed Iallreduce, on synthetic 10-class data of 50,000 x 100.
+
+Both with test data, so every epoch also has its ``train_loss`` pass and evaluation.
+Datasets are made once and cached under ``build/bench/``; run records stay in
+``build/bench/timeline/<workload>-P<P>-<off|on>/r<repeat>/``. Everything is read from the
+records (``metrics.jsonl`` through :func:`mpigd.record.read_run`, and the trace itself),
+never from console output. Per workload and P it prints the median epoch time
+(``time_s``, over all epochs of all repeats) off and on, their ratio, the spread of the
+ratio over the repeat pairs (the i-th run on over the i-th run off, each a median over
+its epochs: min, median, max), the trace's events per epoch, and whether the overhead
+is within the budget of 2% of the epoch time. It also writes ``results/bench_timeline.json``.
+
+A difference of 2% between two medians needs a quiet machine. So the script also
+measures, in this process, what recording adds per phase block (a traced ``with
+timer.phase(...)`` against an untraced one) and per step mark (``before_step``), each
+the fastest of several repeats, and gives the estimate: the phase blocks and steps per
+epoch (counted in the trace) at those costs, as a share of the median epoch time off.
+The estimate leaves out cache effects of the growing record list; the ratio does not.
+
+One MPI rank is one core (BLAS, OpenMP and Numba limited to one thread); a P larger than
+the core count is oversubscribed, and a loaded machine inflates the spread: the output
+says so.
+
+Usage::
+
+    python experiments/bench_timeline.py [--procs 1 2] [--repeats R] [--epochs E]
+        [--workloads logreg mlp] [--quick] [--out FILE]
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from mpigd.record import read_run
+from mpigd.run.timeline import TimelineHook
+from mpigd.timing import PHASES, PhaseTimer
+
+WORK = Path("build/bench")
+TEST_FRACTION = 0.1
+BATCH_SIZE = 512
+#: The overhead allowed: the timeline on must cost at most this share of the epoch time.
+BUDGET = 0.02
+RUN_TIMEOUT_S = 900
+#: Environment variables that set the thread counts of BLAS, OpenMP and Numba.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+)
+#: A 1-minute load average above this before the runs means the machine was not idle.
+BUSY_LOAD = 0.5
+#: name -> (``data synth`` options, ``train`` options) of each workload.
+WORKLOADS = {
+    "logreg": (
+        {"task": "binary", "train_rows": 200_000, "features": 100},
+        {"model": "logreg", "optimizer": "sgd", "lr": 0.05},
+    ),
+    "mlp": (
+        {"task": "multiclass", "train_rows": 50_000, "features": 100, "classes": 10},
+        {"model": "mlp", "hidden": "256,256", "optimizer": "sgd", "lr": 0.05},
+    ),
+}
+MODES = ("off", "on")
+#: Calls per timed loop, and timed loops of each kind, of the recording costs.
+COST_CALLS = 20_000
+COST_REPEATS = 15
+
+
+def parse_args(argv=None):
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="rank counts")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per mode (5)")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per run (4)")
+    parser.add_argument(
+        "--workloads", nargs="+", choices=sorted(WORKLOADS), default=list(WORKLOADS)
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2 epochs, 2 repeats: a smoke run, no verdict"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("results/bench_timeline.json"), help="result file"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.repeats = 2, 2
+    args.procs = sorted(set(args.procs))
+    return args
+
+
+def flags(**options):
+    """Command-line options ``--name value`` (underscores in names become dashes)."""
+    return [
+        arg
+        for name, value in options.items()
+        for arg in (f"--{name.replace('_', '-')}", str(value))
+    ]
+
+
+def total_rows(train_rows):
+    """Rows to ask ``data synth`` for so that its train split has exactly ``train_rows``."""
+    rows = round(train_rows / (1 - TEST_FRACTION))
+    while rows - round(TEST_FRACTION * rows) > train_rows:
+        rows -= 1
+    while rows - round(TEST_FRACTION * rows) < train_rows:
+        rows += 1
+    return rows
+
+
+def ensure_dataset(synth):
+    """The cached synthetic dataset's directory (with ``train/`` and ``test/``), made once."""
+    synth = dict(synth)
+    train_rows = synth.pop("train_rows")
+    out = WORK / f"synth-{synth['task']}-{train_rows}x{synth['features']}"
+    if not (out / "train").is_dir():
+        options = flags(**synth, rows=total_rows(train_rows), shards=4,
+                        test_fraction=TEST_FRACTION, seed=1, out=out)  # fmt: skip
+        command = [sys.executable, "-m", "mpigd", "data", "synth", *options]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def mpirun():
+    """The ``mpirun`` next to this Python (the virtual environment's), else on PATH."""
+    local = Path(sys.executable).parent / "mpirun"
+    return str(local) if local.exists() else shutil.which("mpirun") or "mpirun"
+
+
+def one_thread_env():
+    """This environment with BLAS, OpenMP and Numba limited to one thread per rank."""
+    return {**os.environ, **dict.fromkeys(THREAD_VARIABLES, "1")}
+
+
+def train(workload, procs, mode, repeat, data, args):
+    """One run of ``workload`` on ``procs`` ranks with the timeline ``mode``; its run dir."""
+    run_dir = WORK / "timeline" / f"{workload}-P{procs}-{mode}" / f"r{repeat}"
+    options = flags(data=data / "train", test_data=data / "test", batch_size=BATCH_SIZE,
+                    epochs=args.epochs, **WORKLOADS[workload][1])  # fmt: skip
+    if mode == "on":
+        options.append("--timeline")
+    launch = [mpirun(), "-n", str(procs), sys.executable, "-m", "mpigd", "train"]
+    command = [*launch, *options, "--quiet", "--overwrite", "--out", str(run_dir)]
+    done = subprocess.run(
+        command, env=one_thread_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+    if done.returncode != 0:
+        raise SystemExit(
+            f"{' '.join(command)}\nfailed with status {done.returncode}:\n{done.stderr[-3000:]}"
+        )
+    return run_dir
+
+
+def epoch_times(run_dir):
+    """``time_s`` of every epoch of one run (seconds)."""
+    _, epochs = read_run(run_dir)
+    return [epoch["time_s"] for epoch in epochs]
+
+
+def recording_cost():
+    """Seconds that recording adds per phase block and per step mark, in this process.
+
+    ``COST_REPEATS`` loops of ``COST_CALLS`` calls of each kind, the kinds in turn: a
+    phase block with the trace attached, one without, and ``TimelineHook.before_step``.
+    Timed in CPU seconds of this process (``process_time``, which a loaded machine's
+    preemptions do not inflate); the phase cost is the median over the repeats of the
+    traced loop's time minus the untraced one's, the step mark's the median of its own.
+    """
+
+    def phase_loop(traced):
+        timer = PhaseTimer()
+        timer.trace = [] if traced else None
+        start = time.process_time()
+        for _ in range(COST_CALLS):
+            with timer.phase("comm", "Allreduce", 808):
+                pass
+        return (time.process_time() - start) / COST_CALLS
+
+    def step_loop():
+        hook, run = TimelineHook(), SimpleNamespace(state=SimpleNamespace(global_step=0, epoch=1))
+        start = time.process_time()
+        for _ in range(COST_CALLS):
+            hook.before_step(run)
+        return (time.process_time() - start) / COST_CALLS
+
+    loops = {"plain": lambda: phase_loop(False), "traced": lambda: phase_loop(True),
+             "step": step_loop}  # fmt: skip
+    times = {name: [] for name in loops}
+    for _ in range(COST_REPEATS):
+        for name, loop in loops.items():
+            times[name].append(loop())
+    added = [traced - plain for traced, plain in zip(times["traced"], times["plain"], strict=True)]
+    return {"phase_s": statistics.median(added), "step_mark_s": statistics.median(times["step"])}
+
+
+def trace_counts(run_dir, epochs):
+    """Phase blocks, step marks and all complete events of ``run_dir``'s trace, per rank
+    and epoch (the mean over ranks)."""
+    trace = json.loads((run_dir / "timeline.json").read_text())
+    events = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    per = trace["otherData"]["ranks"] * epochs
+    return {
+        "phases": sum(e["cat"] in PHASES for e in events) / per,
+        "steps": sum(e["cat"] == "step" for e in events) / per,
+        "events": len(events) / per,
+    }
+
+
+def summarize(workload, procs, runs, args, cost):
+    """One result row from ``runs[mode]``, the run directories of each mode in order, and
+    ``cost`` (:func:`recording_cost`)."""
+    times = {mode: [epoch_times(d) for d in runs[mode]] for mode in MODES}
+    median = {mode: statistics.median(t for run in times[mode] for t in run) for mode in MODES}
+    pairs = [
+        statistics.median(on) / statistics.median(off)
+        for off, on in zip(times["off"], times["on"], strict=True)
+    ]
+    ratio = median["on"] / median["off"]
+    counts = trace_counts(runs["on"][-1], args.epochs)
+    estimate = counts["phases"] * cost["phase_s"] + counts["steps"] * cost["step_mark_s"]
+    return {
+        "workload": workload,
+        "procs": procs,
+        "oversubscribed": procs > os.cpu_count(),
+        "repeats": len(pairs),
+        "epochs": args.epochs,
+        "epoch_s_off": median["off"],
+        "epoch_s_on": median["on"],
+        "ratio": ratio,
+        "ratio_pairs_min": min(pairs),
+        "ratio_pairs_median": statistics.median(pairs),
+        "ratio_pairs_max": max(pairs),
+        "ratio_pairs": pairs,
+        "events_per_rank_epoch": counts["events"],
+        "phases_per_rank_epoch": counts["phases"],
+        "steps_per_epoch": counts["steps"],
+        "estimated_overhead": estimate / median["off"],
+        "within_budget": ratio <= 1 + BUDGET,
+        "run_dirs": {mode: [str(d) for d in runs[mode]] for mode in MODES},
+    }
+
+
+def run_all(args, cost):
+    """Every workload, P and repeat, off and on in alternation; the result rows."""
+    rows = []
+    for workload in args.workloads:
+        data = ensure_dataset(WORKLOADS[workload][0])
+        for procs in args.procs:
+            runs = {mode: [] for mode in MODES}
+            for repeat in range(1, args.repeats + 1):
+                for mode in MODES if repeat % 2 else reversed(MODES):
+                    started = time.perf_counter()
+                    runs[mode].append(train(workload, procs, mode, repeat, data, args))
+                    seconds = time.perf_counter() - started
+                    print(f"  r{repeat} {workload} P={procs} timeline {mode:<3}: "
+                          f"{seconds:6.1f} s", flush=True)  # fmt: skip
+            rows.append(summarize(workload, procs, runs, args, cost))
+    return rows
+
+
+def format_table(rows):
+    """The results as a fixed-width text table."""
+    header = (
+        f"{'workload':<9}{'P':>2}{'off s/ep':>10}{'on s/ep':>10}{'on/off':>8}"
+        f"{'pairs min':>10}{'median':>8}{'max':>8}{'events/ep':>11}{'est.':>8}  within 2%"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['workload']:<9}{r['procs']:>2}{r['epoch_s_off']:>10.4f}{r['epoch_s_on']:>10.4f}"
+            f"{r['ratio']:>8.4f}{r['ratio_pairs_min']:>10.4f}{r['ratio_pairs_median']:>8.4f}"
+            f"{r['ratio_pairs_max']:>8.4f}{r['events_per_rank_epoch']:>11.0f}"
+            f"{r['estimated_overhead']:>8.2%}  "
+            f"{'yes' if r['within_budget'] else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
+def notes(args, load, cost):
+    """What the columns mean, and warnings about the measurement (``load``: before it)."""
+    lines = [
+        f"s/ep: median time_s over {args.repeats} runs x {args.epochs} epochs; on/off: their "
+        "ratio; pairs: the i-th run on over the i-th run off (medians over its epochs); "
+        "events/ep: trace events per rank and epoch",
+        f"est.: phase blocks x {cost['phase_s'] * 1e9:.0f} ns + steps x "
+        f"{cost['step_mark_s'] * 1e9:.0f} ns (recording costs measured in this process), "
+        "per epoch, over the median epoch time off",
+    ]
+    if args.quick:
+        lines.append("NOTE: --quick: too few repeats for a verdict")
+    if load > BUSY_LOAD:
+        lines.append(
+            f"NOTE: load average {load:.1f} before the runs: other processes share the cores "
+            "and widen the spread"
+        )
+    crowded = [p for p in args.procs if p > os.cpu_count()]
+    if crowded:
+        lines.append(
+            f"NOTE: P={', '.join(map(str, crowded))} on {os.cpu_count()} cores is "
+            "oversubscribed: ranks share cores"
+        )
+    return lines
+
+
+def environment(args, rows, load, cost):
+    """Provenance and parameters of the measurement."""
+    info, _ = read_run(rows[0]["run_dirs"]["off"][0])
+    return {
+        "procs": args.procs,
+        "repeats": args.repeats,
+        "epochs": args.epochs,
+        "batch_size": BATCH_SIZE,
+        "workloads": {name: WORKLOADS[name] for name in args.workloads},
+        "budget": BUDGET,
+        "recording_cost_s": cost,
+        "quick": args.quick,
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load,
+        "load_average_after": os.getloadavg()[0],
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "mpi_library": info["mpi_library"],
+        "versions": info["versions"],
+        "git_commit": info["git_commit"],
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def main(argv=None):
+    """Run the benchmark, print the table, write the JSON record."""
+    args = parse_args(argv)
+    load = os.getloadavg()[0]
+    runs = len(args.workloads) * len(args.procs) * len(MODES) * args.repeats
+    cost = recording_cost()
+    print(f"{runs} runs:", flush=True)
+    rows = run_all(args, cost)
+    print(format_table(rows))
+    for line in notes(args, load, cost):
+        print(line)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"benchmark": "timeline", "environment": environment(args, rows, load, cost),
+              "results": rows}  # fmt: skip
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
