@@ -17,15 +17,21 @@ records (``metrics.jsonl`` through :func:`mpigd.record.read_run`, and the trace 
 never from console output. Per workload and P it prints the median epoch time
 (``time_s``, over all epochs of all repeats) off and on, their ratio, the spread of the
 ratio over the repeat pairs (the i-th run on over the i-th run off, each a median over
-its epochs: min, median, max), the trace's events per epoch, and whether the overhead
-is within the budget of 2% of the epoch time. It also writes ``results/bench_timeline.json``.
+its epochs: min, median, max), the trace's events per epoch, and whether the ratio is
+within the budget of 2% of the epoch time. It also writes ``results/bench_timeline.json``.
 
-A difference of 2% between two medians needs a quiet machine. So the script also
-measures, in this process, what recording adds per phase block (a traced ``with
-timer.phase(...)`` against an untraced one) and per step mark (``before_step``), each
-the fastest of several repeats, and gives the estimate: the phase blocks and steps per
-epoch (counted in the trace) at those costs, as a share of the median epoch time off.
-The estimate leaves out cache effects of the growing record list; the ratio does not.
+A difference of 2% between two medians needs a quiet machine; on a shared one the
+kernels' times swing by tens of percent from run to run. Two figures are steadier:
+
+- ``est.``: what recording adds per phase block (a traced ``with timer.phase(...)``
+  against an untraced one) and per step mark (``before_step``), measured in this
+  process in CPU seconds (:func:`recording_cost`), times the phase blocks and steps per
+  epoch counted in the trace, over the median epoch time off. It leaves out cache
+  effects of the growing record list, which the ratio includes.
+- ``unbooked``: the change of the median time that no phase holds (``time_s -
+  compute_s - comm_s - io_s - eval_s``), over the median epoch time off. Recording a
+  top-level phase or a step mark lands there (a nested phase's record lands in its
+  parent), while the kernels' share of the load noise stays out.
 
 One MPI rank is one core (BLAS, OpenMP and Numba limited to one thread); a P larger than
 the core count is oversubscribed, and a loaded machine inflates the spread: the output
@@ -170,9 +176,11 @@ def train(workload, procs, mode, repeat, data, args):
 
 
 def epoch_times(run_dir):
-    """``time_s`` of every epoch of one run (seconds)."""
+    """``time_s`` of every epoch of one run, and the part of it booked to no phase:
+    ``time_s - compute_s - comm_s - io_s - eval_s`` (seconds)."""
     _, epochs = read_run(run_dir)
-    return [epoch["time_s"] for epoch in epochs]
+    booked = ("compute_s", "comm_s", "io_s", "eval_s")
+    return [(e["time_s"], e["time_s"] - sum(e[key] for key in booked)) for e in epochs]
 
 
 def recording_cost():
@@ -227,11 +235,14 @@ def trace_counts(run_dir, epochs):
 def summarize(workload, procs, runs, args, cost):
     """One result row from ``runs[mode]``, the run directories of each mode in order, and
     ``cost`` (:func:`recording_cost`)."""
-    times = {mode: [epoch_times(d) for d in runs[mode]] for mode in MODES}
-    median = {mode: statistics.median(t for run in times[mode] for t in run) for mode in MODES}
+    epochs = {mode: [epoch_times(d) for d in runs[mode]] for mode in MODES}
+    median, unbooked = {}, {}
+    for mode in MODES:
+        median[mode] = statistics.median(t for run in epochs[mode] for t, _ in run)
+        unbooked[mode] = statistics.median(u for run in epochs[mode] for _, u in run)
     pairs = [
-        statistics.median(on) / statistics.median(off)
-        for off, on in zip(times["off"], times["on"], strict=True)
+        statistics.median(t for t, _ in on) / statistics.median(t for t, _ in off)
+        for off, on in zip(epochs["off"], epochs["on"], strict=True)
     ]
     ratio = median["on"] / median["off"]
     counts = trace_counts(runs["on"][-1], args.epochs)
@@ -253,6 +264,9 @@ def summarize(workload, procs, runs, args, cost):
         "phases_per_rank_epoch": counts["phases"],
         "steps_per_epoch": counts["steps"],
         "estimated_overhead": estimate / median["off"],
+        "unbooked_s_off": unbooked["off"],
+        "unbooked_s_on": unbooked["on"],
+        "unbooked_increase": (unbooked["on"] - unbooked["off"]) / median["off"],
         "within_budget": ratio <= 1 + BUDGET,
         "run_dirs": {mode: [str(d) for d in runs[mode]] for mode in MODES},
     }
@@ -280,7 +294,8 @@ def format_table(rows):
     """The results as a fixed-width text table."""
     header = (
         f"{'workload':<9}{'P':>2}{'off s/ep':>10}{'on s/ep':>10}{'on/off':>8}"
-        f"{'pairs min':>10}{'median':>8}{'max':>8}{'events/ep':>11}{'est.':>8}  within 2%"
+        f"{'pairs min':>10}{'median':>8}{'max':>8}{'events/ep':>11}{'est.':>8}"
+        f"{'unbooked':>10}  within 2%"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -288,7 +303,7 @@ def format_table(rows):
             f"{r['workload']:<9}{r['procs']:>2}{r['epoch_s_off']:>10.4f}{r['epoch_s_on']:>10.4f}"
             f"{r['ratio']:>8.4f}{r['ratio_pairs_min']:>10.4f}{r['ratio_pairs_median']:>8.4f}"
             f"{r['ratio_pairs_max']:>8.4f}{r['events_per_rank_epoch']:>11.0f}"
-            f"{r['estimated_overhead']:>8.2%}  "
+            f"{r['estimated_overhead']:>8.2%}{r['unbooked_increase']:>+10.2%}  "
             f"{'yes' if r['within_budget'] else 'NO'}"
         )
     return "\n".join(lines)
@@ -303,6 +318,9 @@ def notes(args, load, cost):
         f"est.: phase blocks x {cost['phase_s'] * 1e9:.0f} ns + steps x "
         f"{cost['step_mark_s'] * 1e9:.0f} ns (recording costs measured in this process), "
         "per epoch, over the median epoch time off",
+        "unbooked: the change of the median time booked to no phase (time_s - compute - comm "
+        "- io - eval, where recording a top-level phase or a step lands), over the median "
+        "epoch time off: the kernels' share of the load noise left out",
     ]
     if args.quick:
         lines.append("NOTE: --quick: too few repeats for a verdict")

@@ -66,7 +66,10 @@ POINT_TO_POINT = frozenset({"Send", "Recv", "Isend", "Irecv", "Ssend", "Sendrecv
 class TimelineHook(Hook):
     """Records this rank's phases, spans, steps and epochs; writes the trace at the end.
 
-    Every rank holds one; rank 0 alone merges and writes ``timeline.json``.
+    Every rank holds one; rank 0 alone merges and writes ``timeline.json``. It marks a
+    step's start in ``before_step``, so it belongs after the hooks that checkpoint there
+    (:class:`~mpigd.run.hooks.CheckpointPolicy`): their checkpoint then lies between two
+    steps, not at the head of the next.
     """
 
     def __init__(self) -> None:
