@@ -143,11 +143,21 @@ def abort_hook(hook: Callable[[str], None]) -> Iterator[None]:
 
 
 def abort(info: RankInfo, message: str, status: int = EXIT_ABORT) -> None:
-    """Print ``message`` with this rank's name, run the abort hooks, end every rank."""
-    print(f"mpigd: rank {info.rank} of {info.size} failed: {message}", file=sys.stderr, flush=True)
-    for hook in _abort_hooks:
-        hook(f"rank {info.rank} of {info.size} failed: {message}")
-    info.comm.Abort(status)
+    """Print ``message`` with this rank's name, run the abort hooks, end every rank.
+
+    The hooks are best effort: one that fails is reported and the job is aborted all
+    the same (a peer may be waiting in a collective that this rank will never join).
+    """
+    described = f"rank {info.rank} of {info.size} failed: {message}"
+    print(f"mpigd: {described}", file=sys.stderr, flush=True)
+    try:
+        for hook in list(_abort_hooks):
+            try:
+                hook(described)
+            except BaseException as exc:  # noqa: BLE001 - the abort must happen
+                print(f"mpigd: an abort hook failed: {_describe(exc)}", file=sys.stderr)
+    finally:
+        info.comm.Abort(status)
 
 
 def run_guarded(main: Callable[[], int | None], rank_info: RankInfo | None = None) -> int:

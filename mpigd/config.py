@@ -361,7 +361,7 @@ class TrainConfig:
         return [f.name for f in fields(cls)]
 
     def trajectory_fingerprint(self) -> dict:
-        """``{name: value}`` of exactly the options that decide this run's trajectory.
+        """``{name: value}`` of the options that can change this run's trajectory.
 
         A checkpoint stores it, and ``--resume`` refuses a checkpoint whose fingerprint
         differs: continuing it under other values would give neither run's result. Which
@@ -404,6 +404,12 @@ class Options(types.SimpleNamespace):
 
     def __delattr__(self, name):
         raise AttributeError(f"options are read-only: cannot delete {name!r}")
+
+
+def default_of(name: str):
+    """The default value of option ``name`` (a fresh copy for list defaults)."""
+    spec = next(spec for spec in fields(TrainConfig) if spec.name == name)
+    return spec.default_factory() if spec.default is MISSING else spec.default
 
 
 def _decides_trajectory(spec, config: TrainConfig) -> bool:

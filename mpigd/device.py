@@ -25,6 +25,7 @@ import ctypes
 import os
 
 from mpigd import comm as mpi
+from mpigd.errors import ConfigError
 
 #: How gradients reach MPI with the cupy backend (recorded in run.json).
 COMMUNICATION = "host (gradients copied to pinned host memory before MPI)"
@@ -110,7 +111,10 @@ def place(comm, backend) -> dict | None:
     local_rank, local_size = mpi.node_local_rank(comm)
 
     def use() -> dict:
-        index = choose_device(local_rank, backend.device_count())
+        try:
+            index = choose_device(local_rank, backend.device_count())
+        except ValueError as exc:  # no device: the job's set-up, not a bug
+            raise ConfigError(f"--backend {backend.name}: {exc}") from exc
         return backend.use_device(index)
 
     mine = mpi.collectively(comm, use)

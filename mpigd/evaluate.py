@@ -61,9 +61,8 @@ def evaluate_run(
     this data (class-weighted mean loss as in training, plus the L2 term).
     """
     from mpigd.comm import world
-    from mpigd.objective import LocalObjective
+    from mpigd.objective import l2_term
     from mpigd.run.loading import load_local_rows
-    from mpigd.timing import PhaseTimer
 
     ranks = ranks or world()
     params, info, model = collectively(ranks.comm, lambda: _load_model(run_dir, backend_name))
@@ -71,14 +70,13 @@ def evaluate_run(
     collectively(ranks.comm, lambda: _check_data(data_info, info, data_path, run_dir))
     metrics = evaluate(model, rows.X, rows.y, params, ranks)
     weights = info.get("class_weights")
-    if weights is None:  # the unweighted loss sum is the one just computed
-        loss_sums = np.array([metrics["loss"] * metrics["rows"], metrics["rows"]])
-    else:
+    if weights is not None:
         row_weights = np.asarray(weights)[rows.y] if len(rows.y) else None
         weighted = sum_across(ranks.comm, local_sums(model, rows.X, rows.y, params, row_weights))
-        loss_sums = weighted[[_LOSS, _ROWS]]
-    objective = LocalObjective(model, rows.X, rows.y, None, info["l2"], PhaseTimer())
-    metrics["objective"] = objective.loss_value(loss_sums, params)
+        data_loss = weighted[_LOSS] / weighted[_ROWS]
+    else:
+        data_loss = metrics["loss"]
+    metrics["objective"] = data_loss + l2_term(params * model.reg_mask, info["l2"])
     return {"model": info["model"], "data": data_path, **metrics}
 
 

@@ -170,7 +170,12 @@ class LocalObjective:
         """(l2/2)·||w||² summed over the ranks sharing the parameters, and w: the
         penalised entries of ``params`` (intercepts zeroed), in a scratch buffer."""
         weights = np.multiply(params, self.reg_mask, out=self._weights)
-        return self.penalty_sum(0.5 * self.l2 * float(weights @ weights)), weights
+        return self.penalty_sum(l2_term(weights, self.l2)), weights
+
+
+def l2_term(weights: np.ndarray, l2: float) -> float:
+    """The objective's penalty (l2/2)·||w||² of the penalised entries ``weights``."""
+    return 0.5 * l2 * float(weights @ weights)
 
 
 def memoize_last(closure):

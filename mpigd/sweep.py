@@ -98,9 +98,7 @@ def group_of(rank: int, size: int, groups: int) -> int:
     return rank * groups // size
 
 
-def run_sweep(
-    world: RankInfo, grid_path: str, out: str, groups: int = 1, hooks=()
-) -> list[dict]:
+def run_sweep(world: RankInfo, grid_path: str, out: str, groups: int = 1, hooks=()) -> list[dict]:
     """Collective on ``world``: train every config; return the table (on every rank).
 
     World rank 0 writes ``sweep.csv`` and ``sweep.json``. Raises ``Preempted`` on every

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def write_h5(path, X, y, task, n_classes=None, **attrs) -> Path:
-    """One dataset file in the dataset format of docs/architecture.md (no validation: tests write bad ones too)."""
+    """One dataset file in the format of docs/architecture.md (no validation: tests write
+    bad ones too)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as handle:

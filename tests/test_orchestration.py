@@ -10,13 +10,14 @@ import subprocess
 import threading
 from pathlib import Path
 
+import h5py
 import pytest
 from helpers import REPO, make_problem, mpirun_command, write_h5
 
 from mpigd import comm, preemption
 from mpigd.config import TrainConfig
-from mpigd.errors import CollectiveError
-from mpigd.run import train
+from mpigd.errors import AgreedError, CollectiveError
+from mpigd.run import Hook, train
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,6 +63,40 @@ def test_a_resume_that_changes_only_other_options_continues(binary, tmp_path):
                       checkpoint_every=1, tol=1e-3))  # fmt: skip
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["status"] == "completed" and run["resumed_from"]["epoch"] == 2
+
+
+def test_a_checkpoint_from_before_an_option_was_fingerprinted_still_resumes(binary, tmp_path):
+    """Its run used the option's default, and the resume is no other trajectory."""
+    train(base_config(binary, tmp_path / "run"))
+    with h5py.File(tmp_path / "run" / "checkpoint.h5", "r+") as handle:
+        saved = json.loads(handle.attrs["config"])
+        for key in ("sync_every", "max_staleness", "server_computes", "accumulate"):
+            del saved[key]
+        handle.attrs["config"] = json.dumps(saved)
+    train(base_config(binary, tmp_path / "run", resume=True, epochs=2))
+    with pytest.raises(CollectiveError, match="config sync_every: checkpoint 8, now 4"):
+        train(base_config(binary, tmp_path / "run", resume=True, sync_every=4))
+
+
+class FailsAtTheEnd(Hook):
+    def run_ended(self, run, status):
+        raise AgreedError("the hook could not write its file")
+
+
+def test_a_hook_failing_at_the_end_fails_the_run_and_says_why(binary, tmp_path):
+    with pytest.raises(AgreedError):
+        train(base_config(binary, tmp_path / "run"), hooks=[FailsAtTheEnd()])
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "failed" and "could not write" in record["stop_reason"]
+    assert not (tmp_path / "run" / "model.h5").exists()
+
+
+def test_local_sgd_refuses_a_convergence_test_it_cannot_agree_on(binary, tmp_path):
+    for options in ({"tol": 1e-3, "batch_size": None, "optimizer": "gd"},
+                    {"optimizer": "lbfgs", "batch_size": None}):  # fmt: skip
+        with pytest.raises(CollectiveError, match="local-sgd: each rank's optimiser"):
+            train(base_config(binary, tmp_path / "run", strategy="local-sgd", overwrite=True,
+                              lr_schedule="constant", **options))  # fmt: skip
 
 
 def test_a_run_leaves_no_process_state_behind(binary, tmp_path):
@@ -112,6 +147,25 @@ ranks = comm.world()
 raise SystemExit(comm.run_guarded(
     lambda: run_sweep(ranks, {grid!r}, {out!r}, hooks=[CrashInConfig()]) and 0, ranks))
 """
+
+
+def test_a_failing_abort_hook_still_ends_the_job():
+    script = (
+        "from mpigd import comm\n"
+        "ranks = comm.world()\n"
+        "def broken(message):\n"
+        "    raise OSError('disk gone')\n"
+        "def main():\n"
+        "    with comm.abort_hook(broken):\n"
+        "        if ranks.rank == 1:\n"
+        "            raise RuntimeError('bug')\n"
+        "        comm.barrier(ranks.comm)\n"
+        "raise SystemExit(comm.run_guarded(main, ranks))\n"
+    )
+    result = subprocess.run(mpirun_command(2)[:-2] + ["-c", script], capture_output=True,
+                            text=True, timeout=60, cwd=REPO)  # fmt: skip
+    assert result.returncode == comm.EXIT_ABORT, result.stderr
+    assert "an abort hook failed: OSError: disk gone" in result.stderr
 
 
 def test_a_sweep_whose_config_aborts_leaves_the_earlier_configs_completed(binary, tmp_path):

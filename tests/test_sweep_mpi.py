@@ -126,18 +126,23 @@ def test_collect_and_list_read_what_a_sweep_left(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "options, groups",
-    [("", "2"), ('strategy = "ps-async"\noptimizer = "sgd"\nbatch_size = 20\n', "1")],
+    "n_ranks, options, groups",
+    [
+        (2, "", "2"),
+        (3, 'strategy = "ps-async"\noptimizer = "sgd"\nbatch_size = 20\n', "1"),
+    ],
     ids=["allreduce", "ps-async"],
 )
-def test_a_diverging_config_is_a_failed_row_not_a_failed_sweep(options, groups, tmp_path):
-    """Divergence is agreed by every strategy, the asynchronous server's included."""
+def test_a_diverging_config_is_a_failed_row_not_a_failed_sweep(n_ranks, options, groups, tmp_path):
+    """Divergence is agreed by every strategy: the asynchronous server's too, with two
+    workers, one of them halted while the other's gradient is still in flight."""
     X, y = make_problem("regression", n_rows=60, d=3)
     data = write_h5(tmp_path / "reg.h5", 1e3 * X, y, "regression")
     grid = tmp_path / "grid.toml"
     grid.write_text(f'data = "{data}"\nmodel = "linreg"\nepochs = 30\n{options}'
                     "[grid]\nlr = [1e-7, 10.0]\n")  # fmt: skip
-    result = run_mpigd(2, "sweep", str(grid), "--groups", groups, "--out", str(tmp_path / "s"))
+    result = run_mpigd(n_ranks, "sweep", str(grid), "--groups", groups, "--out",
+                       str(tmp_path / "s"))  # fmt: skip
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "s" / "sweep.json").read_text())
     assert [row["status"] for row in saved["configs"]] == ["completed", "failed"]

@@ -45,15 +45,18 @@ def train(config, ranks: mpi.RankInfo | None = None, hooks=()) -> dict:
 
     ``hooks`` are added after the default ones (tests add faults or observers). What
     the run registers with the process (stop-signal handlers, the abort hook) is
-    removed when it returns or raises.
+    removed when it returns or raises; the abort hook only once the run directory is
+    this run's, so that an abort before cannot mark a previous run's record.
     """
     from mpigd.run.loop import run_to_end
-    from mpigd.run.setup import set_up
+    from mpigd.run.setup import claim_run_directory, set_up
 
     ranks = ranks or mpi.world()
     run_hooks = Hooks([*default_hooks(config), *hooks])
-    with preemption.listening(), mpi.abort_hook(run_hooks.aborting):
-        return run_to_end(set_up(config, ranks, run_hooks))
+    with preemption.listening():
+        record = claim_run_directory(config, ranks)
+        with mpi.abort_hook(run_hooks.aborting):
+            return run_to_end(set_up(config, ranks, run_hooks, record))
 
 
 __all__ = ["Hook", "default_hooks", "train"]

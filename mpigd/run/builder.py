@@ -27,7 +27,6 @@ class RunParts:
     strategy: Strategy
     optimizer: Optimizer
     params: np.ndarray
-    steps_per_epoch: int
 
 
 def build_parts(config, layout, ranks, backend, info, rows, timer, hooks) -> RunParts:
@@ -61,4 +60,4 @@ def build_parts(config, layout, ranks, backend, info, rows, timer, hooks) -> Run
     )
     optimizer = create_optimizer(config.optimizer, model.n_params, schedule, config)
     params = model.init_params(np.random.default_rng(config.seed))
-    return RunParts(model, objective, strategy, optimizer, params, steps)
+    return RunParts(model, objective, strategy, optimizer, params)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpigd import comm as mpi
+from mpigd.config import default_of
 from mpigd.errors import ConfigError, MpigdError
 from mpigd.record import checkpoint_file
 from mpigd.record.checkpoint_file import Checkpoint
@@ -25,10 +26,17 @@ def save(run) -> None:
     ``run.state`` says where: ``epochs_done`` epochs complete and ``step_in_epoch`` steps
     into the next. A second call at the same global step writes nothing.
     """
-    state, parts, ranks = run.state, run.parts, run.ranks
+    state = run.state
     if state.global_step == state.last_checkpoint_step:
         return
     state.last_checkpoint_step = state.global_step
+    with run.timer.span("checkpoint", step=state.global_step):
+        _gather_and_write(run)
+
+
+def _gather_and_write(run) -> None:
+    """:func:`save`'s work: gather the whole state to rank 0, which writes; agree."""
+    state, parts, ranks = run.state, run.parts, run.ranks
     params = parts.strategy.full_vector(parts.params)
     optimizer_state = {  # whole vectors (a split model's parts gathered); scalars as they are
         key: parts.strategy.full_vector(value) if isinstance(value, np.ndarray) else value
@@ -121,9 +129,11 @@ def _resume_notes(checkpoint: Checkpoint, size: int) -> list[str]:
 def _refuse_mismatch(checkpoint: Checkpoint, run) -> None:
     """ConfigError if the checkpoint belongs to another config or dataset, unless forced."""
     config = run.config
-    found = checkpoint_file.mismatches(
-        checkpoint, checkpoint_file.config_fingerprint(config), run.data_fingerprint
-    )
+    current = checkpoint_file.config_fingerprint(config)
+    # A checkpoint written before an option was fingerprinted ran with its default.
+    saved = {key: default_of(key) for key in current.keys() - checkpoint.config.keys()}
+    checkpoint.config = {**saved, **checkpoint.config}
+    found = checkpoint_file.mismatches(checkpoint, current, run.data_fingerprint)
     if found and not config.force_resume:
         raise ConfigError(
             f"{config.out}/{checkpoint_file.CHECKPOINT_FILE} was written for another run ("

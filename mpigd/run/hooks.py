@@ -14,10 +14,13 @@ state, record) first. Where a method is called:
 method                     called
 =========================  ==============================================================
 ``run_started(run)``       every rank, once set-up has succeeded, before the first epoch
-``before_step(run)``       every rank, before each optimiser step; ``run.state.global_step``
-                           is the index of the step about to be taken (from 0, whole run)
+``before_step(run)``       every rank, before each of its optimiser steps;
+                           ``run.state.global_step`` is the index of the step about to
+                           be taken (from 0, whole run). An asynchronous server calls it
+                           for all of an epoch's steps at the epoch's start
 ``epoch_ended(run, row)``  every rank, after each completed epoch; ``row`` is its
-                           metrics line (the same on every rank)
+                           metrics line as this rank computed it (rank 0's is the one
+                           written; times and server-only fields differ across ranks)
 ``before_checkpoint_``     rank 0, between writing (and fsyncing) the temporary
 ``rename(run)``            checkpoint file and renaming it over ``checkpoint.h5``
 ``gradient_applied(run,``  the server of an asynchronous strategy, after applying the

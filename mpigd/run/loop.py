@@ -95,25 +95,37 @@ def run_to_end(run: Run) -> dict:
     """Collective: the epochs, then model.h5 and the final run.json; the summary.
 
     The run ends ``completed``, ``preempted`` (an agreed stop: exit 75) or ``failed``
-    (an error); the hooks' ``run_ended`` runs when the ranks end together.
+    (an error). When the ranks end together the hooks' ``run_ended`` runs first, then
+    rank 0 writes model.h5 (completed runs only) and the final run.json, whatever the
+    hooks did: a hook failing at the end fails the run, with the reason recorded.
     """
-    record = run.record
-    run.hooks.run_started()
+    hooks_ended = False
     try:
+        run.hooks.run_started()
         summary = _epochs(run)
+        whole = run.parts.strategy.full_vector(run.parts.params)
+        hooks_ended = True
+        run.hooks.run_ended("completed")
     except MpigdError as exc:
-        status = "preempted" if isinstance(exc, Preempted) else "failed"
-        if isinstance(exc, CollectiveError):
-            run.hooks.run_ended(status)
-        if record:
-            record.finish(status, stop_reason=str(exc))
+        _end_early(run, exc, call_hooks=not hooks_ended)
         raise
-    whole = run.parts.strategy.full_vector(run.parts.params)
-    run.hooks.run_ended("completed")
-    if record:
-        record.save_model(whole, run.model_info)
-        record.finish("completed", **summary)
+    if run.record:
+        run.record.save_model(whole, run.model_info)
+        run.record.finish("completed", **summary)
     return summary
+
+
+def _end_early(run: Run, exc: MpigdError, call_hooks: bool) -> None:
+    """Record a run cut short by ``exc``: the hooks' ``run_ended`` if every rank is here
+    (an agreed error) and they have not run yet, then run.json ``preempted`` or
+    ``failed`` on rank 0."""
+    status = "preempted" if isinstance(exc, Preempted) else "failed"
+    try:
+        if call_hooks and isinstance(exc, CollectiveError):
+            run.hooks.run_ended(status)
+    finally:
+        if run.record:
+            run.record.finish(status, stop_reason=str(exc))
 
 
 def _epochs(run: Run) -> dict:
@@ -124,9 +136,12 @@ def _epochs(run: Run) -> dict:
         try:
             row = _epoch(run, epoch)
         except DivergenceError as exc:
+            where = f"at epoch {epoch}"
+            if parts.strategy.steps_in_lockstep:
+                where += f", step {state.global_step}"
             raise DivergenceError(
-                f"training diverged at epoch {epoch}, step {state.global_step}: {exc}; "
-                f"the last good checkpoint is kept; try a smaller --lr (now {config.lr})"
+                f"training diverged {where}: {exc}; the last good checkpoint is kept; "
+                f"try a smaller --lr (now {config.lr})"
             ) from exc
         if row is None:  # cut short at a step boundary by an agreed stop signal
             run.save_checkpoint()
@@ -197,9 +212,10 @@ def _train_loss(run: Run, grad: np.ndarray) -> float:
     """Collective: f over all training rows. Full batch: the memoised pass, which also
     fills ``grad`` and which the next step reuses; mini-batches: the loss alone."""
     strategy, params = run.parts.strategy, run.parts.params
-    if run.config.batch_size is None:
-        return strategy.full_closure(params, grad)
-    return strategy.full_loss(params)
+    with run.timer.span("train_loss"):
+        if run.config.batch_size is None:
+            return strategy.full_closure(params, grad)
+        return strategy.full_loss(params)
 
 
 def _preempted_message(run: Run, epoch: int) -> str:

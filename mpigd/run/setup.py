@@ -35,13 +35,13 @@ from mpigd.run.state import RunState
 from mpigd.timing import PhaseTimer
 
 
-def set_up(config, ranks: mpi.RankInfo, hooks) -> Run:
+def set_up(config, ranks: mpi.RankInfo, hooks, record: RunRecord | None) -> Run:
     """Collective: the :class:`~mpigd.run.loop.Run`, ready for its first epoch.
 
-    On an agreed failure after the run directory was claimed, rank 0 records the run
-    as ``failed`` with the reason before the error propagates.
+    ``record`` is the run directory :func:`claim_run_directory` claimed (rank 0; None
+    elsewhere). On an agreed failure, rank 0 records the run as ``failed`` with the
+    reason before the error propagates.
     """
-    record = _claim_run_directory(config, ranks)
     try:
         return _build_run(config, ranks, hooks, record)
     except MpigdError as exc:
@@ -76,12 +76,13 @@ def _build_run(config, ranks, hooks, record) -> Run:
     )  # fmt: skip
     hooks.bind(run)
     resumed = checkpointing.resume(run) if config.resume else None
-    _start_record(run, gpu, warmup_s, resumed)
+    _start_record(run, gpu, warmup_s, resumed, layout.name)
     return run
 
 
-def _claim_run_directory(config, ranks) -> RunRecord | None:
-    """Collective: rank 0 claims the run directory (see RunRecord.prepare)."""
+def claim_run_directory(config, ranks) -> RunRecord | None:
+    """Collective: rank 0 claims the run directory (see RunRecord.prepare); its writer
+    on rank 0, None elsewhere. Step 1 of the set-up, before anything else can fail."""
 
     def prepare() -> RunRecord | None:
         if not ranks.is_root:
@@ -94,6 +95,18 @@ def _claim_run_directory(config, ranks) -> RunRecord | None:
         return record
 
     return mpi.collectively(ranks.comm, prepare)
+
+
+def _fitting(work):
+    """``work()``, with running out of memory (host or GPU: CuPy's OutOfMemoryError is
+    a MemoryError) reported as the user error it is: too many rows per rank."""
+    try:
+        return work()
+    except MemoryError as exc:
+        raise ConfigError(
+            f"out of memory holding this rank's rows and model ({type(exc).__name__}: "
+            f"{exc}); use more ranks or a smaller --batch-size/--hidden"
+        ) from exc
 
 
 def _configure(config, size: int):
@@ -114,7 +127,7 @@ def _load(config, ranks, share, backend) -> RunData:
             config.test_data, ranks, every_rank_needs_rows=False, share=share
         )
         mpi.collectively(comm, lambda: _check_compatible(info, test_info))
-        test_X = mpi.collectively(comm, lambda: backend.to_device(test.X))
+        test_X = mpi.collectively(comm, lambda: _fitting(lambda: backend.to_device(test.X)))
     mpi.collectively(comm, lambda: _check_class_weight(config, info))
     return RunData(info, rows, test, test_X, (start, time.perf_counter()))
 
@@ -138,7 +151,7 @@ def _balance_classes(config, parts, data, backend, comm) -> list | None:
             missing = np.flatnonzero(counts == 0).tolist()
             raise DataError(f"classes {missing} have no training rows; "
                             "--class-weight balanced needs every class present")  # fmt: skip
-        return backend.to_device(class_weights(counts, info.n_rows)[labels])
+        return _fitting(lambda: backend.to_device(class_weights(counts, info.n_rows)[labels]))
 
     parts.objective.sample_weight = mpi.collectively(comm, row_weights)
     return class_weights(counts, info.n_rows).tolist()
@@ -178,7 +191,7 @@ def _model_info(config, info, model, class_weight_values) -> dict:
     }
 
 
-def _start_record(run, gpu, warmup_s: float, resumed: dict | None) -> None:
+def _start_record(run, gpu, warmup_s: float, resumed: dict | None, layout: str) -> None:
     """Collective: rank 0 writes the full run.json once set-up has succeeded."""
     places = mpi.rank_places(run.ranks.comm)
 
@@ -187,7 +200,8 @@ def _start_record(run, gpu, warmup_s: float, resumed: dict | None) -> None:
             return
         config = run.config
         info = describe_run(config, run.ranks, places, run.data.info, run.model_info, gpu=gpu)
-        info.update(load_s=run.data.load_s, warmup_s=warmup_s, resumed_from=resumed)
+        info.update(layout=layout, load_s=run.data.load_s, warmup_s=warmup_s,
+                    resumed_from=resumed)  # fmt: skip
         try:
             run.record.start(info, keep_epochs=resumed["epoch"] if resumed else None)
         except OSError as exc:

@@ -1,11 +1,13 @@
 """Where a run is: the small record the loop, the checkpoints and the hooks share.
 
 The same on every rank. Order of updates in one epoch ``e`` (:mod:`mpigd.run.loop`):
-``epoch`` is set to ``e`` before its first step; before each step the hooks see
-``global_step`` as the index of the step about to be taken, then it is incremented;
-``step_in_epoch`` counts the steps taken in ``e`` once the strategy returns (it is read
-only after that: by a checkpoint that a stop signal cuts the epoch short for, and by
-the metrics line).
+``epoch`` is set to ``e`` before its first step; before each step ``step_in_epoch`` is
+set to the steps of ``e`` already taken, the hooks run (a step checkpoint records
+``epochs_done`` and ``step_in_epoch``) with ``global_step`` the index of the step about
+to be taken, then ``global_step`` is incremented; once the strategy returns,
+``step_in_epoch`` is the steps taken in ``e`` (read by the checkpoint of an epoch a stop
+signal cut short); after a completed epoch ``epochs_done = e`` and ``step_in_epoch = 0``,
+before the metrics line reaches the hooks.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class RunState:
 
     #: The epoch being trained (from 1); 0 before the first.
     epoch: int = 0
-    #: Steps taken in ``epoch`` (valid once the strategy has returned from it).
+    #: Steps of ``epoch`` taken so far (see the update order above).
     step_in_epoch: int = 0
     #: Optimiser steps taken in the whole run, resumed ones included.
     global_step: int = 0

@@ -48,6 +48,9 @@ class Strategy(ABC):
     min_ranks = 1
     #: Names of the TrainConfig options the strategy reads (its ``options`` object).
     OPTIONS: tuple[str, ...] = ()
+    #: Whether every rank takes each step at the same time, so that a step index names
+    #: one moment of the run (False for an asynchronous server).
+    steps_in_lockstep = True
 
     @classmethod
     def check(cls, config, size: int) -> None:
@@ -90,10 +93,11 @@ class Strategy(ABC):
 
         ``batches`` holds this rank's local row indices per step (``None``: all its
         rows); every rank gets the same number. ``before_step(i)`` must run before the
-        i-th of them on every rank that steps. Stops early, at the same step on every
-        rank, when the optimiser has converged or the ranks agreed to stop
-        (:attr:`stop_agreed`). ``params`` is updated in place wherever the strategy
-        keeps it, and is the same on every rank when the epoch returns.
+        i-th of them on every rank that steps. A strategy that can stop early (the
+        optimiser converged, or the ranks agreed to stop, :attr:`stop_agreed`) stops at
+        the same step on every rank. ``params`` (this rank's flat vector: the whole
+        model, or its part of a split one) is updated in place, and ranks holding the
+        same part hold the same values when the epoch returns.
         """
 
     def closure(self, rows: np.ndarray | None) -> Closure:

@@ -51,10 +51,12 @@ def check_finite(loss: float, grad: np.ndarray | None = None) -> float:
     raises together.
     """
     if not finite(loss, grad):
-        raise diverged()
+        raise diverged("loss" if not np.isfinite(loss) else "gradient", loss)
     return loss
 
 
-def diverged() -> DivergenceError:
-    """The error every strategy raises when training has diverged."""
-    return DivergenceError("the loss or gradient is not finite")
+def diverged(what: str = "loss or gradient", loss: float | None = None) -> DivergenceError:
+    """The error every strategy raises when training has diverged (``what`` was not
+    finite; ``loss`` its value, where known)."""
+    value = "" if loss is None else f" (loss={loss})"
+    return DivergenceError(f"the {what} is not finite{value}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from mpigd.errors import ConfigError
 from mpigd.strategies import control
 from mpigd.strategies.base import Strategy
 
@@ -26,6 +27,16 @@ class LocalSGD(Strategy):
 
     name = "local-sgd"
     OPTIONS = ("sync_every",)
+
+    @classmethod
+    def check(cls, config, size: int) -> None:
+        super().check(config, size)
+        if config.tol or config.optimizer == "lbfgs":
+            raise ConfigError(
+                "local-sgd: each rank's optimiser sees only its own rows, so a convergence "
+                "test (--tol, lbfgs) would stop the ranks at different steps; use gd, sgd, "
+                "momentum or adam without --tol"
+            )
 
     def __init__(self, ranks, objective, timer, options, hooks) -> None:
         super().__init__(ranks, objective, timer, options, hooks)

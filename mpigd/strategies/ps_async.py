@@ -54,6 +54,7 @@ class ParameterServerAsync(ServerStrategy):
 
     name = "ps-async"
     OPTIONS = ("server_computes", "max_staleness")
+    steps_in_lockstep = False
 
     @classmethod
     def check(cls, config, size: int) -> None:
