@@ -58,12 +58,14 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, too
+from experiments.launch import THREAD_VARIABLES, mpirun  # noqa: E402
 
 WORK = Path("build/bench")
 DATA = WORK / "mnist-like"
@@ -79,13 +81,6 @@ SEED = 1
 TARGET_STEP_OVER_FLOOR = 1.3
 TARGET_OVERLAP_REDUCTION = 2.0
 RUN_TIMEOUT_S = 1200
-#: Environment variables that set the thread counts of BLAS, OpenMP and Numba.
-THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMBA_NUM_THREADS",
-)
 #: MPICH: a progress thread per rank, so non-blocking collectives advance between MPI calls.
 ASYNC_PROGRESS = {"MPIR_CVAR_ASYNC_PROGRESS": "1"}
 #: The parts of one step beside the GEMMs, in table order (see :func:`step_variants`).
@@ -399,12 +394,6 @@ def configs(args):
             found.append((f"overlap-async-P{procs}", procs, (), ASYNC_PROGRESS))
             found.append((f"no-overlap-async-P{procs}", procs, ("--no-overlap",), ASYNC_PROGRESS))
     return found
-
-
-def mpirun():
-    """The ``mpirun`` next to this Python (the virtual environment's), else on PATH."""
-    local = Path(sys.executable).parent / "mpirun"
-    return str(local) if local.exists() else shutil.which("mpirun") or "mpirun"
 
 
 def train(config, repeat, data, epochs):

@@ -44,14 +44,15 @@ import json
 import math
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from mpigd.record import read_run
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, too
+from experiments.launch import flags, mpirun, one_thread_env, synthetic_dataset  # noqa: E402
+from mpigd.record import read_run  # noqa: E402
 
 WORK = Path("build/bench")
 FEATURES = 100
@@ -61,13 +62,6 @@ TARGET_EPOCH = 2
 #: trajectory with another mini-batch order then count as reaching it in the same epoch.
 TARGET_SLACK = 1e-3
 RUN_TIMEOUT_S = 600
-#: Environment variables that set the thread counts of BLAS, OpenMP and Numba.
-THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMBA_NUM_THREADS",
-)
 #: A negative "other" beyond this share of the epoch time is reported as overlap.
 OVERLAP_TOLERANCE = 0.02
 #: A 1-minute load average above this before the runs means the machine was not idle.
@@ -143,54 +137,6 @@ def parse_args(argv=None):
         parser.error(f"--epochs must be at least {TARGET_EPOCH} (the target's epoch)")
     args.procs = sorted(set(args.procs))
     return args
-
-
-def flags(**options):
-    """Command-line options ``--name value`` (underscores in names become dashes)."""
-    return [
-        arg
-        for name, value in options.items()
-        for arg in (f"--{name.replace('_', '-')}", str(value))
-    ]
-
-
-def total_rows(train_rows):
-    """Rows to ask ``data synth`` for so that its train split has exactly ``train_rows``."""
-    rows = round(train_rows / (1 - TEST_FRACTION))
-    while rows - round(TEST_FRACTION * rows) > train_rows:
-        rows -= 1
-    while rows - round(TEST_FRACTION * rows) < train_rows:
-        rows += 1
-    return rows
-
-
-def ensure_dataset(train_rows):
-    """The cached synthetic dataset's directory (with ``train/`` and ``test/``), made once."""
-    out = WORK / f"synth-binary-{train_rows}x{FEATURES}"
-    if not (out / "train").is_dir():
-        options = flags(
-            task="binary",
-            rows=total_rows(train_rows),
-            features=FEATURES,
-            shards=4,
-            test_fraction=TEST_FRACTION,
-            seed=1,
-            out=out,
-        )
-        command = [sys.executable, "-m", "mpigd", "data", "synth", *options]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return out
-
-
-def mpirun():
-    """The ``mpirun`` next to this Python (the virtual environment's), else on PATH."""
-    local = Path(sys.executable).parent / "mpirun"
-    return str(local) if local.exists() else shutil.which("mpirun") or "mpirun"
-
-
-def one_thread_env():
-    """This environment with BLAS, OpenMP and Numba limited to one thread per rank."""
-    return {**os.environ, **dict.fromkeys(THREAD_VARIABLES, "1")}
 
 
 def run_dir_of(name, procs, repeat):
@@ -522,7 +468,7 @@ def write_results(rows, record, prefix):
 def main(argv=None):
     """Run every configuration, print the table, write CSV, JSON and the figure."""
     args = parse_args(argv)
-    data = ensure_dataset(args.rows)
+    data = synthetic_dataset(WORK, "binary", args.rows, FEATURES, TEST_FRACTION)
     load = os.getloadavg()[0]
     print(f"{len(CONFIGS) * len(args.procs) * args.repeats} runs, data {data}:", flush=True)
     target, rows = run_all(args, data)

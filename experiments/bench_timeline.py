@@ -47,7 +47,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -55,9 +54,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from mpigd.record import read_run
-from mpigd.run.timeline import TimelineHook
-from mpigd.timing import PHASES, PhaseTimer
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script, too
+from experiments.launch import flags, mpirun, one_thread_env, synthetic_dataset  # noqa: E402
+from mpigd.record import read_run  # noqa: E402
+from mpigd.run.timeline import TimelineHook  # noqa: E402
+from mpigd.timing import PHASES, PhaseTimer  # noqa: E402
 
 WORK = Path("build/bench")
 TEST_FRACTION = 0.1
@@ -65,13 +66,6 @@ BATCH_SIZE = 512
 #: The overhead allowed: the timeline on must cost at most this share of the epoch time.
 BUDGET = 0.02
 RUN_TIMEOUT_S = 900
-#: Environment variables that set the thread counts of BLAS, OpenMP and Numba.
-THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMBA_NUM_THREADS",
-)
 #: A 1-minute load average above this before the runs means the machine was not idle.
 BUSY_LOAD = 0.5
 #: name -> (``data synth`` options, ``train`` options) of each workload.
@@ -111,49 +105,6 @@ def parse_args(argv=None):
         args.epochs, args.repeats = 2, 2
     args.procs = sorted(set(args.procs))
     return args
-
-
-def flags(**options):
-    """Command-line options ``--name value`` (underscores in names become dashes)."""
-    return [
-        arg
-        for name, value in options.items()
-        for arg in (f"--{name.replace('_', '-')}", str(value))
-    ]
-
-
-def total_rows(train_rows):
-    """Rows to ask ``data synth`` for so that its train split has exactly ``train_rows``."""
-    rows = round(train_rows / (1 - TEST_FRACTION))
-    while rows - round(TEST_FRACTION * rows) > train_rows:
-        rows -= 1
-    while rows - round(TEST_FRACTION * rows) < train_rows:
-        rows += 1
-    return rows
-
-
-def ensure_dataset(synth):
-    """The cached synthetic dataset's directory (with ``train/`` and ``test/``), made once."""
-    synth = dict(synth)
-    train_rows = synth.pop("train_rows")
-    out = WORK / f"synth-{synth['task']}-{train_rows}x{synth['features']}"
-    if not (out / "train").is_dir():
-        options = flags(**synth, rows=total_rows(train_rows), shards=4,
-                        test_fraction=TEST_FRACTION, seed=1, out=out)  # fmt: skip
-        command = [sys.executable, "-m", "mpigd", "data", "synth", *options]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return out
-
-
-def mpirun():
-    """The ``mpirun`` next to this Python (the virtual environment's), else on PATH."""
-    local = Path(sys.executable).parent / "mpirun"
-    return str(local) if local.exists() else shutil.which("mpirun") or "mpirun"
-
-
-def one_thread_env():
-    """This environment with BLAS, OpenMP and Numba limited to one thread per rank."""
-    return {**os.environ, **dict.fromkeys(THREAD_VARIABLES, "1")}
 
 
 def train(workload, procs, mode, repeat, data, args):
@@ -276,7 +227,7 @@ def run_all(args, cost):
     """Every workload, P and repeat, off and on in alternation; the result rows."""
     rows = []
     for workload in args.workloads:
-        data = ensure_dataset(WORKLOADS[workload][0])
+        data = synthetic_dataset(WORK, **WORKLOADS[workload][0], test_fraction=TEST_FRACTION)
         for procs in args.procs:
             runs = {mode: [] for mode in MODES}
             for repeat in range(1, args.repeats + 1):
