@@ -92,6 +92,10 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="runs per mode (5)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (4)")
     parser.add_argument(
+        "--in-process-epochs", type=int, default=10,
+        help="epochs of each mode in the in-process comparison (10)",
+    )  # fmt: skip
+    parser.add_argument(
         "--workloads", nargs="+", choices=sorted(WORKLOADS), default=list(WORKLOADS)
     )
     parser.add_argument(
@@ -102,7 +106,7 @@ def parse_args(argv=None):
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.epochs, args.repeats = 2, 2
+        args.epochs, args.repeats, args.in_process_epochs = 2, 2, 2
     args.procs = sorted(set(args.procs))
     return args
 
@@ -223,6 +227,81 @@ def summarize(workload, procs, runs, args, cost):
     }
 
 
+def in_process_ratio(workload, epochs):
+    """Epoch time with the timeline's recording on over off, in one process (1 rank).
+
+    The run's own parts (:func:`mpigd.run.builder.build_parts`) on in-memory synthetic
+    rows of the workload's shape take whole epochs of the loop's steps, alternately with
+    the recording on (``timer.trace`` attached, a step mark before every step, as the
+    hook does) and off: same process, data and kernels, so the machine's drift hits
+    both alike. Returns the median epoch seconds of each and the ratio of the medians,
+    with the spread of the ratios of consecutive on/off pairs.
+    """
+    import numpy as np
+
+    import kernels
+    from mpigd.comm import world
+    from mpigd.config import TrainConfig
+    from mpigd.run.batching import epoch_batches
+    from mpigd.run.builder import build_parts
+    from mpigd.run.hooks import Hooks
+    from mpigd.run.layouts import layout_for
+
+    synth, train_options = WORKLOADS[workload]
+    rows, features, classes = synth["train_rows"], synth["features"], synth.get("classes", 2)
+    options = dict(train_options)
+    if "hidden" in options:  # the flag's "256,256" as the config's list
+        options["hidden"] = [int(width) for width in options["hidden"].split(",")]
+    config = TrainConfig(data="-", out="-", batch_size=BATCH_SIZE, epochs=2 * epochs,
+                         **options)  # fmt: skip
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((rows, features))
+    y = rng.integers(0, classes, rows)
+    task = "binary" if classes == 2 and config.model != "mlp" else "multiclass"
+    info = SimpleNamespace(n_features=features, task=task, n_classes=classes, n_rows=rows)
+    timer = PhaseTimer()
+    parts = build_parts(config, layout_for(config), world(), kernels.get_backend("numba"),
+                        info, SimpleNamespace(X=X, y=y), timer, Hooks([]))  # fmt: skip
+    hook = TimelineHook()
+    run = SimpleNamespace(state=SimpleNamespace(global_step=0, epoch=1))
+
+    def epoch(number, traced):
+        batches = epoch_batches(rows, 0, 1, rows, BATCH_SIZE, 0, number)
+        timer.trace = [] if traced else None
+        mark = (lambda i: hook.before_step(run)) if traced else (lambda i: None)
+        start = time.perf_counter()
+        parts.strategy.run_epoch(parts.optimizer, parts.params, batches, mark)
+        seconds = time.perf_counter() - start
+        timer.take()
+        return seconds
+
+    epoch(0, False)  # compile and warm the caches
+    seconds = {"off": [], "on": []}
+    for number in range(1, epochs + 1):
+        for mode in MODES if number % 2 else reversed(MODES):
+            seconds[mode].append(epoch(number, mode == "on"))
+    pairs = [on / off for off, on in zip(seconds["off"], seconds["on"], strict=True)]
+    median = {mode: statistics.median(values) for mode, values in seconds.items()}
+    return {"workload": workload, "epochs": epochs, "epoch_s_off": median["off"],
+            "epoch_s_on": median["on"], "ratio": median["on"] / median["off"],
+            "ratio_pairs_min": min(pairs), "ratio_pairs_median": statistics.median(pairs),
+            "ratio_pairs_max": max(pairs)}  # fmt: skip
+
+
+def format_in_process(rows):
+    """The in-process table (:func:`in_process_ratio`)."""
+    lines = ["in one process, 1 rank, steps only (recording on vs off, interleaved epochs):",
+             f"{'workload':<9} {'epochs':>6} {'off s/ep':>9} {'on s/ep':>9} {'on/off':>7} "
+             f"{'pairs min':>9} {'median':>7} {'max':>7}"]  # fmt: skip
+    for row in rows:
+        lines.append(
+            f"{row['workload']:<9} {row['epochs']:>6} {row['epoch_s_off']:>9.4f} "
+            f"{row['epoch_s_on']:>9.4f} {row['ratio']:>7.4f} {row['ratio_pairs_min']:>9.4f} "
+            f"{row['ratio_pairs_median']:>7.4f} {row['ratio_pairs_max']:>7.4f}"
+        )
+    return "\n".join(lines)
+
+
 def run_all(args, cost):
     """Every workload, P and repeat, off and on in alternation; the result rows."""
     rows = []
@@ -319,6 +398,9 @@ def main(argv=None):
     load = os.getloadavg()[0]
     runs = len(args.workloads) * len(args.procs) * len(MODES) * args.repeats
     cost = recording_cost()
+    in_process = [in_process_ratio(workload, args.in_process_epochs)
+                  for workload in args.workloads]  # fmt: skip
+    print(format_in_process(in_process), flush=True)
     print(f"{runs} runs:", flush=True)
     rows = run_all(args, cost)
     print(format_table(rows))
@@ -326,7 +408,7 @@ def main(argv=None):
         print(line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": "timeline", "environment": environment(args, rows, load, cost),
-              "results": rows}  # fmt: skip
+              "in_process": in_process, "results": rows}  # fmt: skip
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.out}")
 
