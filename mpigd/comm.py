@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +45,8 @@ from mpigd.preemption import Preempted
 T = TypeVar("T")
 
 EXIT_ABORT = 1
+#: Seconds a failing rank waits, output flushed, before MPI_Abort (see :func:`abort`).
+ABORT_GRACE_S = 0.5
 EXIT_USER_ERROR = 2
 #: A run stopped by SIGTERM/SIGUSR1 after writing its checkpoint; resume with --resume.
 #: (75 is EX_TEMPFAIL from sysexits.h: "try again later"; the Slurm scripts requeue on it.)
@@ -147,6 +150,9 @@ def abort(info: RankInfo, message: str, status: int = EXIT_ABORT) -> None:
 
     The hooks are best effort: one that fails is reported and the job is aborted all
     the same (a peer may be waiting in a collective that this rank will never join).
+    Before the abort the streams are flushed and the launcher gets
+    :data:`ABORT_GRACE_S` to forward them: ``MPI_Abort`` kills the launcher's
+    forwarding too, and a traceback still in a pipe would be lost.
     """
     described = f"rank {info.rank} of {info.size} failed: {message}"
     print(f"mpigd: {described}", file=sys.stderr, flush=True)
@@ -157,6 +163,9 @@ def abort(info: RankInfo, message: str, status: int = EXIT_ABORT) -> None:
             except BaseException as exc:  # noqa: BLE001 - the abort must happen
                 print(f"mpigd: an abort hook failed: {_describe(exc)}", file=sys.stderr)
     finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        time.sleep(ABORT_GRACE_S)
         info.comm.Abort(status)
 
 
