@@ -313,15 +313,22 @@ def test_a_second_run_into_the_same_directory_needs_overwrite(synth_dir, tmp_pat
     assert run_mpigd(2, *args, "--overwrite").returncode == 0
 
 
-def test_a_failed_rerun_leaves_no_model_and_says_failed(synth_dir, tmp_path):
+def test_a_rerun_that_fails_in_set_up_leaves_the_previous_run_as_it_was(synth_dir, tmp_path):
+    """A failed command changes nothing: --overwrite replaces a run only once the new
+    one has set itself up (DEVELOPERS.md: never lose a user's file)."""
     out = tmp_path / "run"
     assert run_mpigd(1, "train", "--data", str(synth_dir / "train"), "--model", "logreg",
                      "--epochs", "1", "--out", str(out)).returncode == 0  # fmt: skip
+
+    def contents():  # the run's files (not the lock, which names its holder)
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".mpigd.lock"}
+
+    before = contents()
     failed = run_mpigd(2, "train", "--data", str(tmp_path / "missing.h5"), "--model", "logreg",
                        "--out", str(out), "--overwrite")  # fmt: skip
-    assert failed.returncode == 2
-    assert not (out / "model.h5").exists()
-    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    assert failed.returncode == 2 and "missing.h5" in failed.stderr
+    assert contents() == before
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"
 
 
 @pytest.mark.parametrize(

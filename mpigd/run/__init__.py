@@ -26,12 +26,12 @@ from mpigd import preemption
 from mpigd.run.hooks import AbortMarker, CheckpointPolicy, Hook, Hooks, Progress
 
 
-def default_hooks(config) -> list[Hook]:
+def default_hooks(config, run_id: str) -> list[Hook]:
     """The hooks every run has: progress, checkpoint policy, abort marker, timeline."""
     hooks = [
         Progress(config.progress),
         CheckpointPolicy(config.checkpoint_every, config.checkpoint_every_steps),
-        AbortMarker(config.out),
+        AbortMarker(config.out, run_id),
     ]
     if config.timeline:
         from mpigd.run.timeline import TimelineHook
@@ -52,9 +52,9 @@ def train(config, ranks: mpi.RankInfo | None = None, hooks=()) -> dict:
     from mpigd.run.setup import claim_run_directory, set_up
 
     ranks = ranks or mpi.world()
-    run_hooks = Hooks([*default_hooks(config), *hooks])
     with preemption.listening():
-        record = claim_run_directory(config, ranks)
+        record, run_id = claim_run_directory(config, ranks)
+        run_hooks = Hooks([*default_hooks(config, run_id), *hooks])
         with mpi.abort_hook(run_hooks.aborting):
             return run_to_end(set_up(config, ranks, run_hooks, record))
 

@@ -146,12 +146,13 @@ class CheckpointPolicy(Hook):
 
 class AbortMarker(Hook):
     """Marks ``run.json`` in ``out`` as aborted, with the failing rank's message, before
-    MPI_Abort (also during set-up, before the Run exists)."""
+    MPI_Abort (also during set-up, before the Run exists), if it is the record of run
+    ``run_id``: a previous run's record there is left as it was."""
 
-    def __init__(self, out: str) -> None:
-        self.out = out
+    def __init__(self, out: str, run_id: str) -> None:
+        self.out, self.run_id = out, run_id
 
     def aborting(self, run, message: str) -> None:
         from mpigd.record import mark_aborted
 
-        mark_aborted(self.out, message)
+        mark_aborted(self.out, message, self.run_id)

@@ -80,21 +80,24 @@ def _build_run(config, ranks, hooks, record) -> Run:
     return run
 
 
-def claim_run_directory(config, ranks) -> RunRecord | None:
-    """Collective: rank 0 claims the run directory (see RunRecord.prepare); its writer
-    on rank 0, None elsewhere. Step 1 of the set-up, before anything else can fail."""
+def claim_run_directory(config, ranks) -> tuple[RunRecord | None, str]:
+    """Collective: rank 0 claims the run directory (see RunRecord.claim). Its writer
+    (rank 0; None elsewhere) and the run's id (every rank). Step 1 of the set-up, before
+    anything else can fail."""
 
-    def prepare() -> RunRecord | None:
+    def claim() -> RunRecord | None:
         if not ranks.is_root:
             return None
         record = RunRecord(config.out)
         try:
-            record.prepare(config.to_dict(), config.resume, config.overwrite)
+            record.claim(config.to_dict(), config.resume, config.overwrite,
+                         [config.data, config.test_data])  # fmt: skip
         except OSError as exc:
             raise MpigdError(f"cannot write the run directory {config.out}: {exc}") from exc
         return record
 
-    return mpi.collectively(ranks.comm, prepare)
+    record = mpi.collectively(ranks.comm, claim)
+    return record, mpi.from_root(ranks.comm, record.run_id if record else None)
 
 
 def _fitting(work):

@@ -50,10 +50,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from mpigd import comm as mpi
+from mpigd.record import TIMELINE_FILE
 from mpigd.record.atomic import replace_atomically
 from mpigd.run.hooks import Hook
 
-TRACE_FILE = "timeline.json"
+TRACE_FILE = TIMELINE_FILE
 #: Where each rank leaves its events for rank 0, inside the run directory.
 RANK_DIR = "timeline"
 #: Span categories that run between steps: a step ends where one of them starts.

@@ -1,0 +1,121 @@
+"""What a run may do to its directory: refuse without changing anything, replace only an
+mpigd run's files and only when asked, and never share a directory with another run.
+The rules live in one place, :class:`mpigd.record.RunRecord` (claim, then start)."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import pytest
+from helpers import make_problem, run_mpigd, write_h5
+
+from mpigd.config import TrainConfig
+from mpigd.errors import CollectiveError
+from mpigd.record import RunRecord
+from mpigd.run import train
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    X, y = make_problem("binary", n_rows=300, d=4)
+    return str(write_h5(tmp_path_factory.mktemp("data") / "train.h5", X, y, "binary", 2))
+
+
+def config(data, out, **options) -> TrainConfig:
+    base = dict(data=data, out=str(out), model="logreg", optimizer="gd", epochs=2,
+                progress="quiet")  # fmt: skip
+    return TrainConfig(**{**base, **options})
+
+
+def files(directory) -> dict[str, bytes]:
+    """Every file's bytes, the lock (which names its holder) left out."""
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.name != ".mpigd.lock"}
+
+
+def test_a_refused_resume_leaves_the_completed_run_as_it_was(data, tmp_path):
+    train(config(data, tmp_path / "run"))
+    before = files(tmp_path / "run")
+    with pytest.raises(CollectiveError, match="config lr: checkpoint 0.1, now 0.2"):
+        train(config(data, tmp_path / "run", lr=0.2, resume=True))
+    assert files(tmp_path / "run") == before
+
+
+def test_a_resume_from_a_corrupt_checkpoint_leaves_the_run_as_it_was(data, tmp_path):
+    train(config(data, tmp_path / "run"))
+    (tmp_path / "run" / "checkpoint.h5").write_bytes(b"not hdf5")
+    before = files(tmp_path / "run")
+    with pytest.raises(CollectiveError, match="not a readable mpigd checkpoint"):
+        train(config(data, tmp_path / "run", resume=True))
+    assert files(tmp_path / "run") == before
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("name", ["model.h5", "checkpoint.h5", "metrics.jsonl", "run.json"])
+def test_files_no_mpigd_run_wrote_are_never_replaced(data, tmp_path, name, overwrite):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / name).write_text("the user's own file\n")
+    (out / "notes.txt").write_text("kept\n")
+    with pytest.raises(CollectiveError, match=r"choose another --out"):
+        train(config(data, out, overwrite=overwrite))
+    assert files(out) == {name: b"the user's own file\n", "notes.txt": b"kept\n"}
+
+
+def test_an_overwrite_replaces_only_the_previous_runs_files(data, tmp_path):
+    out = tmp_path / "run"
+    train(config(data, out, epochs=3))
+    (out / "notes.txt").write_text("kept\n")
+    (out / ".checkpoint.h5.tmp-12345").write_bytes(b"left by a crash")
+    train(config(data, out, overwrite=True))
+    assert (out / "notes.txt").read_text() == "kept\n"
+    assert not (out / ".checkpoint.h5.tmp-12345").exists()
+    assert [json.loads(line)["epoch"] for line in open(out / "metrics.jsonl")] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "where, words",
+    [("", "--out '' is empty"), ("data-dir", "is inside the dataset"),
+     ("data-file", "is inside the dataset")],
+)  # fmt: skip
+def test_an_out_that_is_empty_or_inside_the_data_is_refused(tmp_path, where, words):
+    X, y = make_problem("binary", n_rows=300, d=4)
+    shards = tmp_path / "shards"
+    write_h5(shards / "part-0.h5", X, y, "binary", 2)
+    out = {"": "", "data-dir": str(shards / "run"), "data-file": str(shards / "part-0.h5")}
+    with pytest.raises(CollectiveError, match=words):
+        train(config(str(shards), out[where]))
+    assert sorted(p.name for p in shards.iterdir()) == ["part-0.h5"]
+
+
+def test_resume_and_overwrite_together_are_refused(data, tmp_path):
+    with pytest.raises(CollectiveError, match="pass one of them"):
+        train(config(data, tmp_path / "run", resume=True, overwrite=True))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_second_run_into_a_directory_in_use_is_refused(data, tmp_path):
+    out = tmp_path / "run"
+    holder = RunRecord(str(out))
+    holder.claim({}, resume=False, overwrite=False, inputs=[data])
+    try:
+        second = run_mpigd(2, "train", "--data", data, "--model", "logreg", "--out", str(out),
+                           "--quiet", timeout=60)  # fmt: skip
+    finally:
+        holder.release()
+    assert second.returncode == 2 and "in use by another mpigd run" in second.stderr
+    assert second.stderr.count("mpigd: error") == 1
+    assert json.loads((out / "run.json").read_text())["status"] == "starting"
+
+
+def test_a_resume_drops_a_metrics_line_torn_by_a_crash(data, tmp_path):
+    out = tmp_path / "run"
+    train(config(data, out, epochs=2))
+    with open(out / "metrics.jsonl", "a") as handle:
+        handle.write('{"epoch": 3, "train_lo')
+    train(config(data, out, epochs=4, resume=True))
+    assert [json.loads(line)["epoch"] for line in open(out / "metrics.jsonl")] == [1, 2, 3, 4]
+    with h5py.File(out / "checkpoint.h5", "r") as handle:
+        assert handle.attrs["epoch"] == 4
