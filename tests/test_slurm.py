@@ -114,9 +114,11 @@ def test_preempted_training_checkpoints_requeues_and_resumes(slurm_env, dataset,
     lines = out / "metrics.jsonl"
     _wait_for(lambda: lines.is_file() and lines.read_text().count("\n") >= 5)
     subprocess.run(["scancel", "--signal=USR1", job_id], env=slurm_env, check=True)
-    # Slurm holds a requeued job for about two minutes; release it at once.
+    # Slurm holds a requeued job for about two minutes; release it in two seconds. Not
+    # at once: slurmd revokes the first start's credential with a timestamp in whole
+    # seconds, and a start in that same second is killed ("Job credential revoked").
     _wait_for(lambda: _job_state(slurm_env, job_id) == "PENDING")
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], env=slurm_env)
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now+2"], env=slurm_env)
     assert waiting.wait(timeout=200) == 0, job_logs(tmp_path)
 
     log = job_logs(tmp_path)
