@@ -117,9 +117,7 @@ class RunRecord:
         metrics = self.dir / METRICS_FILE
         kept = []
         if keep_epochs is not None and metrics.exists():
-            kept = [
-                line for line in _whole_lines(metrics) if json.loads(line)["epoch"] <= keep_epochs
-            ]
+            kept = [line for line, row in _whole_rows(metrics) if row["epoch"] <= keep_epochs]
         metrics.write_text("".join(line + "\n" for line in kept))
         self.run = dict(run_info, run_id=self.run_id,
                         start_time=self.run.get("start_time", now_iso()),
@@ -260,16 +258,15 @@ def _holds_a_run(directory: Path) -> bool:
     return False
 
 
-def _whole_lines(path: Path) -> list[str]:
-    """The lines of a JSON-lines file that parse; a torn last line is dropped, with a note."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+def _whole_rows(path: Path) -> list[tuple[str, dict]]:
+    """``(line, parsed row)`` of each line of a JSON-lines file that parses; a line torn
+    by an interrupted write is dropped, with a note."""
     whole = []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
     for number, line in enumerate(lines, 1):
         try:
-            json.loads(line)
+            whole.append((line, json.loads(line)))
         except ValueError:
             print(f"mpigd: dropping line {number} of {path}, torn by an interrupted write",
                   file=sys.stderr, flush=True)  # fmt: skip
-            continue
-        whole.append(line)
     return whole
