@@ -20,6 +20,7 @@ from kernels import BACKENDS, DEFAULT_BACKEND
 from mpigd.errors import ConfigError
 from mpigd.models import MODELS
 from mpigd.optim import OPTIMIZERS, SCHEDULES
+from mpigd.paths import check_input_file
 from mpigd.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 if sys.version_info >= (3, 11):
@@ -419,7 +420,9 @@ def _decides_trajectory(spec, config: TrainConfig) -> bool:
 
 
 def read_toml(path, what: str, error: type[Exception] = ConfigError) -> dict:
-    """The TOML file at ``path`` as a dict; ``error`` naming ``what`` if it is unreadable."""
+    """The TOML file at ``path`` as a dict; ``error`` naming ``what`` if it is not a
+    readable regular file (checked before opening: a FIFO would block) or not TOML."""
+    check_input_file(path, what, error, expected="a TOML file")
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)

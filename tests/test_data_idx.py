@@ -166,7 +166,7 @@ def test_idx_input_errors(tmp_path):
     (tmp_path / "bad.gz").write_bytes(gzip.compress(idx_bytes(images))[:-12])
     with pytest.raises(DataError, match="damaged or truncated gzip"):
         read_idx(tmp_path / "bad.gz")
-    with pytest.raises(DataError, match="cannot read .*missing"):
+    with pytest.raises(DataError, match="IDX label file .*missing does not exist"):
         import_file(img, "idx", out, labels=tmp_path / "missing")
     assert not out.exists()
 

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 
 from mpigd.errors import DataError
+from mpigd.paths import check_input_file
 
 
 def read_csv(path: str, label_column: int, header: bool | None) -> tuple[np.ndarray, np.ndarray]:
@@ -28,8 +29,10 @@ def read_csv(path: str, label_column: int, header: bool | None) -> tuple[np.ndar
     Raises
     ------
     DataError
-        If the file is empty, not UTF-8, or not a rectangular table of numbers.
+        If the file is not a readable regular file, is empty, not UTF-8, or not a
+        rectangular table of numbers.
     """
+    check_input_file(path, "CSV file")
     first_line, fields, delimiter = _first_line(path)
     if header is None:
         header = _is_header(path, first_line, fields)

@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from mpigd.errors import DataError
+from mpigd.paths import dataset_files
 
 TASKS = ("regression", "binary", "multiclass")
 
@@ -81,12 +82,13 @@ def open_dataset(path: str | os.PathLike) -> DatasetInfo:
     Raises
     ------
     DataError
-        If the path is missing, a file is not HDF5, ``X``/``y`` are missing or malformed,
-        shards disagree on features, dtype or task, the task attributes are invalid, or
-        the dataset has no rows.
+        If the path or a shard is missing or not a regular file (see
+        :func:`mpigd.paths.dataset_files`), a file is not HDF5, ``X``/``y`` are missing
+        or malformed, shards disagree on features, dtype or task, the task attributes are
+        invalid, or the dataset has no rows.
     """
     path = os.fspath(path)
-    files = _shard_files(path)
+    files = dataset_files(path, "dataset path")
     metas = [_file_meta(f) for f in files]
     first_file, first = files[0], metas[0]
     for f, meta in zip(files[1:], metas[1:], strict=True):
@@ -199,28 +201,12 @@ def first_nonfinite_row(block: np.ndarray) -> int | None:
     return None
 
 
-def _shard_files(path: str) -> list[str]:
-    """The dataset's files: ``[path]`` for a file, sorted ``*.h5`` for a directory."""
-    if not os.path.exists(path):
-        raise DataError(f"dataset path {path} does not exist")
-    if not os.path.isdir(path):
-        return [path]
-    names = sorted(
-        n
-        for n in os.listdir(path)
-        if n.endswith(".h5") and not n.startswith(".") and os.path.isfile(os.path.join(path, n))
-    )
-    if not names:
-        raise DataError(f"dataset directory {path} contains no *.h5 shard files")
-    return [os.path.join(path, n) for n in names]
-
-
 def _open(f: str) -> h5py.File:
     """Open ``f`` read-only, turning h5py's OSError into a DataError."""
     try:
         return h5py.File(f, "r")
     except OSError as exc:
-        if os.path.isfile(f) and not h5py.is_hdf5(f):
+        if not h5py.is_hdf5(f):
             raise DataError(f"dataset file {f} is not an HDF5 file") from exc
         raise DataError(f"cannot open dataset file {f}: {exc}") from exc
 

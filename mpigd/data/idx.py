@@ -17,6 +17,7 @@ import zlib
 import numpy as np
 
 from mpigd.errors import DataError
+from mpigd.paths import check_input_file
 
 #: IDX type byte -> big-endian numpy dtype of the data.
 IDX_TYPES = {
@@ -30,12 +31,13 @@ IDX_TYPES = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike, what: str = "IDX file") -> np.ndarray:
     """The array stored in one IDX file (decompressed first if it is gzip).
 
     Parameters
     ----------
     path : the IDX file, plain or gzip-compressed.
+    what : names the file in messages.
 
     Returns
     -------
@@ -44,10 +46,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     Raises
     ------
     DataError
-        If the file is unreadable, bad gzip, has a bad magic number or an unsupported
-        type byte, or holds fewer or more data bytes than its header announces.
+        If the file is not a readable regular file, is bad gzip, has a bad magic number
+        or an unsupported type byte, or holds fewer or more data bytes than its header
+        announces.
     """
-    path = os.fspath(path)
+    path = check_input_file(path, what, expected="an IDX file, plain or gzip")
     raw = _read_bytes(path)
     if len(raw) < 4 or raw[:2] != b"\x00\x00":
         raise DataError(
@@ -99,8 +102,8 @@ def read_idx_pair(
         If either file is not valid IDX (see :func:`read_idx`), the shapes do not fit, the
         counts differ or ``scale`` is not a positive number.
     """
-    pixels = read_idx(images)
-    targets = read_idx(labels)
+    pixels = read_idx(images, "IDX image file")
+    targets = read_idx(labels, "IDX label file")
     if pixels.ndim < 2:
         raise DataError(
             f"{os.fspath(images)} has shape {pixels.shape}; IDX images need 2 or more "

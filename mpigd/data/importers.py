@@ -29,6 +29,7 @@ from mpigd.data.dataset import TASKS, first_nonfinite_row, open_dataset
 from mpigd.data.idx import read_idx_pair
 from mpigd.data.writer import write_dataset
 from mpigd.errors import DataError
+from mpigd.paths import check_input_file
 
 FORMATS = ("libsvm", "csv", "npz", "idx")
 
@@ -108,8 +109,7 @@ def import_file(
         raise DataError(f"dtype must be float32 or float64, got {dtype!r}")
     if n_features is not None and n_features < 1:
         raise DataError(f"the number of features must be >= 1, got {n_features}")
-    if not os.path.isfile(path):
-        raise DataError(f"input file {path} does not exist")
+    check_input_file(path, "input file", expected=f"a {fmt} file")
     if fmt == "idx" and labels is None:
         raise DataError("format 'idx' needs the IDX label file (--labels LABELS)")
     if fmt != "idx" and (labels is not None or scale is not None):

@@ -21,6 +21,7 @@ import numpy as np
 
 import mpigd
 from mpigd.errors import ConfigError, DataError, MpigdError
+from mpigd.paths import check_input_file
 from mpigd.record.atomic import replace_atomically
 
 TIMELINE_FILE = "timeline.json"
@@ -195,8 +196,9 @@ def read_run(run_dir) -> tuple[dict, list[dict]]:
 def load_model(run_dir: str) -> tuple[np.ndarray, dict]:
     """Read ``RUN_DIR/model.h5``: the flat parameters and the model config dict."""
     path = Path(run_dir) / MODEL_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise DataError(f"{path} not found: is {run_dir} a finished mpigd run directory?")
+    check_input_file(path, "model file", expected="an HDF5 file written by mpigd train")
     try:
         with h5py.File(path, "r") as handle:
             return handle["params"][()], json.loads(handle.attrs["model"])
