@@ -5,14 +5,17 @@ The rules live in one place, :class:`mpigd.record.RunRecord` (claim, then start)
 from __future__ import annotations
 
 import json
+import os
+import time
+from datetime import datetime, timezone
 
 import h5py
 import pytest
 from helpers import make_problem, run_mpigd, write_h5
 
 from mpigd.config import TrainConfig
-from mpigd.errors import CollectiveError
-from mpigd.record import RunRecord
+from mpigd.errors import CollectiveError, ConfigError
+from mpigd.record import RunRecord, read_run, run_dir
 from mpigd.run import train
 
 pytestmark = pytest.mark.timeout(120)
@@ -119,3 +122,131 @@ def test_a_resume_drops_a_metrics_line_torn_by_a_crash(data, tmp_path):
     assert [json.loads(line)["epoch"] for line in open(out / "metrics.jsonl")] == [1, 2, 3, 4]
     with h5py.File(out / "checkpoint.h5", "r") as handle:
         assert handle.attrs["epoch"] == 4
+
+
+# A run killed outright cannot record how it ended: the readers say it died.
+
+
+def live_record(out, status="running", host="elsewhere") -> dict:
+    """A run directory whose run.json says ``status``; rank 0 on ``host``; lock free."""
+    out.mkdir(parents=True, exist_ok=True)
+    run = {"config": {}, "status": status, "run_id": "x", "start_time": "then"}
+    if host is not None:
+        run["hosts"] = [host, host]
+    (out / "run.json").write_text(json.dumps(run))
+    (out / ".mpigd.lock").write_text(f"pid 1 on {host or 'elsewhere'}\n")
+    (out / "heartbeat").write_text("then\n")
+    return run
+
+
+def age_heartbeat(out, seconds: float) -> float:
+    when = time.time() - seconds
+    os.utime(out / "heartbeat", (when, when))
+    return when
+
+
+@pytest.mark.parametrize("status", ["starting", "running"])
+def test_a_run_on_another_host_whose_heartbeat_stopped_died(tmp_path, status):
+    out = tmp_path / "run"
+    live_record(out, status)
+    before = files(out)
+    assert read_run(out)[0]["status"] == status  # fresh heartbeat: still going
+    when = age_heartbeat(out, 3 * run_dir.HEARTBEAT_S + 5)
+    run, _ = read_run(out)
+    assert run["status"] == "died" and run["recorded_status"] == status
+    expected = datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")
+    assert run["last_heartbeat"] == expected
+    assert "heartbeat stopped" in run["stop_reason"] and "killed outright" in run["stop_reason"]
+    assert files(out) == before  # a reader writes nothing
+
+
+def test_a_run_on_another_host_is_judged_by_its_heartbeat_not_its_lock(tmp_path):
+    out = tmp_path / "run"
+    live_record(out, host="elsewhere")  # the lock is free, but flock across hosts lies
+    age_heartbeat(out, 2 * run_dir.HEARTBEAT_S)
+    assert read_run(out)[0]["status"] == "running"
+
+
+def test_on_this_host_a_free_lock_means_died_at_once(tmp_path):
+    out = tmp_path / "run"
+    live_record(out, host=os.uname().nodename)  # fresh heartbeat, nobody holds the lock
+    run, _ = read_run(out)
+    assert run["status"] == "died" and "holds its lock" in run["stop_reason"]
+    assert run["last_heartbeat"] is not None
+
+
+def test_a_run_that_holds_its_directory_is_live_and_its_heartbeat_beats(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_dir, "HEARTBEAT_S", 0.05)
+    out = tmp_path / "run"
+    holder = RunRecord(str(out))
+    holder.claim({}, resume=False, overwrite=False, inputs=[])
+    beating = holder._heartbeat._thread
+    try:
+        first = (out / "heartbeat").stat().st_mtime_ns
+        age_heartbeat(out, 3600)  # the reader trusts the lock on this host
+        run, _ = read_run(out)  # a run at "starting": its host is in the lock file
+        assert run["status"] == "starting" and run["last_heartbeat"] is not None
+        deadline = time.monotonic() + 10
+        while (out / "heartbeat").stat().st_mtime_ns < first and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (out / "heartbeat").stat().st_mtime_ns >= first  # refreshed by the thread
+    finally:
+        holder.release()
+    stopped = (out / "heartbeat").stat().st_mtime_ns
+    time.sleep(0.2)
+    assert (out / "heartbeat").stat().st_mtime_ns == stopped  # the thread has ended
+    assert beating.daemon and not beating.is_alive()
+    assert read_run(out)[0]["status"] == "died"  # released without finishing
+
+
+def test_a_finished_run_is_reported_as_recorded(data, tmp_path):
+    out = tmp_path / "run"
+    train(config(data, out))
+    age_heartbeat(out, 3600)
+    run, rows = read_run(out)
+    assert run["status"] == "completed" and "last_heartbeat" not in run and len(rows) == 2
+
+
+def test_read_run_drops_a_metrics_line_torn_by_a_crash(tmp_path):
+    out = tmp_path / "run"
+    live_record(out, status="completed")
+    (out / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "train_lo')
+    assert read_run(out)[1] == [{"epoch": 1}]
+
+
+def test_a_claim_over_a_previous_run_leaves_its_heartbeat_until_start(data, tmp_path):
+    out = tmp_path / "run"
+    train(config(data, out))
+    age_heartbeat(out, 3600)
+    before = files(out)
+    record = RunRecord(str(out))
+    record.claim({}, resume=False, overwrite=True, inputs=[data])
+    try:
+        assert files(out) == before
+        record.start({"config": {}})
+        assert time.time() - (out / "heartbeat").stat().st_mtime < 60
+    finally:
+        record.release()
+
+
+def test_a_refused_claim_removes_the_lock_file_it_created(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "model.h5").write_text("the user's own file\n")
+    with pytest.raises(ConfigError, match="choose another --out"):
+        RunRecord(str(out)).claim({}, resume=False, overwrite=False, inputs=[])
+    assert sorted(p.name for p in out.iterdir()) == ["model.h5"]
+
+
+def test_a_refused_claim_keeps_a_lock_file_that_was_there(data, tmp_path):
+    out = tmp_path / "run"
+    train(config(data, out))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        RunRecord(str(out)).claim({}, resume=False, overwrite=False, inputs=[data])
+    assert (out / ".mpigd.lock").exists()
+
+
+def test_a_heartbeat_that_cannot_be_written_is_ignored(tmp_path):
+    beat = run_dir._Heartbeat(tmp_path / "gone" / "heartbeat")  # no such directory
+    beat.stop()
+

@@ -4,6 +4,12 @@ docs/architecture.md). Written by rank 0 only.
 Every file that a later reader could mistake for a finished result is written to a
 temporary sibling and renamed into place (:mod:`mpigd.record.atomic`), so an
 interrupted run leaves the previous complete file or none, never a half-written one.
+
+A rank killed outright (SIGKILL, the out-of-memory killer, a lost node) cannot record
+how its run ended, and the launcher then ends the others: run.json keeps saying
+``running``. So rank 0 refreshes a heartbeat file every :data:`HEARTBEAT_S` seconds
+while it holds the directory, and the readers (:func:`read_run`, :func:`run_status`)
+report such a run as ``died``.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import sys
+import threading
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +38,14 @@ MODEL_FILE = "model.h5"
 CHECKPOINT_FILE = "checkpoint.h5"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
+#: Refreshed by rank 0 every :data:`HEARTBEAT_S` seconds while a run holds its directory.
+HEARTBEAT_FILE = "heartbeat"
+#: The heartbeat's period, in seconds (independent of the epochs' length).
+HEARTBEAT_S = 10.0
+#: A run whose heartbeat is older than this many periods is gone (:func:`run_status`).
+STALE_BEATS = 3
+#: run.json statuses of a run that has not ended (as far as run.json knows).
+LIVE_STATUSES = ("starting", "running")
 
 
 def now_iso() -> str:
@@ -37,7 +54,7 @@ def now_iso() -> str:
 
 
 #: The files an mpigd run writes into its directory: the only ones a run ever removes.
-RUN_FILES = (RUN_FILE, METRICS_FILE, MODEL_FILE, CHECKPOINT_FILE, TIMELINE_FILE)
+RUN_FILES = (RUN_FILE, METRICS_FILE, MODEL_FILE, CHECKPOINT_FILE, TIMELINE_FILE, HEARTBEAT_FILE)
 #: Held (``flock``) by rank 0 for a run's life, so two runs never share a directory.
 LOCK_FILE = ".mpigd.lock"
 
@@ -50,6 +67,10 @@ class RunRecord:
     (and a resume's checks) succeeded, removes the previous run's files, and only the
     :data:`RUN_FILES` a previous mpigd run's ``run.json`` vouches for. A refused or
     failed command leaves a previous run as it was.
+
+    While the directory is this run's (from :meth:`claim` for a new directory, from
+    :meth:`start` over a previous run, until :meth:`release`), a daemon thread refreshes
+    the heartbeat file every :data:`HEARTBEAT_S` seconds.
     """
 
     def __init__(self, out_dir: str) -> None:
@@ -59,6 +80,7 @@ class RunRecord:
         #: Names this run's run.json, so an abort marks this run's record and no other.
         self.run_id = uuid.uuid4().hex
         self._lock = None
+        self._heartbeat: _Heartbeat | None = None
         self._previous_run = False
         self._started = False
 
@@ -70,8 +92,9 @@ class RunRecord:
         another run holds, one with files a run writes but no mpigd run.json (someone
         else's), and one that holds a run unless ``overwrite`` (start over) or
         ``resume`` (continue it), which contradict each other. A new directory gets
-        run.json with status ``starting``; an existing run's is left alone until
-        :meth:`start`.
+        run.json with status ``starting`` and its heartbeat starts; an existing run's
+        files are left alone until :meth:`start`. A refused claim removes the lock file
+        again if it created it.
         """
         if not str(self.given).strip():
             raise ConfigError(f"--out {self.given!r} is empty: name the run directory")
@@ -82,6 +105,7 @@ class RunRecord:
         if self.dir.exists() and not self.dir.is_dir():
             raise ConfigError(f"--out {self.dir} exists and is not a directory")
         self.dir.mkdir(parents=True, exist_ok=True)
+        lock_was_there = (self.dir / LOCK_FILE).exists()
         self._lock = _lock(self.dir)
         try:
             self._previous_run = _holds_a_run(self.dir)
@@ -91,12 +115,15 @@ class RunRecord:
                     "it or --resume to continue it"
                 )
         except MpigdError:
+            if not lock_was_there:  # unlinked while still held: no other claim has it
+                (self.dir / LOCK_FILE).unlink(missing_ok=True)
             self.release()
             raise
         self.run = {"config": config, "run_id": self.run_id, "start_time": now_iso(),
                     "status": "starting"}  # fmt: skip
         if not self._previous_run:
             self._write_run()
+            self._heartbeat = _Heartbeat(self.dir / HEARTBEAT_FILE)
 
     def start(self, run_info: dict, keep_epochs: int | None = None) -> None:
         """Write the full run.json once set-up has succeeded (status ``running``).
@@ -125,6 +152,8 @@ class RunRecord:
                         end_time=None, status="running")  # fmt: skip
         self._started = True
         self._write_run()
+        if self._heartbeat is None:
+            self._heartbeat = _Heartbeat(self.dir / HEARTBEAT_FILE)
 
     def append_metrics(self, row: dict) -> None:
         """Add one epoch's JSON line to metrics.jsonl, flushed so readers see it at once."""
@@ -143,7 +172,11 @@ class RunRecord:
             self.release()
 
     def release(self) -> None:
-        """Give up the directory's lock (the OS does so too when the process ends)."""
+        """Stop the heartbeat and give up the directory's lock (the OS does so too when
+        the process ends)."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -181,16 +214,57 @@ def mark_aborted(run_dir: str, message: str, run_id: str) -> None:
 
 
 def read_run(run_dir) -> tuple[dict, list[dict]]:
-    """A run directory's run.json and its metrics.jsonl rows ([] when it has none yet).
+    """A run directory's run.json, its status as it stands (:func:`run_status`: a run
+    killed outright is ``died``), and its metrics.jsonl rows ([] when it has none yet;
+    a line torn by a crash mid-write is dropped, with a note on stderr).
 
     For the experiments, which read run records and never console output. OSError or
-    ValueError (no or a broken run.json) is left to the caller to interpret.
+    ValueError (no or a broken run.json) is left to the caller to interpret. Writes
+    nothing.
     """
     directory = Path(run_dir)
-    run = json.loads((directory / RUN_FILE).read_text())
+    path = directory / RUN_FILE
+    run = json.loads(path.read_text())
+    if not isinstance(run, dict):
+        raise ValueError(f"{path} is not an mpigd run record")
     metrics = directory / METRICS_FILE
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    return run, [json.loads(line) for line in lines if line.strip()]
+    rows = [row for _, row in _whole_rows(metrics)] if metrics.is_file() else []
+    return run_status(directory, run), rows
+
+
+def run_status(run_dir, run: dict) -> dict:
+    """``run`` (run_dir's run.json) with its status as it stands. Writes nothing.
+
+    A run that run.json says is ``starting`` or ``running`` gets ``last_heartbeat`` (ISO
+    time of the heartbeat file's last refresh; None if it has none) and, if the run is
+    gone, status ``died``, ``recorded_status`` (what run.json says) and a
+    ``stop_reason``. Gone: when rank 0 ran on this host, exactly, no process holds the
+    run's lock; else (another host, where ``flock`` over a network file system cannot
+    be trusted) its heartbeat is older than :data:`STALE_BEATS` periods. A run that
+    ended recording how is returned as it is.
+    """
+    status = run.get("status")
+    if status not in LIVE_STATUSES:
+        return run
+    directory = Path(run_dir)
+    beat = _heartbeat_time(directory)
+    seen = _iso(beat) if beat is not None else None
+    run = dict(run, last_heartbeat=seen)
+    host = _rank0_host(directory, run)
+    held = _lock_held(directory) if host == os.uname().nodename else None
+    if held is not None:
+        if held:
+            return run
+        why = f"no process on {host} holds its lock"
+    elif beat is not None and time.time() - beat > STALE_BEATS * HEARTBEAT_S:
+        why = f"its heartbeat stopped {time.time() - beat:.0f} s ago"
+    else:
+        return run
+    reason = (
+        "ended without recording how, as when a rank is killed outright (SIGKILL, the "
+        f"out-of-memory killer, a lost node): run.json says {status!r}, but {why}"
+    )
+    return dict(run, status="died", recorded_status=status, stop_reason=reason)
 
 
 def load_model(run_dir: str) -> tuple[np.ndarray, dict]:
@@ -204,6 +278,85 @@ def load_model(run_dir: str) -> tuple[np.ndarray, dict]:
             return handle["params"][()], json.loads(handle.attrs["model"])
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(f"{path} is not a readable mpigd model file: {exc}") from exc
+
+
+class _Heartbeat:
+    """Refreshes ``path`` at once, then every :data:`HEARTBEAT_S` seconds from a daemon
+    thread (it never keeps the process alive), until :meth:`stop`. Failing to write is
+    ignored: a heartbeat never crashes or slows a run."""
+
+    def __init__(self, path: Path) -> None:
+        self._stopping = threading.Event()
+        _beat(path)
+        self._thread = threading.Thread(target=_beat_until, args=(path, self._stopping),
+                                        name="mpigd-heartbeat", daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread: once this returns it writes no more (unless a write hung for
+        longer than the second this waits)."""
+        self._stopping.set()
+        self._thread.join(timeout=1.0)
+
+
+def _beat_until(path: Path, stopping: threading.Event) -> None:
+    while not stopping.wait(HEARTBEAT_S):
+        _beat(path)
+
+
+def _beat(path: Path) -> None:
+    try:
+        with open(path, "w") as handle:
+            handle.write(f"{now_iso()} pid {os.getpid()} on {os.uname().nodename}\n")
+    except Exception:  # noqa: BLE001 - never crash a run (the thread's excepthook aborts)
+        pass
+
+
+def _heartbeat_time(directory: Path) -> float | None:
+    """The heartbeat file's last refresh (epoch seconds), None if there is none."""
+    try:
+        return (directory / HEARTBEAT_FILE).stat().st_mtime
+    except OSError:
+        return None
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
+def _rank0_host(directory: Path, run: dict) -> str | None:
+    """The host of the run's rank 0: run.json's, else (a run still ``starting``) the one
+    the lock file names; None if neither says."""
+    hosts = run.get("hosts")
+    if isinstance(hosts, list) and hosts and isinstance(hosts[0], str):
+        return hosts[0]
+    try:
+        holder = (directory / LOCK_FILE).read_text()
+    except (OSError, ValueError):
+        return None
+    found = re.match(r"pid \d+ on (\S+)", holder)
+    return found.group(1) if found else None
+
+
+def _lock_held(directory: Path) -> bool | None:
+    """Whether a process (this one included) holds the directory's lock, tried on a
+    separate open file description and released at once; None if it cannot be told
+    (no lock file, no permission, a file system without ``flock``). Creates nothing."""
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _check_not_inside_inputs(out: Path, inputs) -> None:
