@@ -194,7 +194,9 @@ def read_point(run_dir: Path, skip_epochs: int) -> dict:
     collectives) and ``*_max`` the busiest rank's; ``eval_s`` is the test evaluation.
     ``other_s = time_s - compute_s - comm_s - io_s - eval_s`` is the rest of the epoch:
     the average rank's Python between phases. A run without a ``run.json`` gets status
-    ``no-record``; one that failed early has only the fields its record holds.
+    ``no-record``; one that failed early has only the fields its record holds; one killed
+    outright (SIGKILL, out of memory) is ``died`` (:func:`mpigd.record.read_run`), with its
+    ``last_heartbeat``. ``stop_reason`` says why a run did not complete.
     """
     try:
         run, epochs = read_run(run_dir)
@@ -204,6 +206,8 @@ def read_point(run_dir: Path, skip_epochs: int) -> dict:
     dataset = run.get("dataset", {})
     point = {
         "status": run.get("status"),
+        "stop_reason": run.get("stop_reason") if run.get("status") != "completed" else None,
+        "last_heartbeat": run.get("last_heartbeat"),
         "rows": dataset.get("rows"),
         "features": dataset.get("features"),
         "n_params": run.get("model_info", {}).get("n_params"),
@@ -315,7 +319,8 @@ def main(argv=None) -> int:
     print(f"points: {out / 'points.csv'}\nsummary: {out / 'summary.csv'}")
     print("figures: " + " ".join(str(path) for path in figures))
     for point in failed:
-        print(f"FAILED: {point['run_dir']} ({point['status']}); see its console.log")
+        why = f": {point['stop_reason']}" if point.get("stop_reason") else ""
+        print(f"FAILED: {point['run_dir']} ({point['status']}{why}); see its console.log")
     return 1 if failed else 0
 
 

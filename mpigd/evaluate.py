@@ -81,16 +81,61 @@ def evaluate_run(
 
 
 def _load_model(run_dir: str, backend_name: str):
-    """(params, model info, model) from RUN_DIR/model.h5; MpigdError if unusable."""
+    """(params, model info, model) from RUN_DIR/model.h5; MpigdError if unusable.
+
+    A run directory without model.h5 is explained by its run's status (still running,
+    died, failed, ...).
+    """
     from mpigd.models import create_model, load_backend
     from mpigd.record import load_model
 
+    _explain_a_missing_model(run_dir)
     params, info = load_model(run_dir)
     backend = load_backend(backend_name)
     model = create_model(info["model"], backend, info["n_features"], info["task"],
                          info["n_classes"], svm_loss=info.get("svm_loss", "hinge"),
                          hidden=info.get("hidden", [128]))  # fmt: skip
     return params, info, model
+
+
+def _explain_a_missing_model(run_dir: str) -> None:
+    """DataError saying why RUN_DIR has no model.h5, when its run.json tells (the run
+    is still running, died, failed, was preempted or aborted); else nothing."""
+    import json
+    import os
+    from pathlib import Path
+
+    from mpigd.errors import DataError
+    from mpigd.record import MODEL_FILE, RUN_FILE
+    from mpigd.record.run_dir import run_status
+
+    path = Path(run_dir) / MODEL_FILE
+    if os.path.lexists(path):
+        return
+    try:
+        run = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(run, dict) or run.get("status") in (None, "completed"):
+        return
+    run = run_status(run_dir, run)
+    status, reason = run.get("status"), run.get("stop_reason") or "no reason recorded"
+    resume = (" (train --resume continues it from its checkpoint)"
+              if (Path(run_dir) / "checkpoint.h5").exists() else "")  # fmt: skip
+    if status == "died":
+        beat = run.get("last_heartbeat")
+        why = f"the run died at {beat} (its last heartbeat)" if beat else "the run died"
+        why += f"; it {reason}"
+        why += resume
+    elif status in ("starting", "running"):
+        beat = run.get("last_heartbeat")
+        why = f"the run is still {status}" + (f" (last heartbeat {beat})" if beat else "")
+        why += "; evaluate it once it has completed"
+    elif status in ("preempted", "interrupted"):
+        why = f"the run was {status}: {reason}{resume}"
+    else:
+        why = f"the run {status}: {reason}"
+    raise DataError(f"{path} not found: {why}")
 
 
 def _check_data(data_info, info: dict, data_path: str, run_dir: str) -> None:

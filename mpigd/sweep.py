@@ -188,7 +188,9 @@ def result_row(index: int, values: dict, directory: str, status=None, error=None
     """One table row for config ``index``, from its run record (``missing`` if none).
 
     A run that ended in ``error`` gets that message and ``status``, and no results: its
-    directory may hold an older run's.
+    directory may hold an older run's. Read from the record, a run killed outright is
+    ``died`` (:func:`mpigd.record.read_run`), and a run that did not complete has its
+    ``stop_reason`` as the error.
     """
     row = {"index": index, **values, "run_dir": directory, "error": error}
     if error is not None:
@@ -198,9 +200,11 @@ def result_row(index: int, values: dict, directory: str, status=None, error=None
     except (OSError, ValueError):
         return dict(row, status=status or "missing")
     last = epochs[-1] if epochs else {}
+    status = status or run.get("status")
     return dict(
         row,
-        status=status or run.get("status"),
+        status=status,
+        error=run.get("stop_reason") if status != "completed" else None,
         ranks=run.get("world_size"),
         final_train_loss=last.get("train_loss"),
         test_loss=last.get("test_loss"),

@@ -250,3 +250,23 @@ def test_a_heartbeat_that_cannot_be_written_is_ignored(tmp_path):
     beat = run_dir._Heartbeat(tmp_path / "gone" / "heartbeat")  # no such directory
     beat.stop()
 
+
+def test_a_run_killed_outright_is_reported_died_by_every_reader(data, tmp_path):
+    out = tmp_path / "sweep"
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'data = "{data}"\nmodel = "logreg"\n[grid]\nlr = [0.1]\n')
+    killed = run_mpigd(2, "train", "--data", data, "--model", "logreg", "--optimizer", "sgd",
+                       "--batch-size", "10", "--epochs", "50", "--out", str(out / "cfg-000"),
+                       "--quiet", fault="kill@1:5", timeout=60)  # fmt: skip
+    assert killed.returncode != 0
+    assert json.loads((out / "cfg-000" / "run.json").read_text())["status"] == "running"
+    run, _ = read_run(out / "cfg-000")
+    assert run["status"] == "died" and run["last_heartbeat"] is not None
+    collected = run_mpigd(1, "sweep", str(grid), "--collect", "--out", str(out), timeout=60)
+    assert collected.returncode == 0 and "cfg-000 lr=0.1: died" in collected.stdout
+    row = json.loads((out / "sweep.json").read_text())["configs"][0]
+    assert row["status"] == "died" and "killed outright" in row["error"]
+    evaluated = run_mpigd(2, "eval", str(out / "cfg-000"), "--data", data, timeout=60)
+    assert evaluated.returncode == 2
+    assert f"the run died at {run['last_heartbeat']} (its last heartbeat)" in evaluated.stderr
+    assert evaluated.stderr.count("mpigd: error") == 1
