@@ -84,17 +84,19 @@ def _load_model(run_dir: str, backend_name: str):
     """(params, model info, model) from RUN_DIR/model.h5; MpigdError if unusable.
 
     A run directory without model.h5 is explained by its run's status (still running,
-    died, failed, ...).
+    died, failed, ...); a model.h5 whose parameters do not fit its own model is refused.
     """
     from mpigd.models import create_model, load_backend
     from mpigd.record import load_model
 
     _explain_a_missing_model(run_dir)
     params, info = load_model(run_dir)
+    _check_model_info(info, run_dir)
     backend = load_backend(backend_name)
     model = create_model(info["model"], backend, info["n_features"], info["task"],
                          info["n_classes"], svm_loss=info.get("svm_loss", "hinge"),
                          hidden=info.get("hidden", [128]))  # fmt: skip
+    _check_params(params, info, model, run_dir)
     return params, info, model
 
 
@@ -136,6 +138,46 @@ def _explain_a_missing_model(run_dir: str) -> None:
     else:
         why = f"the run {status}: {reason}"
     raise DataError(f"{path} not found: {why}")
+
+
+def _check_model_info(info, run_dir: str) -> None:
+    """DataError unless model.h5's ``model`` attribute names what ``eval`` rebuilds."""
+    from mpigd.errors import DataError
+
+    needed = ("model", "n_features", "task", "n_classes")
+    missing = [key for key in needed if not isinstance(info, dict) or key not in info]
+    if missing:
+        raise DataError(
+            f"{run_dir}/model.h5: its model attribute lacks {', '.join(missing)}; it is not "
+            "a model file mpigd train wrote"
+        )
+
+
+def _check_params(params, info: dict, model, run_dir: str) -> None:
+    """DataError unless ``params`` is the 1-D, finite float vector of ``model``'s size
+    that model.h5's own ``n_params`` records."""
+    from mpigd.errors import DataError
+
+    path = f"{run_dir}/model.h5"
+    which = f"model {info['model']!r} ({info['n_features']} features, {info['n_classes']} classes"
+    which += f", hidden {info.get('hidden', [128])})" if info["model"] == "mlp" else ")"
+    array = np.asarray(params)
+    if array.ndim != 1 or array.dtype.kind != "f":
+        raise DataError(
+            f"{path}: params is a {array.ndim}-D {array.dtype} array, not the 1-D float "
+            f"vector of the {which}"
+        )
+    recorded, needed = info.get("n_params"), model.full_size
+    if len(array) != needed or (recorded is not None and recorded != needed):
+        said = f", and its n_params says {recorded}" if recorded is not None else ""
+        raise DataError(
+            f"{path} holds {len(array)} parameters{said}, but the {which} it records has "
+            f"{needed}: the file is damaged or not this model's"
+        )
+    if not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise DataError(f"{path}: {bad} of the {len(array)} parameters of the {which} are "
+                        "not finite (NaN or infinity)")  # fmt: skip
 
 
 def _check_data(data_info, info: dict, data_path: str, run_dir: str) -> None:
