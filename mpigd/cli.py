@@ -226,9 +226,11 @@ def _flag(spec) -> str:
 
 
 def _shown_default(spec) -> str:
-    """``default: VALUE`` for ``--help``, or ``required``."""
+    """``default: VALUE`` for ``--help``, or ``required``; then the valid range, if any."""
     value = _default_value(spec)
-    return "required" if value is None else f"default: {value}"
+    shown = "required" if value is None else f"default: {value}"
+    valid = spec.metadata["valid"]
+    return shown if valid is None else f"{shown}; {valid.describe()}"
 
 
 def _default_value(spec) -> str | None:
@@ -256,10 +258,12 @@ def options_markdown() -> str:
     """The README's table of every ``train`` option, generated from the field metadata.
 
     One row per flag (aliases included) in ``--help`` order: the flag with its value,
-    the default, the group and the one-line help. ``tests/test_config.py`` checks that
-    README.md holds exactly this text, so the table cannot drift from the code.
+    the default, the valid range, the group and the one-line help.
+    ``tests/test_config.py`` checks that README.md holds exactly this text, so the table
+    cannot drift from the code.
     """
-    rows = ["| option | default | group | what it does |", "| --- | --- | --- | --- |"]
+    rows = ["| option | default | valid | group | what it does |",
+            "| --- | --- | --- | --- | --- |"]  # fmt: skip
     group_order = list(OPTION_GROUPS)
     by_group = sorted(fields(TrainConfig), key=lambda s: group_order.index(s.metadata["group"]))
     for spec in by_group:
@@ -270,11 +274,11 @@ def options_markdown() -> str:
             value = _default_value(spec)
             usage = f"{_flag(spec)} {_metavar(spec)}"
             default = "required" if value is None else f"`{value}`"
-        rows.append(_markdown_row(usage, default, meta["group"], meta["help"]))
+        valid = meta["valid"].describe() if meta["valid"] else ""
+        rows.append(_markdown_row(usage, default, valid, meta["group"], meta["help"]))
         for alias, value in meta["aliases"].items():
-            rows.append(
-                _markdown_row(alias, "off", meta["group"], f"same as `{_flag(spec)} {value}`")
-            )
+            rows.append(_markdown_row(alias, "off", "", meta["group"],
+                                      f"same as `{_flag(spec)} {value}`"))  # fmt: skip
     return "\n".join(rows) + "\n"
 
 
@@ -288,10 +292,10 @@ def _metavar(spec) -> str:
     return spec.name.upper()
 
 
-def _markdown_row(usage: str, default: str, group: str, help_text: str) -> str:
+def _markdown_row(usage: str, default: str, valid: str, group: str, help_text: str) -> str:
     """One row of :func:`options_markdown`; ``|`` in the help escaped for markdown."""
     escaped_help = help_text.replace("|", "\\|")
-    return f"| `{usage}` | {default} | {group} | {escaped_help} |"
+    return f"| `{usage}` | {default} | {valid} | {group} | {escaped_help} |"
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -327,7 +331,10 @@ def _read_config_file(path: str) -> dict:
 
 def _run(args: argparse.Namespace, hooks=()) -> int:
     """Run the parsed command on this rank; ``hooks`` go to the trainer (``train``)."""
-    from mpigd import data
+    from mpigd import data, preemption
+
+    if not _trains(args):  # a stop signal ends this command as it would without mpigd
+        preemption.stop_listening_from_start()
 
     if args.command == "train":
         from mpigd.run import train
@@ -387,6 +394,13 @@ def _run(args: argparse.Namespace, hooks=()) -> int:
     else:
         print(json.dumps(data.inspect_dataset(args.path), indent=2, default=str))
     return 0
+
+
+def _trains(args: argparse.Namespace) -> bool:
+    """Whether the command trains (and so stops cleanly on a stop signal)."""
+    if args.command == "sweep":
+        return not (args.collect or args.list)
+    return args.command == "train"
 
 
 def _sweep(args: argparse.Namespace) -> None:

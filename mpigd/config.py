@@ -12,6 +12,7 @@ the model part back from ``model.h5``.
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -19,7 +20,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from kernels import BACKENDS, DEFAULT_BACKEND
 from mpigd.errors import ConfigError
 from mpigd.models import MODELS
-from mpigd.optim import OPTIMIZERS, SCHEDULES
+from mpigd.optim import FULL_BATCH_ONLY, OPTIMIZERS, SCHEDULES
+from mpigd.option_rules import Applies, Contradiction, Range, unless, when
 from mpigd.paths import check_input_file
 from mpigd.strategies import DEFAULT_STRATEGY, STRATEGIES
 
@@ -63,6 +65,8 @@ def option(
     choices: tuple[str, ...] | None = None,
     metavar: str | None = None,
     aliases: dict[str, str] | None = None,
+    valid: Range | None = None,
+    applies: Applies | None = None,
 ):
     """A TrainConfig field with the metadata that the CLI, README and checkpoints read.
 
@@ -86,6 +90,11 @@ def option(
     aliases : dict, optional
         Extra flags that each set the option to one value, ``{"--quiet": "quiet"}``; the
         CLI makes them mutually exclusive with the option's own flag.
+    valid : Range, optional
+        The values that mean something (a number; None, where allowed, is always valid).
+    applies : Applies, optional
+        When the option is read at all; another value where it is not is a warning
+        (:meth:`TrainConfig.ignored_options`).
     """
     metadata = {
         "help": help,
@@ -94,6 +103,8 @@ def option(
         "choices": choices,
         "metavar": metavar,
         "aliases": aliases or {},
+        "valid": valid,
+        "applies": applies,
     }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
@@ -103,6 +114,17 @@ def option(
 def flag_of(name: str) -> str:
     """The command-line flag of the option ``name``: ``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")
+
+
+#: Common ranges of :func:`option`'s ``valid``.
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_1 = Range(1)
+#: Common conditions of :func:`option`'s ``applies``.
+_FIRST_ORDER = unless("optimizer", "lbfgs")
+_FULL_BATCH = Applies(lambda config: config.batch_size is None, "without --batch-size (full batch)")
+_MLP = when("model", "mlp")
+_OVERLAPPABLE = _MLP & when("strategy", "allreduce")
 
 
 def _under_cosine_schedule(config: TrainConfig) -> bool:
@@ -134,7 +156,12 @@ class TrainConfig:
         "gd", help="the optimiser", group="optimiser", trajectory=True, choices=OPTIMIZERS
     )
     lr: float = option(
-        0.1, help="learning rate per step; lbfgs ignores it", group="optimiser", trajectory=True
+        0.1,
+        help="learning rate per step; lbfgs ignores it",
+        group="optimiser",
+        trajectory=True,
+        valid=POSITIVE,
+        applies=_FIRST_ORDER,
     )
     lr_schedule: str = option(
         "constant",
@@ -142,18 +169,38 @@ class TrainConfig:
         group="optimiser",
         trajectory=True,
         choices=SCHEDULES,
+        applies=_FIRST_ORDER,
     )
     lr_step_epochs: int = option(
-        10, help="step schedule: epochs per decay", group="optimiser", trajectory=True
+        10,
+        help="step schedule: epochs per decay",
+        group="optimiser",
+        trajectory=True,
+        valid=AT_LEAST_1,
+        applies=_FIRST_ORDER & when("lr_schedule", "step"),
     )
     lr_gamma: float = option(
-        0.1, help="step schedule: decay factor", group="optimiser", trajectory=True
+        0.1,
+        help="step schedule: decay factor",
+        group="optimiser",
+        trajectory=True,
+        valid=Range(0, 1, low_open=True),
+        applies=_FIRST_ORDER & when("lr_schedule", "step"),
     )
     momentum: float = option(
-        0.9, help="momentum optimiser: momentum coefficient", group="optimiser", trajectory=True
+        0.9,
+        help="momentum optimiser: momentum coefficient",
+        group="optimiser",
+        trajectory=True,
+        valid=Range(0, 1, high_open=True),
+        applies=when("optimizer", "momentum"),
     )
     nesterov: bool = option(
-        False, help="momentum optimiser: Nesterov momentum", group="optimiser", trajectory=True
+        False,
+        help="momentum optimiser: Nesterov momentum",
+        group="optimiser",
+        trajectory=True,
+        applies=when("optimizer", "momentum"),
     )
     batch_size: int | None = option(
         None,
@@ -161,26 +208,36 @@ class TrainConfig:
         group="optimiser",
         trajectory=True,
         metavar="B",
+        valid=AT_LEAST_1,
     )
     epochs: int = option(
         10,
         help="epochs (lbfgs: iterations)",
         group="optimiser",
         trajectory=_under_cosine_schedule,
+        valid=AT_LEAST_1,
     )
     tol: float | None = option(
         None,
         help="stop when the full-batch gradient's max |g_i| <= tol",
         group="optimiser",
+        valid=NON_NEGATIVE,
+        applies=_FULL_BATCH,
     )
     lbfgs_memory: int = option(
-        10, help="lbfgs: correction pairs kept", group="optimiser", trajectory=True
+        10,
+        help="lbfgs: correction pairs kept",
+        group="optimiser",
+        trajectory=True,
+        valid=AT_LEAST_1,
+        applies=when("optimizer", "lbfgs"),
     )
     l2: float = option(
         0.0,
         help="L2 coefficient: + (l2/2)·||w||², intercepts unregularised",
         group="optimiser",
         trajectory=True,
+        valid=NON_NEGATIVE,
     )
     class_weight: str = option(
         "none",
@@ -195,12 +252,14 @@ class TrainConfig:
         group="model",
         trajectory=True,
         choices=("hinge", "squared-hinge"),
+        applies=when("model", "svm"),
     )
     seed: int = option(
         0,
         help="seed of the initialisation, the mini-batch shuffle and dropout",
         group="optimiser",
         trajectory=True,
+        valid=Range(0, 2**32, high_open=True),
     )
     backend: str = option(
         DEFAULT_BACKEND,
@@ -220,9 +279,15 @@ class TrainConfig:
         help="write checkpoint.h5 every K epochs (always at the end)",
         group="checkpoints",
         metavar="K",
+        valid=NON_NEGATIVE,
     )
     checkpoint_every_steps: int = option(
-        0, help="write checkpoint.h5 every K optimiser steps", group="checkpoints", metavar="K"
+        0,
+        help="write checkpoint.h5 every K optimiser steps",
+        group="checkpoints",
+        metavar="K",
+        valid=NON_NEGATIVE,
+        applies=unless("strategy", "ps-async"),
     )
     resume: bool = option(
         False,
@@ -233,6 +298,7 @@ class TrainConfig:
         False,
         help="resume even from a checkpoint of another config or dataset",
         group="checkpoints",
+        applies=when("resume", True),
     )
     overwrite: bool = option(
         False, help="replace a previous run in OUT (refused otherwise)", group="data"
@@ -243,34 +309,50 @@ class TrainConfig:
         group="model",
         trajectory=True,
         metavar="W[,W...]",
+        applies=_MLP,
     )
     dropout: float = option(
-        0.0, help="mlp: dropout probability of hidden units", group="model", trajectory=True
+        0.0,
+        help="mlp: dropout probability of hidden units",
+        group="model",
+        trajectory=True,
+        valid=Range(0, 1, high_open=True),
+        applies=_MLP,
     )
     overlap: bool = option(
         True,
         help="mlp with allreduce: one Allreduce after backpropagation, not buckets during it",
         group="strategy",
+        applies=_OVERLAPPABLE,
     )
-    bucket_mb: float = option(1.0, help="mlp: gradient bucket size (MiB)", group="strategy")
+    bucket_mb: float = option(
+        1.0,
+        help="mlp: gradient bucket size (MiB)",
+        group="strategy",
+        valid=POSITIVE,
+        applies=_OVERLAPPABLE,
+    )
     accumulate: int = option(
         1,
         help="micro-batches whose gradients are summed before communicating",
         group="strategy",
         trajectory=True,
         metavar="K",
+        valid=AT_LEAST_1,
     )
     model_parallel: int = option(
         1,
         help="mlp: split every hidden layer over M ranks (a P/M x M grid)",
         group="strategy",
         metavar="M",
+        valid=AT_LEAST_1,
     )
     server_computes: bool = option(
         False,
         help="ps-sync/ps-async: the server (rank 0) also computes on a share of the rows",
         group="strategy",
         trajectory=True,
+        applies=when("strategy", "ps-sync", "ps-async"),
     )
     sync_every: int = option(
         8,
@@ -278,6 +360,8 @@ class TrainConfig:
         group="strategy",
         trajectory=True,
         metavar="H",
+        valid=AT_LEAST_1,
+        applies=when("strategy", "local-sgd"),
     )
     max_staleness: int | None = option(
         None,
@@ -285,6 +369,8 @@ class TrainConfig:
         group="strategy",
         trajectory=True,
         metavar="S",
+        valid=NON_NEGATIVE,
+        applies=when("strategy", "ps-async"),
     )
     timeline: bool = option(
         False,
@@ -297,7 +383,8 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError for values no run can use (wrong type, out of range)."""
+        """Raise ConfigError for values no run can use: a wrong type, a value outside its
+        choices or its ``valid`` range (:func:`option`), or a :data:`CONTRADICTIONS` row."""
         self._check_types()
         for spec in fields(self):
             allowed, value = spec.metadata["choices"], getattr(self, spec.name)
@@ -305,39 +392,34 @@ class TrainConfig:
                 raise ConfigError(
                     f"{flag_of(spec.name)} {value!r} is not one of {', '.join(allowed)}"
                 )
+            valid = spec.metadata["valid"]
+            if valid is not None and value is not None and value not in valid:
+                finite = "" if math.isfinite(value) else "a finite number "
+                raise ConfigError(
+                    f"{flag_of(spec.name)} must be {finite}{valid.describe()}, got {value!r}"
+                )
         if not self.hidden or not all(
             isinstance(width, int) and not isinstance(width, bool) and width >= 1
             for width in self.hidden
         ):
             raise ConfigError(f"--hidden must list positive layer widths, got {self.hidden}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if not self.bucket_mb > 0:
-            raise ConfigError(f"--bucket-mb must be positive, got {self.bucket_mb}")
-        positive = {
-            "model_parallel": self.model_parallel,
-            "accumulate": self.accumulate,
-            "sync_every": self.sync_every,
-            "epochs": self.epochs,
-            "lbfgs_memory": self.lbfgs_memory,
-            "lr_step_epochs": self.lr_step_epochs,
-        }
-        if self.batch_size is not None:
-            positive["batch_size"] = self.batch_size
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{flag_of(key)} must be at least 1, got {value}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.max_staleness is not None and self.max_staleness < 0:
-            raise ConfigError(f"--max-staleness must be >= 0, got {self.max_staleness}")
-        for key in ("checkpoint_every", "checkpoint_every_steps"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{flag_of(key)} must be >= 0 (0: only at the end)")
-        for key in ("l2", "tol"):
-            value = getattr(self, key)
-            if value is not None and not value >= 0:
-                raise ConfigError(f"--{key} must be non-negative, got {value}")
+        for contradiction in CONTRADICTIONS:
+            if contradiction.holds(self):
+                raise ConfigError(contradiction.message)
+
+    def ignored_options(self) -> list[str]:
+        """One warning per option set to a non-default value where this configuration
+        does not read it (its ``applies``, :func:`option`): the run is well defined, but
+        the user likely expected the option to act."""
+        warnings = []
+        for spec in fields(self):
+            applies, value = spec.metadata["applies"], getattr(self, spec.name)
+            if applies is None or value == default_of(spec.name) or applies.holds(self):
+                continue
+            warnings.append(
+                f"{_given_flag(spec, value)} has no effect here: it is used only {applies.text}"
+            )
+        return warnings
 
     def _check_types(self) -> None:
         """Values from a config file arrive untyped: check each against its field."""
@@ -405,6 +487,31 @@ class Options(types.SimpleNamespace):
 
     def __delattr__(self, name):
         raise AttributeError(f"options are read-only: cannot delete {name!r}")
+
+
+#: Option combinations no run can honour: :meth:`TrainConfig.validate` refuses them.
+#: (A strategy's or layout's own limits, such as rank counts, are its ``check``.)
+CONTRADICTIONS = (
+    Contradiction(
+        lambda config: config.resume and config.overwrite,
+        "--resume continues the run in --out, --overwrite replaces it: pass one of them",
+    ),
+    Contradiction(
+        lambda config: config.optimizer in FULL_BATCH_ONLY and config.batch_size is not None,
+        f"--optimizer {'/'.join(FULL_BATCH_ONLY)} takes full-batch steps: drop --batch-size, "
+        "or use sgd, momentum or adam for mini-batches",
+    ),
+)
+
+
+def _given_flag(spec, value) -> str:
+    """How the user set field ``spec`` to ``value``: ``--nesterov``, ``--no-overlap``,
+    ``--momentum 0.5``, ``--hidden 64,32``."""
+    if spec.type == "bool":
+        return flag_of(spec.name) if value else "--no-" + flag_of(spec.name)[2:]
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    return f"{flag_of(spec.name)} {value}"
 
 
 def default_of(name: str):

@@ -5,6 +5,7 @@ and the README's option table."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 
@@ -115,8 +116,12 @@ def test_help_lists_every_flag_under_its_topic_with_its_default(capsys):
     assert "--backend {numba,numpy,cupy} compute kernels" in strategy
     assert "(default: numba)" in strategy and "--no-overlap mlp with allreduce" in strategy
     optimiser = sections[OPTION_GROUPS["optimiser"]]
-    assert "--lr LR learning rate per step; lbfgs ignores it (default: 0.1)" in optimiser
-    assert "--batch-size B" in optimiser and "(default: none)" in optimiser
+    assert "--lr LR learning rate per step; lbfgs ignores it (default: 0.1; > 0)" in optimiser
+    assert (
+        "--momentum MOMENTUM momentum optimiser: momentum coefficient (default: 0.9; in [0, 1))"
+        in optimiser
+    )
+    assert "--batch-size B" in optimiser and "(default: none; >= 1)" in optimiser
     assert (
         "--hidden W[,W...] mlp: hidden layer widths, e.g. 256,128 (default: 128)"
         in (sections[OPTION_GROUPS["model"]])
@@ -193,7 +198,7 @@ def test_the_fingerprint_holds_exactly_the_trajectory_options():
 @pytest.mark.parametrize("name", sorted(OTHER_VALUES))
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_the_fingerprint_changes_with_exactly_the_trajectory_options(name, schedule):
-    config = base_config(lr_schedule=schedule)
+    config = base_config(lr_schedule=schedule, optimizer="sgd")  # sgd: any batch size
     changed = dataclasses.replace(config, **{name: OTHER_VALUES[name]})
     decides = name in TRAJECTORY or (name == "epochs" and schedule == "cosine")
     differs = changed.trajectory_fingerprint() != config.trajectory_fingerprint()
@@ -211,6 +216,68 @@ def test_subset_holds_only_the_named_options_read_only():
         options.seed  # noqa: B018 - not in the subset
     with pytest.raises(KeyError, match="validate"):
         config.subset(["lr", "validate"])
+
+
+# -- ranges, contradictions, ignored options ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"lr_gamma": -0.5}, r"--lr-gamma must be in \(0, 1\], got -0.5"),
+        ({"lr_gamma": 1.5}, r"--lr-gamma must be in \(0, 1\]"),
+        ({"momentum": 1.0}, r"--momentum must be in \[0, 1\), got 1.0"),
+        ({"momentum": -0.1}, r"--momentum must be in \[0, 1\)"),
+        ({"l2": math.inf}, r"--l2 must be a finite number >= 0, got inf"),
+        ({"l2": -1e-3}, r"--l2 must be >= 0"),
+        ({"lr": math.nan}, r"--lr must be a finite number > 0"),
+        ({"lr": 0.0}, r"--lr must be > 0, got 0.0"),
+        ({"tol": math.inf}, r"--tol must be a finite number >= 0"),
+        ({"seed": -1}, r"--seed must be in \[0, 2\*\*32\), got -1"),
+        ({"seed": 2**32}, r"--seed must be in \[0, 2\*\*32\)"),
+        ({"epochs": 0}, r"--epochs must be >= 1, got 0"),
+        ({"batch_size": 0, "optimizer": "sgd"}, r"--batch-size must be >= 1"),
+        ({"dropout": 1.0}, r"--dropout must be in \[0, 1\)"),
+        ({"bucket_mb": math.inf}, r"--bucket-mb must be a finite number > 0"),
+        ({"max_staleness": -1}, r"--max-staleness must be >= 0"),
+        ({"checkpoint_every": -2}, r"--checkpoint-every must be >= 0"),
+        ({"resume": True, "overwrite": True}, "--resume continues .* --overwrite replaces"),
+        ({"optimizer": "lbfgs", "batch_size": 64}, "full-batch steps: drop --batch-size"),
+    ],
+)
+def test_a_value_outside_its_range_or_a_contradiction_names_the_flag(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        base_config(**changes)
+
+
+def test_every_numeric_option_declares_its_valid_range():
+    for spec in dataclasses.fields(TrainConfig):
+        numeric = spec.type.split(" ")[0] in ("int", "float")
+        assert numeric == (spec.metadata["valid"] is not None), spec.name
+
+
+def test_options_the_configuration_ignores_are_named_once_each():
+    config = base_config(optimizer="sgd", batch_size=10, tol=1e-3, nesterov=True,
+                         momentum=0.5, hidden=[64], overlap=False, sync_every=3,
+                         lr_gamma=0.5, force_resume=True)  # fmt: skip
+    assert config.ignored_options() == [
+        "--lr-gamma 0.5 has no effect here: it is used only with --optimizer other than "
+        "lbfgs and with --lr-schedule step",
+        "--momentum 0.5 has no effect here: it is used only with --optimizer momentum",
+        "--nesterov has no effect here: it is used only with --optimizer momentum",
+        "--tol 0.001 has no effect here: it is used only without --batch-size (full batch)",
+        "--force-resume has no effect here: it is used only with --resume",
+        "--hidden 64 has no effect here: it is used only with --model mlp",
+        "--no-overlap has no effect here: it is used only with --model mlp and with "
+        "--strategy allreduce",
+        "--sync-every 3 has no effect here: it is used only with --strategy local-sgd",
+    ]
+    # The defaults, and options where they apply, are never reported.
+    assert base_config().ignored_options() == []
+    assert base_config(optimizer="momentum", momentum=0.5, nesterov=True).ignored_options() == []
+    assert base_config(optimizer="lbfgs", lr=0.5).ignored_options() == [
+        "--lr 0.5 has no effect here: it is used only with --optimizer other than lbfgs"
+    ]
 
 
 # -- the README -----------------------------------------------------------------------------
