@@ -66,7 +66,8 @@ def evaluate_run(
 
     ranks = ranks or world()
     params, info, model = collectively(ranks.comm, lambda: _load_model(run_dir, backend_name))
-    data_info, rows = load_local_rows(data_path, ranks, every_rank_needs_rows=False)
+    data_info, rows = load_local_rows(data_path, ranks, every_rank_needs_rows=False,
+                                      what="--data")  # fmt: skip
     collectively(ranks.comm, lambda: _check_data(data_info, info, data_path, run_dir))
     metrics = evaluate(model, rows.X, rows.y, params, ranks)
     weights = info.get("class_weights")

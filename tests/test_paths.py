@@ -194,7 +194,7 @@ def test_train_on_two_ranks_with_a_fifo_fails_at_once(flag, fifo, tmp_path):
     result = run_mpigd(2, "train", *data, "--model", "logreg", "--out", str(out), "--quiet",
                        timeout=50)  # fmt: skip
     assert time.monotonic() - began < 45
-    message = f"dataset path {fifo} is a FIFO (named pipe); expected {DATASET}"
+    message = f"{flag} {fifo} is a FIFO (named pipe); expected {DATASET}"
     assert one_error(result) == f"mpigd: error: {message}"
     assert not (out / "model.h5").exists()
     run = json.loads((out / "run.json").read_text())
@@ -208,9 +208,7 @@ def test_eval_with_a_fifo_as_data_fails_at_once(fifo, tmp_path):
     trained = mpigd("train", "--data", str(good), "--model", "logreg", "--epochs", "1",
                     "--out", str(out), "--quiet")  # fmt: skip
     assert trained.returncode == 0, trained.stderr
-    assert f"dataset path {fifo} is a FIFO" in one_error(
-        mpigd("eval", str(out), "--data", str(fifo))
-    )
+    assert f"--data {fifo} is a FIFO" in one_error(mpigd("eval", str(out), "--data", str(fifo)))
 
 
 def test_eval_of_a_run_whose_model_is_a_fifo_fails_at_once(tmp_path):

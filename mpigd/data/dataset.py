@@ -72,12 +72,13 @@ class LocalRows:
     stop: int
 
 
-def open_dataset(path: str | os.PathLike) -> DatasetInfo:
+def open_dataset(path: str | os.PathLike, what: str = "dataset path") -> DatasetInfo:
     """Validate a dataset's metadata (no row data is read) and describe it.
 
     Parameters
     ----------
     path : an HDF5 file, or a directory whose ``*.h5`` files are the shards.
+    what : how messages name the path: the flag that gave it (``--data``), if one did.
 
     Raises
     ------
@@ -88,7 +89,7 @@ def open_dataset(path: str | os.PathLike) -> DatasetInfo:
         invalid, or the dataset has no rows.
     """
     path = os.fspath(path)
-    files = dataset_files(path, "dataset path")
+    files = dataset_files(path, what)
     metas = [_file_meta(f) for f in files]
     first_file, first = files[0], metas[0]
     for f, meta in zip(files[1:], metas[1:], strict=True):

@@ -12,6 +12,7 @@ def load_local_rows(
     ranks: RankInfo,
     every_rank_needs_rows: bool = True,
     share: tuple[int, int] | None = None,
+    what: str = "dataset path",
 ) -> tuple[DatasetInfo, LocalRows]:
     """Open the dataset at ``path`` and read this rank's contiguous row range.
 
@@ -22,12 +23,13 @@ def load_local_rows(
     Raises the same MpigdError on every rank if any rank could not open, read or
     validate its part. What h5py raises on a file that breaks mid-read (OSError,
     KeyError, ValueError) is bad input too, reported as a DataError naming the path;
-    anything else is a bug and aborts the job with its traceback.
+    anything else is a bug and aborts the job with its traceback. ``what`` names the
+    path in messages (the flag that gave it).
     """
     part, parts = share or (ranks.rank, ranks.size)
     info = rows = error = None
     try:
-        info = open_dataset(path)
+        info = open_dataset(path, what)
         if parts == 0:
             rows = read_rows(info, 0, 0)
         elif every_rank_needs_rows:

@@ -5,7 +5,8 @@ Every step that can fail on some ranks and not others is agreed (``collectively`
 agreed step encloses a collective. The order (:func:`set_up`):
 
 1. rank 0 claims the run directory (run.json ``starting``);
-2. the layout is chosen and checked, the kernel backend loaded, the GPU placed;
+2. the layout is chosen and checked, the kernel backend loaded, the GPU placed; rank 0
+   warns about options this configuration ignores;
 3. each rank reads its rows (training, test) as the layout shares them out;
 4. the layout connects (its sub-communicators) and the builder makes the parts;
 5. balanced class weights from the global class counts; kernels compiled (warm-up);
@@ -26,7 +27,7 @@ from mpigd.models import load_backend
 from mpigd.record import RunRecord
 from mpigd.record.checkpoint_file import data_fingerprint
 from mpigd.record.provenance import describe_run
-from mpigd.run import checkpointing
+from mpigd.run import checkpointing, progress
 from mpigd.run.builder import build_parts
 from mpigd.run.layouts import layout_for
 from mpigd.run.loading import load_local_rows
@@ -53,6 +54,9 @@ def set_up(config, ranks: mpi.RankInfo, hooks, record: RunRecord | None) -> Run:
 def _build_run(config, ranks, hooks, record) -> Run:
     comm, timer = ranks.comm, PhaseTimer()
     layout, backend = mpi.collectively(comm, lambda: _configure(config, ranks.size))
+    if ranks.is_root:
+        for warning in config.ignored_options():
+            progress.note(f"warning: {warning}")
     gpu = device.place(comm, backend)
     share = layout.data_share(ranks.rank, ranks.size)
     data = _load(config, ranks, share, backend)
@@ -123,11 +127,11 @@ def _load(config, ranks, share, backend) -> RunData:
     """Collective: this rank's training and test rows, the test rows on the device."""
     comm = ranks.comm
     start = time.perf_counter()
-    info, rows = load_local_rows(config.data, ranks, share=share)
+    info, rows = load_local_rows(config.data, ranks, share=share, what="--data")
     test = test_X = None
     if config.test_data:
         test_info, test = load_local_rows(
-            config.test_data, ranks, every_rank_needs_rows=False, share=share
+            config.test_data, ranks, every_rank_needs_rows=False, share=share, what="--test-data"
         )
         mpi.collectively(comm, lambda: _check_compatible(info, test_info))
         test_X = mpi.collectively(comm, lambda: _fitting(lambda: backend.to_device(test.X)))
@@ -204,7 +208,7 @@ def _start_record(run, gpu, warmup_s: float, resumed: dict | None, layout: str) 
         config = run.config
         info = describe_run(config, run.ranks, places, run.data.info, run.model_info, gpu=gpu)
         info.update(layout=layout, load_s=run.data.load_s, warmup_s=warmup_s,
-                    resumed_from=resumed)  # fmt: skip
+                    resumed_from=resumed, warnings=config.ignored_options())  # fmt: skip
         try:
             run.record.start(info, keep_epochs=resumed["epoch"] if resumed else None)
         except OSError as exc:
