@@ -257,3 +257,12 @@ def test_inspect_skips_no_shard_and_reads_a_symlinked_one(shards, tmp_path):
     shown = mpigd("data", "inspect", str(shards))
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["rows"] == 30
+
+
+def test_train_on_a_symlink_loop_names_it_and_writes_no_run(tmp_path):
+    loop = tmp_path / "loop.h5"
+    os.symlink(loop, loop)
+    out = tmp_path / "run"
+    error = one_error(mpigd("train", "--data", str(loop), "--model", "logreg", "--out", str(out)))
+    assert f"--data {loop} is a symbolic link loop" in error
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"

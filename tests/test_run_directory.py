@@ -94,7 +94,7 @@ def test_an_out_that_is_empty_or_inside_the_data_is_refused(tmp_path, where, wor
 
 
 def test_resume_and_overwrite_together_are_refused(data, tmp_path):
-    with pytest.raises(CollectiveError, match="pass one of them"):
+    with pytest.raises(ConfigError, match="pass one of them"):
         train(config(data, tmp_path / "run", resume=True, overwrite=True))
     assert not (tmp_path / "run").exists()
 

@@ -91,16 +91,13 @@ class RunRecord:
         lies inside an input dataset (``inputs``: paths, None for absent ones), one that
         another run holds, one with files a run writes but no mpigd run.json (someone
         else's), and one that holds a run unless ``overwrite`` (start over) or
-        ``resume`` (continue it), which contradict each other. A new directory gets
+        ``resume`` (continue it; TrainConfig refuses the two together). A new directory gets
         run.json with status ``starting`` and its heartbeat starts; an existing run's
         files are left alone until :meth:`start`. A refused claim removes the lock file
         again if it created it.
         """
         if not str(self.given).strip():
             raise ConfigError(f"--out {self.given!r} is empty: name the run directory")
-        if resume and overwrite:
-            raise ConfigError("--resume continues the run in --out, --overwrite replaces it: "
-                              "pass one of them")  # fmt: skip
         _check_not_inside_inputs(self.dir, inputs)
         if self.dir.exists() and not self.dir.is_dir():
             raise ConfigError(f"--out {self.dir} exists and is not a directory")
@@ -361,12 +358,13 @@ def _lock_held(directory: Path) -> bool | None:
 
 def _check_not_inside_inputs(out: Path, inputs) -> None:
     """ConfigError if ``out`` is an input dataset or lies inside a dataset directory (its
-    files would become shards, or a shard be replaced)."""
-    target = out.resolve()
+    files would become shards, or a shard be replaced). ``realpath``, unlike
+    ``Path.resolve`` on Python 3.11, leaves a symlink loop for the data check to name."""
+    target = Path(os.path.realpath(out))
     for given in inputs:
         if not given:
             continue
-        data = Path(given).resolve()
+        data = Path(os.path.realpath(given))
         if target == data or (data.is_dir() and data in target.parents):
             raise ConfigError(
                 f"--out {out} is inside the dataset {given}; put the run directory elsewhere"
