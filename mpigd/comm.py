@@ -13,7 +13,8 @@ Every rank of a run must end the same way. Two mechanisms guarantee it:
   so all ranks leave the collective phase together and exit non-zero.
 * :func:`run_guarded` wraps a rank's whole program: an agreed ``MpigdError`` is printed
   once (by rank 0) and every rank exits with status 2; an agreed stop for a signal
-  exits with :data:`EXIT_PREEMPTED` (75); any other exception, in the main thread or
+  exits with :data:`EXIT_PREEMPTED` (75), or :data:`EXIT_INTERRUPTED` (130) for
+  Ctrl-C; any other exception, in the main thread or
   any other, is a bug: the rank that raised it prints its traceback, the abort hooks
   registered by the current run run (:func:`abort_hook`; a run's marks its ``run.json``
   aborted) and ``MPI_Abort`` ends the whole job (exit status 1), so no rank is ever
@@ -40,7 +41,7 @@ from typing import TypeVar
 from mpi4py import MPI
 
 from mpigd.errors import AgreedError, CollectiveError, MpigdError
-from mpigd.preemption import Preempted
+from mpigd.preemption import Interrupted, Preempted
 
 T = TypeVar("T")
 
@@ -51,6 +52,9 @@ EXIT_USER_ERROR = 2
 #: A run stopped by SIGTERM/SIGUSR1 after writing its checkpoint; resume with --resume.
 #: (75 is EX_TEMPFAIL from sysexits.h: "try again later"; the Slurm scripts requeue on it.)
 EXIT_PREEMPTED = 75
+#: A run stopped by Ctrl-C (SIGINT) after writing its checkpoint: 128 + SIGINT, as a
+#: shell reports a program that Ctrl-C ended; not requeued.
+EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -174,9 +178,10 @@ def run_guarded(main: Callable[[], int | None], rank_info: RankInfo | None = Non
 
     Returns the exit status for ``sys.exit``: 0 on success, 2 on a ``CollectiveError``
     (raised on every rank together; rank 0 prints it), 75 when the ranks agreed to stop
-    for a signal. An ``MpigdError`` that may be this rank's alone is printed with the
-    rank and ends the job with ``MPI_Abort(2)``; any other exception with a traceback and
-    ``MPI_Abort(1)``. On one rank nothing needs aborting.
+    for a signal (130 if a rank got SIGINT). An ``MpigdError`` that may be this rank's
+    alone is printed with the rank and ends the job with ``MPI_Abort(2)``; any other
+    exception with a traceback and ``MPI_Abort(1)``, and a second Ctrl-C with
+    ``MPI_Abort(130)``. On one rank nothing needs aborting.
     """
     info = rank_info or world()
     previous_excepthook = threading.excepthook
@@ -196,7 +201,7 @@ def _run_main(main: Callable[[], int | None], info: RankInfo) -> int:
     except Preempted as exc:
         if info.is_root:
             print(f"mpigd: {exc}", file=sys.stderr, flush=True)
-        return EXIT_PREEMPTED
+        return EXIT_INTERRUPTED if isinstance(exc, Interrupted) else EXIT_PREEMPTED
     except CollectiveError as exc:
         if info.is_root:
             print(f"mpigd: error: {exc}", file=sys.stderr, flush=True)
@@ -207,7 +212,7 @@ def _run_main(main: Callable[[], int | None], info: RankInfo) -> int:
             return EXIT_USER_ERROR
         abort(info, str(exc), EXIT_USER_ERROR)
     except KeyboardInterrupt:
-        info.comm.Abort(EXIT_ABORT)
+        abort(info, "interrupted by SIGINT (Ctrl-C)", EXIT_INTERRUPTED)
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank
         if isinstance(exc, SystemExit) and not exc.code:
             return 0

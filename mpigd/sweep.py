@@ -43,7 +43,7 @@ from mpigd import preemption
 from mpigd.comm import RankInfo, collectively
 from mpigd.config import TrainConfig, read_toml
 from mpigd.errors import CollectiveError, ConfigError
-from mpigd.preemption import Preempted
+from mpigd.preemption import Interrupted, Preempted
 from mpigd.record import read_run
 
 TABLE_FIELDS = (
@@ -117,8 +117,10 @@ def run_sweep(world: RankInfo, grid_path: str, out: str, groups: int = 1, hooks=
     table = sorted(itertools.chain(*everyone), key=lambda row: row["index"])
     if world.is_root:
         write_table(table, out, list(values[0]), test_metric=configs[0].test_data is not None)
-    if any(row["status"] == "preempted" for row in table):
-        raise Preempted("the sweep was stopped by a signal; see sweep.csv for what finished")
+    stopped = {row["status"] for row in table} & {"preempted", "interrupted"}
+    if stopped:
+        stop = Interrupted if "interrupted" in stopped else Preempted
+        raise stop("the sweep was stopped by a signal; see sweep.csv for what finished")
     if not any(row["status"] == "completed" for row in table):
         raise CollectiveError(f"no config of the sweep completed; see {out}/sweep.csv")
     return table
@@ -173,13 +175,13 @@ def _train_group(ranks: RankInfo, group: int, groups: int, values, configs, hook
         try:
             train(configs[index], ranks, hooks=hooks)
         except Preempted as exc:
-            error, status = str(exc), "preempted"
+            error, status = str(exc), exc.status
         except CollectiveError as exc:
             error, status = str(exc), "failed"
         if ranks.is_root:
             row = result_row(index, values[index], configs[index].out, status, error)
             rows.append(dict(row, group=group, ranks=ranks.size))
-        if status == "preempted":
+        if status in ("preempted", "interrupted"):
             break
     return rows
 

@@ -56,8 +56,8 @@ def write_sharded(directory, X, y, task, n_classes=None, sizes=(400, 350)) -> Pa
 def mpirun_command(n_ranks: int, *args: str, fault: str | None = None) -> list[str]:
     """``mpirun -n N python -m mpigd ARGS`` with the mpirun that sits beside this Python.
 
-    ``fault`` (``ACTION@RANK:STEP``, see ``tests/fault_hooks.py``) runs the same command
-    line with that fault hook installed, through ``tests/run_with_fault.py``.
+    ``fault`` (``none``, ``ACTION@RANK:STEP`` or ``sigterm-at-start@RANK``, see
+    ``tests/run_with_fault.py``) runs the same command line through that wrapper.
     """
     mpirun = shutil.which("mpirun", path=os.path.dirname(sys.executable)) or "mpirun"
     program = ["-m", "mpigd"] if fault is None else [str(REPO / "tests/run_with_fault.py"), fault]
@@ -65,14 +65,24 @@ def mpirun_command(n_ranks: int, *args: str, fault: str | None = None) -> list[s
 
 
 def run_mpigd(
-    n_ranks: int, *args: str, timeout: float = 120, env: dict | None = None, fault=None
+    n_ranks: int,
+    *args: str,
+    timeout: float = 120,
+    env: dict | None = None,
+    fault=None,
+    statuses=None,
 ) -> subprocess.CompletedProcess:
     """Run mpigd under mpirun; a hang fails the test after ``timeout`` seconds.
 
     ``env`` adds variables to this process's environment; ``fault`` injects a fault
-    (see :func:`mpirun_command`).
+    (see :func:`mpirun_command`). ``statuses`` (a directory) collects every rank's exit
+    status: read them with :func:`rank_statuses`.
     """
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", **(env or {}))
+    if statuses is not None:
+        Path(statuses).mkdir(parents=True, exist_ok=True)
+        env["MPIGD_TEST_STATUS_DIR"] = str(statuses)
+        fault = fault or "none"
     return subprocess.run(
         mpirun_command(n_ranks, *args, fault=fault),
         capture_output=True,
@@ -81,3 +91,10 @@ def run_mpigd(
         cwd=REPO,
         env=env,
     )
+
+
+def rank_statuses(statuses, n_ranks: int) -> list[int | None]:
+    """The exit status of each rank of a :func:`run_mpigd` run with ``statuses``; None
+    for a rank that wrote none (ended by MPI_Abort or a signal)."""
+    files = [Path(statuses) / f"rank-{rank}" for rank in range(n_ranks)]
+    return [int(f.read_text()) if f.exists() else None for f in files]

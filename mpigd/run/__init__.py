@@ -53,10 +53,22 @@ def train(config, ranks: mpi.RankInfo | None = None, hooks=()) -> dict:
 
     ranks = ranks or mpi.world()
     with preemption.listening():
+        _stop_if_asked_before_start(ranks)
         record, run_id = claim_run_directory(config, ranks)
         run_hooks = Hooks([*default_hooks(config, run_id), *hooks])
         with mpi.abort_hook(run_hooks.aborting):
             return run_to_end(set_up(config, ranks, run_hooks, record))
+
+
+def _stop_if_asked_before_start(ranks: mpi.RankInfo) -> None:
+    """Collective: end the run before it touches anything if a rank already has a stop
+    signal (one that came while the ranks started, or between two runs of a sweep)."""
+    asked = mpi.gather_everywhere(ranks.comm, preemption.received())
+    if any(asked):
+        names = "/".join(sorted({name for names in asked for name in names}))
+        stop = preemption.Interrupted if "SIGINT" in names else preemption.Preempted
+        raise stop(f"stopped by {names} before the run started; nothing was written; "
+                   "run the command again to start it")  # fmt: skip
 
 
 __all__ = ["Hook", "default_hooks", "train"]
