@@ -15,6 +15,10 @@ kill                 the process kills itself with SIGKILL (a node dying)
 sigterm              the process sends itself SIGTERM (a preemption notice)
 checkpoint-crash     the first checkpoint written at global step >= STEP dies after
                      writing its temporary file, before the rename (``os._exit(99)``)
+model-write-fails    writing model.h5 at the end fails (STEP unused): after the last
+                     epoch a directory blocks the path of its temporary file, as a
+                     full disk or a quota would fail the write
+record-write-fails   the same for the final run.json
 ===================  ==========================================================
 """
 
@@ -23,10 +27,14 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from mpigd.run.hooks import Hook
 
-ACTIONS = ("raise", "kill", "sigterm", "checkpoint-crash")
+ACTIONS = ("raise", "kill", "sigterm", "checkpoint-crash", "model-write-fails",
+           "record-write-fails")  # fmt: skip
+#: The file whose final write each ``*-write-fails`` action breaks.
+_BROKEN_WRITES = {"model-write-fails": "model.h5", "record-write-fails": "run.json"}
 
 
 class Fault(Hook):
@@ -53,6 +61,12 @@ class Fault(Hook):
             os.kill(os.getpid(), signal.SIGKILL)
         if self.action == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def epoch_ended(self, run, row: dict) -> None:
+        if self.action not in _BROKEN_WRITES or run.ranks.rank != self.rank:
+            return
+        if row["epoch"] == run.config.epochs:  # the atomic write's temporary file
+            (Path(run.config.out) / f".{_BROKEN_WRITES[self.action]}.tmp-{os.getpid()}").mkdir()
 
     def before_checkpoint_rename(self, run) -> None:
         if self.action != "checkpoint-crash" or run.ranks.rank != self.rank:

@@ -90,17 +90,22 @@ def resume(run) -> dict | None:
         return None
     local = parts.strategy.local_vector
     parts.params[:] = local(checkpoint.params)
-    parts.optimizer.load_state_dict({
-        key: local(value) if key in parts.optimizer.STATE_ARRAYS else value
-        for key, value in checkpoint.optimizer_state.items()
-    })  # fmt: skip
+    notes = []
+    if checkpoint.config.get("optimizer") == run.config.optimizer:
+        parts.optimizer.load_state_dict({
+            key: local(value) if key in parts.optimizer.STATE_ARRAYS else value
+            for key, value in checkpoint.optimizer_state.items()
+        })  # fmt: skip
+    else:  # --force-resume across optimisers: another optimiser's state means nothing here
+        notes.append(f"the checkpoint's optimiser is {checkpoint.config.get('optimizer')}: its "
+                     f"parameters are kept, {run.config.optimizer} starts afresh")  # fmt: skip
     if checkpoint.rng_states and len(checkpoint.rng_states) == ranks.size:
         parts.model.set_rng_state(checkpoint.rng_states[ranks.rank])
     state.start_epoch = checkpoint.epoch + 1
     state.epochs_done = checkpoint.epoch
     state.first_step = checkpoint.step_in_epoch
     state.global_step = state.last_checkpoint_step = checkpoint.global_step
-    notes = _resume_notes(checkpoint, ranks.size)
+    notes = _resume_notes(checkpoint, ranks.size) + notes
     if ranks.is_root:
         for note in notes:
             progress.note(note)
@@ -134,6 +139,14 @@ def _refuse_mismatch(checkpoint: Checkpoint, run) -> None:
     saved = {key: default_of(key) for key in current.keys() - checkpoint.config.keys()}
     checkpoint.config = {**saved, **checkpoint.config}
     found = checkpoint_file.mismatches(checkpoint, current, run.data_fingerprint)
+    model = run.parts.model
+    if np.shape(checkpoint.params) != (model.full_size,):
+        raise ConfigError(
+            f"{config.out}/{checkpoint_file.CHECKPOINT_FILE} holds {np.size(checkpoint.params)} "
+            f"parameters, but --model {config.model} on {run.data.info.n_features} features "
+            f"has {model.full_size}: not even --force-resume can continue another model's "
+            "parameters; use another --out"
+        )
     if found and not config.force_resume:
         raise ConfigError(
             f"{config.out}/{checkpoint_file.CHECKPOINT_FILE} was written for another run ("

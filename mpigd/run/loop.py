@@ -39,12 +39,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpigd import comm as mpi
 from mpigd import preemption
 from mpigd.errors import CollectiveError, DivergenceError, MpigdError
 from mpigd.evaluate import evaluate
-from mpigd.preemption import Preempted
-from mpigd.record import CHECKPOINT_FILE
-from mpigd.run import checkpointing
+from mpigd.preemption import Interrupted, Preempted
+from mpigd.record import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE
+from mpigd.run import checkpointing, progress
 from mpigd.run.batching import epoch_batches
 
 
@@ -94,10 +95,13 @@ class Run:
 def run_to_end(run: Run) -> dict:
     """Collective: the epochs, then model.h5 and the final run.json; the summary.
 
-    The run ends ``completed``, ``preempted`` (an agreed stop: exit 75) or ``failed``
+    The run ends ``completed``, ``preempted`` (an agreed stop: exit 75), ``interrupted``
+    (an agreed stop for Ctrl-C: exit 130) or ``failed``
     (an error). When the ranks end together the hooks' ``run_ended`` runs first, then
     rank 0 writes model.h5 (completed runs only) and the final run.json, whatever the
-    hooks did: a hook failing at the end fails the run, with the reason recorded.
+    hooks did: a hook failing at the end fails the run, with the reason recorded, and
+    leaves no model.h5. Rank 0's writes are agreed
+    (:func:`_written_on_root`): a full disk fails the run on every rank, with one message.
     """
     hooks_ended = False
     try:
@@ -106,26 +110,43 @@ def run_to_end(run: Run) -> dict:
         whole = run.parts.strategy.full_vector(run.parts.params)
         hooks_ended = True
         run.hooks.run_ended("completed")
+        _written_on_root(run, MODEL_FILE, lambda: run.record.save_model(whole, run.model_info))
+        _written_on_root(run, RUN_FILE, lambda: run.record.finish("completed", **summary))
     except MpigdError as exc:
         _end_early(run, exc, call_hooks=not hooks_ended)
         raise
-    if run.record:
-        run.record.save_model(whole, run.model_info)
-        run.record.finish("completed", **summary)
     return summary
+
+
+def _written_on_root(run: Run, name: str, write) -> None:
+    """Collective: rank 0 calls ``write()``, which writes ``name`` in the run directory;
+    its OSError (disk full, quota, permissions) is an agreed error on every rank."""
+
+    def work() -> None:
+        if not run.record:
+            return
+        try:
+            write()
+        except OSError as exc:
+            raise MpigdError(f"cannot write {run.config.out}/{name}: {exc}") from exc
+
+    mpi.collectively(run.ranks.comm, work)
 
 
 def _end_early(run: Run, exc: MpigdError, call_hooks: bool) -> None:
     """Record a run cut short by ``exc``: the hooks' ``run_ended`` if every rank is here
     (an agreed error) and they have not run yet, then run.json ``preempted`` or
     ``failed`` on rank 0."""
-    status = "preempted" if isinstance(exc, Preempted) else "failed"
+    status = exc.status if isinstance(exc, Preempted) else "failed"
     try:
         if call_hooks and isinstance(exc, CollectiveError):
             run.hooks.run_ended(status)
     finally:
         if run.record:
-            run.record.finish(status, stop_reason=str(exc))
+            try:
+                run.record.finish(status, stop_reason=str(exc))
+            except OSError as write_error:  # the error itself may be a full disk
+                progress.note(f"cannot record the run as {status} in run.json: {write_error}")
 
 
 def _epochs(run: Run) -> dict:
@@ -141,26 +162,46 @@ def _epochs(run: Run) -> dict:
                 where += f", step {state.global_step}"
             raise DivergenceError(
                 f"training diverged {where}: {exc}; the last good checkpoint is kept; "
-                f"try a smaller --lr (now {config.lr})"
+                + _divergence_advice(run)
             ) from exc
         if row is None:  # cut short at a step boundary by an agreed stop signal
             run.save_checkpoint()
-            raise Preempted(_preempted_message(run, epoch))
+            raise _stopped(run, epoch)
         state.epochs_done, state.step_in_epoch = epoch, 0
-        if run.record:
-            run.record.append_metrics(row)
+        _written_on_root(run, METRICS_FILE, lambda: run.record.append_metrics(row))  # noqa: B023
         run.hooks.epoch_ended(row)
         last = epoch == config.epochs or parts.optimizer.stop_reason is not None
         if last or parts.strategy.stop_agreed:
             run.save_checkpoint()
         if parts.strategy.stop_agreed and not last:
-            raise Preempted(_preempted_message(run, epoch + 1))
+            raise _stopped(run, epoch + 1)
         if parts.optimizer.stop_reason:
             stop_reason = parts.optimizer.stop_reason
             break
     final_loss = _train_loss(run, np.empty_like(parts.params))
     return {"stop_reason": stop_reason, "epochs_run": state.epochs_done,
             "final_train_loss": final_loss}  # fmt: skip
+
+
+def _divergence_advice(run: Run) -> str:
+    """Collective: what to try after a divergence. Data with values near the square root
+    of the float range overflows sums of squares and products whatever the step size,
+    so then the advice is to scale the data; otherwise it is a smaller --lr."""
+    rows, info = run.data.rows, run.data.info
+    local = [abs(float(rows.X.max())), abs(float(rows.X.min()))] if len(rows.X) else [0.0]
+    if info.task == "regression" and len(rows.y):
+        local += [abs(float(rows.y.max())), abs(float(rows.y.min()))]
+    largest = max(max(values) for values in mpi.gather_everywhere(run.ranks.comm, local))
+    limit = np.sqrt(np.finfo(info.dtype).max) / 1e4
+    if largest > limit:
+        return (
+            f"the training data holds values as large as {largest:.3g} in magnitude, where "
+            f"products and sums of squares overflow {np.dtype(info.dtype).name}: scale the "
+            "data (for example standardise each feature, and the targets of a regression)"
+        )
+    if run.config.optimizer == "lbfgs":  # its line search picks the step sizes
+        return "check the data's scale, or add a larger --l2"
+    return f"try a smaller --lr (now {run.config.lr})"
 
 
 def _epoch(run: Run, epoch: int) -> dict | None:
@@ -218,9 +259,13 @@ def _train_loss(run: Run, grad: np.ndarray) -> float:
         return strategy.full_loss(params)
 
 
-def _preempted_message(run: Run, epoch: int) -> str:
+def _stopped(run: Run, epoch: int) -> Preempted:
+    """Collective: the exception of the agreed stop at ``epoch`` (checkpoint written):
+    :class:`Interrupted` if any rank got SIGINT, else :class:`Preempted`."""
+    interrupted = any(mpi.gather_everywhere(run.ranks.comm, preemption.interrupted()))
     signals = "/".join(preemption.received()) or "a stop signal on another rank"
-    return (
+    message = (
         f"stopped by {signals} at epoch {epoch}, step {run.state.global_step}; checkpoint "
         f"written to {run.config.out}/{CHECKPOINT_FILE}; continue with --resume"
     )
+    return (Interrupted if interrupted else Preempted)(message)
