@@ -3,7 +3,7 @@
 Usage (from the repository root, at least 2 ranks)::
 
     mpirun -n P python -m experiments.commbench [--out results/commbench/pP.csv]
-        [--max-bytes 4194304] [--quick]
+        [--max-bytes 4194304] [--iterations 1000] [--quick]
 
 Operations, on float64 buffers of 8 bytes to ``--max-bytes`` (powers of two):
 
@@ -14,15 +14,30 @@ allreduce      ``MPI_Allreduce`` (sum) over all ranks
 reduce         ``MPI_Reduce`` (sum) to rank 0
 bcast          ``MPI_Bcast`` from rank 0
 sendrecv       ping-pong between ranks 0 and 1; time = half the round trip (osu_latency)
-sendrecv_bw    a window of 64 ``MPI_Isend`` from 0 to 1, then one ack (osu_bw); time per
-               message
+sendrecv_bw    one message of a window of 64 ``MPI_Isend`` from 0 to 1, each window
+               closed by one ack (osu_bw); time = the window's time / 64
 =============  ===========================================================================
 
-Each (op, size) runs ``iterations`` times after a warm-up, between barriers. For the
-collectives ``avg_us``, ``min_us`` and ``max_us`` are the mean, fastest and slowest rank's
-time per iteration (microseconds); for the point-to-point ops they are rank 0's.
-``MB_per_s`` is the message size divided by ``avg_us`` (1 MB = 10^6 bytes). Rank 0 writes
-the CSV and, beside it, a JSON file with the MPI library, hosts and time.
+Each (op, size) runs ``iterations`` times after a warm-up, between barriers. The CSV
+columns, one row per (op, size):
+
+==============  =========================================================================
+column          meaning (unit)
+==============  =========================================================================
+op, ranks       the operation and the number of ranks in the communicator
+bytes           message size: the buffer every rank sends, receives or reduces (bytes)
+iterations      timed repetitions (sendrecv_bw: messages, 64 per window)
+avg_us          time per iteration, mean over the ranks that take part (microseconds);
+                for sendrecv the one-way latency, for sendrecv_bw the time per message
+min_us, max_us  the fastest and the slowest of those ranks (microseconds)
+GB_per_s        ``bytes / (avg_us 1e-6) / 1e9``: message bytes per second of the op
+                (the "algorithm bandwidth"; 1 GB = 10^9 bytes)
+==============  =========================================================================
+
+The ranks that take part are all ranks for the collectives, ranks 0 and 1 for the
+point-to-point ops. Rank 0 writes the CSV, beside it a JSON file with the MPI library,
+hosts and time, and the figure (PNG and PDF, see :func:`plot_commbench`): time per
+operation and bandwidth against message size, log-log, one line per op.
 """
 
 from __future__ import annotations
@@ -37,9 +52,24 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-FIELDS = ("op", "ranks", "bytes", "iterations", "avg_us", "min_us", "max_us", "MB_per_s")
+from experiments.plots import new_figure, save_figure
+
+FIELDS = ("op", "ranks", "bytes", "iterations", "avg_us", "min_us", "max_us", "GB_per_s")
 OPS = ("allreduce", "reduce", "bcast", "sendrecv", "sendrecv_bw")
 WINDOW = 64  # messages in flight in the bandwidth test, as osu_bw
+OP_LABELS = {
+    "allreduce": "Allreduce",
+    "reduce": "Reduce to rank 0",
+    "bcast": "Bcast from rank 0",
+    "sendrecv": "Send/Recv ping-pong (one way)",
+    "sendrecv_bw": "Isend stream, window of 64",
+}
+PLOT_NOTE = (
+    "Time: mean over the ranks taking part of the time per operation (ping-pong: half the"
+    " round trip). Bandwidth: message bytes / time per operation (1 GB = 10^9 bytes);\n"
+    "for the collectives the algorithm bandwidth, not the bus bandwidth. The Isend stream"
+    " measures bandwidth only (its time per message is not a latency)."
+)
 LARGE_BYTES = 8192  # messages above this size get fewer iterations
 
 
@@ -127,27 +157,82 @@ def measure(comm: MPI.Comm, sizes: list[int], small_iterations: int) -> list[dic
             if op == "sendrecv":
                 seconds = time_pingpong(comm, n_bytes, iterations)
             elif op == "sendrecv_bw":
-                seconds = time_window(comm, n_bytes, max(iterations // 10, 5))
+                windows = max(iterations // 10, 5)
+                seconds, iterations = time_window(comm, n_bytes, windows), windows * WINDOW
             else:
                 seconds = time_collective(comm, op, n_bytes, iterations)
             per_rank = comm.gather(seconds, root=0)
             if comm.rank == 0:
                 if op.startswith("sendrecv"):
-                    per_rank = per_rank[:1]
-                avg = float(np.mean(per_rank))
-                rows.append(
-                    {
-                        "op": op,
-                        "ranks": comm.size,
-                        "bytes": n_bytes,
-                        "iterations": iterations,
-                        "avg_us": 1e6 * avg,
-                        "min_us": 1e6 * min(per_rank),
-                        "max_us": 1e6 * max(per_rank),
-                        "MB_per_s": n_bytes / avg / 1e6,
-                    }
-                )
+                    per_rank = per_rank[:2]  # the other ranks only synchronise
+                rows.append(_row(op, comm.size, n_bytes, iterations, per_rank))
     return rows
+
+
+def _row(op: str, ranks: int, n_bytes: int, iterations: int, seconds: list[float]) -> dict:
+    """One CSV row from the seconds per iteration of each rank that took part."""
+    avg = float(np.mean(seconds))
+    return {
+        "op": op,
+        "ranks": ranks,
+        "bytes": n_bytes,
+        "iterations": iterations,
+        "avg_us": 1e6 * avg,
+        "min_us": 1e6 * min(seconds),
+        "max_us": 1e6 * max(seconds),
+        "GB_per_s": n_bytes / avg / 1e9,
+    }
+
+
+def plot_commbench(csv_path: Path) -> Path:
+    """Draw the figure of a commbench CSV beside it (``.png`` and ``.pdf``); return the PNG.
+
+    Left: ``avg_us`` (time per operation) against message size, log-log, one line per
+    op (sendrecv_bw is left out: its time per message in a stream is not a latency).
+    Right: ``GB_per_s`` against message size, log-log, every op. The title names the
+    rank count and, from the JSON beside the CSV when it is there, the MPI library.
+    """
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    about = csv_path.with_suffix(".json")
+    library = json.loads(about.read_text())["mpi_library"] if about.is_file() else None
+    fig = new_figure(width_in=12.0)
+    latency, bandwidth = fig.subplots(1, 2)
+    for i, op in enumerate(OPS):
+        mine = [row for row in rows if row["op"] == op]
+        if not mine:
+            continue
+        style = {"color": f"C{i}", "marker": "os^vD"[i], "label": OP_LABELS[op]}
+        sizes = [int(row["bytes"]) for row in mine]
+        if op != "sendrecv_bw":
+            latency.plot(sizes, [float(row["avg_us"]) for row in mine], **style)
+        bandwidth.plot(sizes, [float(row["GB_per_s"]) for row in mine], **style)
+    sizes = sorted({int(row["bytes"]) for row in rows})
+    for ax, title, label in (
+        (latency, "latency", "time per operation (us)"),
+        (bandwidth, "bandwidth", "bandwidth (GB/s)"),
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes[::3], [_size_label(n) for n in sizes[::3]])
+        ax.minorticks_off()
+        ax.set_yscale("log")
+        ax.set_xlabel("message size")
+        ax.set_ylabel(label)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="x-small")
+    ranks = rows[0]["ranks"] if rows else "?"
+    library = " ".join(library.split()) if library else None
+    fig.suptitle(f"MPI microbenchmark on {ranks} ranks" + (f", {library}" if library else ""))
+    return save_figure(fig, csv_path.with_suffix(""), PLOT_NOTE)
+
+
+def _size_label(n_bytes: int) -> str:
+    """``8 B``, ``4 KiB``, ``2 MiB``: a power-of-two size for an axis."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n_bytes >= scale:
+            return f"{n_bytes // scale} {unit}"
+    return f"{n_bytes} B"
 
 
 def main(argv=None) -> int:
@@ -174,10 +259,15 @@ def main(argv=None) -> int:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         out.with_suffix(".json").write_text(json.dumps(about, indent=2) + "\n")
+        figure = plot_commbench(out)
+        print(f"{'op':<12}{'bytes':>9}  {'us per op':>10}  {'GB/s':>8}")
         for row in rows:
             if row["bytes"] in (8, 1024, 1 << 20):
-                print(f"{row['op']:<12}{row['bytes']:>9} B {row['avg_us']:>11.2f} us")
-        print(f"wrote {out}")
+                print(
+                    f"{row['op']:<12}{row['bytes']:>9}  {row['avg_us']:>10.2f}  "
+                    f"{row['GB_per_s']:>8.3f}"
+                )
+        print(f"wrote {out} {out.with_suffix('.json')} {figure}")
     return 0
 
 
