@@ -66,7 +66,11 @@ def _add_data_commands(commands) -> None:
     imp.add_argument("--shards", type=int, default=1)
     imp.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     imp.add_argument(
-        "--label-column", type=int, default=0, help="CSV column holding the label (-1 = last)"
+        "--label-column",
+        type=_column,
+        metavar="NAME|INDEX",
+        help="CSV: the label column, a header name or an index from 0 (-1 = last); "
+        "default: the header's column named 'label', else column 0",
     )
     imp.add_argument(
         "--label-values",
@@ -110,6 +114,14 @@ def _add_data_commands(commands) -> None:
 
     inspect = actions.add_parser("inspect", help="print a dataset's shape, task and balance")
     inspect.add_argument("path")
+
+
+def _column(text: str) -> int | str:
+    """``--label-column``: an integer is an index (from 0), anything else a header name."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _pixel_scale(text: str) -> float | None:

@@ -187,9 +187,11 @@ def test_pinned_label_values_reject_other_labels(tmp_path):
         import_file(tmp_path / "d.npz", "npz", tmp_path / "d.h5", label_values="2,4")
     with pytest.raises(DataError, match="with 4 classes does not fit the 3 label values"):
         import_file(tmp_path / "d.npz", "npz", tmp_path / "d.h5", label_values="2,4,7", n_classes=4)
-    for bad in ("1,1", "1", "1,x", "1.5,2"):
+    for bad in ("1,1", "1", "1.5,2"):
         with pytest.raises(DataError, match="label values must"):
             import_file(tmp_path / "d.npz", "npz", tmp_path / "d.h5", label_values=bad)
+    with pytest.raises(DataError, match=r"are numbers \(e.g. 4\) but the label values are names"):
+        import_file(tmp_path / "d.npz", "npz", tmp_path / "d.h5", label_values="1,x")
     with pytest.raises(DataError, match="apply to classification, not regression"):
         import_file(
             tmp_path / "d.npz", "npz", tmp_path / "d.h5", task="regression", label_values="2,4,7"
@@ -257,7 +259,7 @@ def test_csv_missing_value_in_first_row_is_an_error_not_a_header(tmp_path):
     with pytest.raises(DataError, match=f"cannot parse {source} as CSV: line 1: missing value"):
         import_file(source, "csv", tmp_path / "m.h5")
     source.write_text("y,a,b\n\n1,0.5,2\n0,,2\n")
-    with pytest.raises(DataError, match="line 4: missing value in column 2"):
+    with pytest.raises(DataError, match=r"line 4: missing value in column 1 \(from 0\)"):
         import_file(source, "csv", tmp_path / "m.h5")
     source.write_text("1,0.5,2\n0,1\n")
     with pytest.raises(DataError, match="line 2 has 2 columns but line 1 3"):
@@ -280,7 +282,7 @@ def test_csv_header_detection_and_override(tmp_path):
     source.write_text("1,NA,2\n0,3,4\n")
     with pytest.raises(DataError, match="line 1 of .* mixes numbers and text .*--no-header"):
         import_file(source, "csv", tmp_path / "b.h5")
-    with pytest.raises(DataError, match="line 1: column 2 is 'NA', not a number"):
+    with pytest.raises(DataError, match=r"line 1: column 1 \(from 0\) is 'NA', not a number"):
         import_file(source, "csv", tmp_path / "b.h5", header=False)
     source.write_text("label,0,1\n1,0.5,2\n0,3,4\n")
     assert import_file(source, "csv", tmp_path / "c.h5", header=True)["rows"] == 2
@@ -289,7 +291,96 @@ def test_csv_header_detection_and_override(tmp_path):
     assert import_file(source, "csv", tmp_path / "e.h5", task="regression")["rows"] == 3
 
 
-# Task inference: only two distinct integer values are taken for a class label.
+# CSV: which column is the label (columns from 0 in options and messages), text labels.
+
+
+def test_csv_header_column_named_label_is_the_label_and_integer_labels_stay_classes(tmp_path):
+    """The issue's file: label last, fractional features; column 0 made it regression."""
+    source = tmp_path / "c.csv"
+    source.write_text("f1,f2,Label\n0.5,1.5,0\n2.5,0.25,2\n1.0,3.5,1\n0.75,2.0,2\n")
+    summary = import_file(source, "csv", tmp_path / "c.h5")
+    assert (summary["task"], summary["n_classes"]) == ("multiclass", 3)
+    assert summary["task_reason"] == "the labels are the integers 0..2, each present"
+    assert (summary["label_column"], summary["label_column_name"]) == (2, "Label")
+    assert "named 'label'" in summary["label_column_reason"]
+    _, rows = read_all(tmp_path / "c.h5")
+    np.testing.assert_array_equal(rows.X, [[0.5, 1.5], [2.5, 0.25], [1.0, 3.5], [0.75, 2.0]])
+    np.testing.assert_array_equal(rows.y, [0, 2, 1, 2])
+    fractional = import_file(source, "csv", tmp_path / "r.h5", label_column=0)
+    assert fractional["task"] == "regression"
+    assert fractional["task_reason"] == "the labels have fractional values (data row 0)"
+    assert fractional["label_column_reason"] == "given by index"
+
+
+def test_csv_label_column_by_name_or_index_and_its_errors(tmp_path):
+    source = tmp_path / "c.csv"
+    source.write_text("a,b,y\n1,2,0\n3,4,1\n")
+    named = import_file(source, "csv", tmp_path / "n.h5", label_column="Y")
+    last = import_file(source, "csv", tmp_path / "l.h5", label_column=-1)
+    assert named["label_column"] == last["label_column"] == 2
+    assert named["task"] == "binary" and named["label_column_reason"] == "given by name"
+    first = import_file(source, "csv", tmp_path / "f.h5")
+    assert first["label_column"] == 0
+    assert first["label_column_reason"] == "default: column 0 (no header column is named 'label')"
+    with pytest.raises(DataError, match=r"no header column named 'z'; .* 0 'a', 1 'b', 2 'y'"):
+        import_file(source, "csv", tmp_path / "e.h5", label_column="z")
+    with pytest.raises(DataError, match=r"label column 3 is out of range: .* 0 to 2 \(from 0;"):
+        import_file(source, "csv", tmp_path / "e.h5", label_column=3)
+    with pytest.raises(DataError, match="names a header column but .* without a header"):
+        import_file(source, "csv", tmp_path / "e.h5", label_column="y", header=False)
+    source.write_text("x,label,label\n1,0,1\n")
+    with pytest.raises(DataError, match=r"2 header columns named 'label' \(columns 1, 2, from 0\)"):
+        import_file(source, "csv", tmp_path / "e.h5")
+    with pytest.raises(DataError, match="a label column and a header apply to format 'csv' only"):
+        import_file(save_npz(tmp_path / "d.npz", [0, 1]), "npz", tmp_path / "e.h5", label_column=1)
+
+
+def test_csv_text_labels_become_sorted_class_ids_kept_as_label_values(tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_text("w,h,label\n4.0,30,dog\n3.5,25,cat\n20,60, dog\n1,10,bird\n")
+    summary = import_file(train, "csv", tmp_path / "train.h5")
+    assert (summary["task"], summary["label_values"]) == ("multiclass", ["bird", "cat", "dog"])
+    assert summary["task_reason"] == "the labels are text: 3 class names, ids in sorted order"
+    _, rows = read_all(tmp_path / "train.h5")
+    np.testing.assert_array_equal(rows.y, [2, 1, 2, 0])
+    np.testing.assert_array_equal(rows.X[:, 1], [30, 25, 60, 10])
+    with h5py.File(tmp_path / "train.h5", "r") as f:
+        assert list(f.attrs["label_values"]) == ["bird", "cat", "dog"]
+    assert inspect_dataset(tmp_path / "train.h5")["label_values"] == ["bird", "cat", "dog"]
+    test = tmp_path / "test.csv"
+    test.write_text("w,h,label\n5,31,dog\n")  # one class only: the ids come from --like
+    like = import_file(test, "csv", tmp_path / "test.h5", like=tmp_path / "train.h5")
+    assert like["n_classes"] == 3
+    assert like["task_reason"] == f"from the imported dataset {tmp_path / 'train.h5'} (--like)"
+    np.testing.assert_array_equal(read_all(tmp_path / "test.h5")[1].y, [2])
+    with pytest.raises(DataError, match="labels are all 'dog'; give --label-values"):
+        import_file(test, "csv", tmp_path / "t2.h5")
+    pinned = import_file(test, "csv", tmp_path / "t3.h5", label_values="dog,cat")
+    assert (pinned["task"], pinned["label_values"]) == ("binary", ["dog", "cat"])
+    np.testing.assert_array_equal(read_all(tmp_path / "t3.h5")[1].y, [0])
+    with pytest.raises(DataError, match="needs numeric labels but the labels of .* are text"):
+        import_file(train, "csv", tmp_path / "e.h5", task="regression")
+
+
+def test_csv_text_labels_without_header_and_mixed_labels(tmp_path):
+    source = tmp_path / "n.csv"
+    source.write_text("yes,0.5,1\nno,1.5,2\n")  # text in column 0, the default: data
+    assert import_file(source, "csv", tmp_path / "a.h5")["label_values"] == ["no", "yes"]
+    source.write_text("0.5,1,yes\n1.5,2,no\n")
+    with pytest.raises(DataError, match=r"mixes numbers .* text labels in column 2 \(from 0\), "
+                                        "give --label-column 2"):  # fmt: skip
+        import_file(source, "csv", tmp_path / "b.h5")
+    assert import_file(source, "csv", tmp_path / "b.h5", label_column=-1)["task"] == "binary"
+    source.write_text("0.5,1,yes\n1.5,2,0\n")
+    with pytest.raises(DataError, match=r"column 2 \(from 0\) .* mix text \('yes' at data row 0\)"
+                                        r" and numbers \(0 at data row 1;"):  # fmt: skip
+        import_file(source, "csv", tmp_path / "c.h5", label_column=2)
+    source.write_text("a,b,label\n0.5,x,yes\n")
+    with pytest.raises(DataError, match=r"line 2: column 1 \(from 0\) is 'x', not a number"):
+        import_file(source, "csv", tmp_path / "d.h5")
+
+
+# Task inference: two distinct integers, or class ids 0..C-1 each present, are classes.
 
 
 def test_integer_regression_targets_need_an_explicit_task(tmp_path):
@@ -327,3 +418,7 @@ def test_cli_import_flags(tmp_path):
     test = mpigd_import(tmp_path / "te.csv", "--like", str(tmp_path / "tr.h5"), "--features", "2")
     assert (test["rows"], test["n_classes"], test["label_values"]) == (1, 3, [6, 4, 2])
     np.testing.assert_array_equal(read_all(tmp_path / "te.h5")[1].y, [1])
+    (tmp_path / "named.csv").write_text("a,kind,b\n1,cat,2\n3,dog,4\n")
+    named = mpigd_import(tmp_path / "named.csv", "--label-column", "kind")
+    assert (named["label_column"], named["label_values"]) == (1, ["cat", "dog"])
+    assert named["task"] == "binary" and "text" in named["task_reason"]

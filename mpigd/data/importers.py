@@ -4,7 +4,7 @@ The input is read whole into memory (these formats offer no row-range reads), ch
 (finite values, labels that fit the task), labels mapped to class ids ``0..C-1``, and
 written atomically with :func:`mpigd.data.writer.write_dataset`. The original label
 values are kept as the root attribute ``label_values`` (``label_values[k]`` is class
-``k``).
+``k``): integers, or strings for text labels (a CSV column of class names).
 
 Train and test files are imported one at a time, so the label mapping and the number of
 features must not depend on which values a file happens to contain. Labels that already
@@ -12,7 +12,11 @@ are class ids (``0..C-1``, binary ``0/1``) are kept as they are and ``-1/+1`` be
 ``0/1``; any other coding must be pinned (``label_values``) or is taken from the training
 set (``like``), which also fixes ``d``. Codings that cannot be told apart from the file
 alone (multiclass labels without class 0, more than two distinct integers without a task)
-are errors, never guesses.
+are errors, never guesses. Two codings are read as class ids from the file alone:
+integers that are exactly ``0..C-1``, each present (a file that lacks its highest class
+needs ``--classes`` or ``--like``), and text labels, which become class ids in sorted
+order (``"cat" -> 0, "dog" -> 1``; import the other splits with ``like`` so that a split
+lacking a class keeps the same ids). The summary says which task was chosen and why.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def import_file(
     n_classes: int | None = None,
     shards: int = 1,
     dtype: str = "float64",
-    label_column: int = 0,
+    label_column: int | str | None = None,
     overwrite: bool = False,
     *,
     label_values: Sequence[float] | str | None = None,
@@ -64,18 +68,21 @@ def import_file(
         directory of ``shards`` shard files.
     task : ``regression``, ``binary`` or ``multiclass``. When ``None`` it is taken from
         ``like``, ``label_values`` or ``n_classes``, else inferred: fractional labels are
-        regression, exactly 2 distinct integers binary; other integer labels need ``task``.
-        IDX labels are class ids: the task defaults to ``multiclass``.
+        regression, exactly 2 distinct integers or 2 text labels binary, integers
+        ``0..C-1`` (each present) or more text labels multiclass; other integer labels
+        need ``task``. IDX labels are class ids: the task defaults to ``multiclass``.
     n_classes : ``C`` for classification; labels must then be class ids ``0..C-1``
         (or values of ``label_values``).
     shards, dtype : shard count and dtype of ``X`` (``float32`` or ``float64``).
-    label_column : CSV column holding the label (``-1`` for the last).
+    label_column : CSV only: the label column, an index from 0 (``-1`` for the last) or
+        a header name; ``None`` for the header's column named ``label``, else column 0.
     overwrite : replace an existing ``out``.
     label_values : the original label of each class, in class order (a sequence, or a
-        string ``"v1,v2,..."``): value ``label_values[k]`` becomes class ``k``. Without
-        it, class ids ``0..C-1`` (``C`` from ``n_classes``, else the largest label + 1)
-        and binary ``0/1`` are kept, ``-1/+1`` maps to ``0/1``, and any other two binary
-        values map in increasing order.
+        string ``"v1,v2,..."``; integers, or names for text labels): value
+        ``label_values[k]`` becomes class ``k``. Without it, class ids ``0..C-1`` (``C``
+        from ``n_classes``, else the largest label + 1) and binary ``0/1`` are kept,
+        ``-1/+1`` maps to ``0/1``, any other two binary values map in increasing order,
+        and text labels in sorted order.
     like : an imported dataset (file or shard directory), typically the training set:
         its ``task``, ``n_classes``, ``label_values`` and number of features are reused.
         Options given as well must agree with it.
@@ -91,8 +98,10 @@ def import_file(
 
     Returns
     -------
-    dict : JSON-serialisable summary (output path, rows, features, task, label values;
-        IDX: label file and pixel scale).
+    dict : JSON-serialisable summary (output path, rows, features, task and
+        ``task_reason``, why it was chosen, label values; CSV: ``label_column`` (from 0),
+        ``label_column_name`` and ``label_column_reason``; IDX: label file and pixel
+        scale).
 
     Raises
     ------
@@ -114,21 +123,29 @@ def import_file(
         raise DataError("format 'idx' needs the IDX label file (--labels LABELS)")
     if fmt != "idx" and (labels is not None or scale is not None):
         raise DataError("a label file and a pixel scale apply to format 'idx' only")
+    if fmt != "csv" and (label_column is not None or header is not None):
+        raise DataError("a label column and a header apply to format 'csv' only")
     label_values = _parse_label_values(label_values)
+    task_reason = None if task is None else "given (--task)"
     if like is not None:
         task, n_classes, label_values, n_features = _like(
             like, task, n_classes, label_values, n_features
         )
+        task_reason = f"from the imported dataset {os.fspath(like)} (--like)"
     if fmt == "idx" and task is None:
-        task = "multiclass"
-    X, y, provenance = _load(path, fmt, label_column, n_features, header, zero_based, labels, scale)
+        task, task_reason = "multiclass", "IDX labels are class ids"
+    X, y, provenance, notes = _load(
+        path, fmt, label_column, n_features, header, zero_based, labels, scale
+    )
     if n_features is not None and X.shape[1] != n_features:
         raise DataError(f"{path} has {X.shape[1]} feature columns but {n_features} are expected")
     _check_table(path, X, y)
-    task, n_classes, ids, label_values = _map_labels(path, y, task, n_classes, label_values)
+    task, n_classes, ids, label_values, inferred = _map_labels(
+        path, y, task, n_classes, label_values
+    )
     attrs = {"source": os.path.abspath(path), "source_format": fmt, **provenance}
     if label_values is not None:
-        attrs["label_values"] = label_values
+        attrs["label_values"] = _attribute(label_values)
     files = write_dataset(
         out,
         X.astype(dtype, copy=False),
@@ -146,26 +163,48 @@ def import_file(
         "features": int(X.shape[1]),
         "dtype": dtype,
         "task": task,
+        "task_reason": task_reason or inferred,
         "n_classes": n_classes,
         "label_values": None if label_values is None else label_values.tolist(),
         **provenance,
+        **notes,
     }
 
 
-def _parse_label_values(spec: Sequence[float] | str | None) -> np.ndarray | None:
-    """``label_values`` as distinct int64 values, at least 2; ``None`` stays ``None``."""
+def _attribute(label_values: np.ndarray) -> np.ndarray:
+    """``label_values`` as HDF5 can store them: text as variable-length UTF-8 strings."""
+    if label_values.dtype.kind == "U":
+        return label_values.astype(h5py.string_dtype())
+    return label_values
+
+
+def _parse_label_values(spec: Sequence | str | None) -> np.ndarray | None:
+    """``label_values`` as distinct values, at least 2: int64, or str when any is not a
+    number (the names of text labels); ``None`` stays ``None``."""
     if spec is None:
         return None
     items = spec.split(",") if isinstance(spec, str) else list(spec)
-    try:
-        values = np.array([float(v) for v in items], dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"label values must be numbers, got {spec!r}") from exc
-    if not np.isfinite(values).all() or (values != np.round(values)).any():
-        raise DataError(f"label values must be integers, got {_preview(values, 20)}")
+    items = [v.decode() if isinstance(v, bytes) else v for v in items]
+    if any(isinstance(v, str) and not _is_number(v) for v in items):
+        values = np.array([str(v).strip() for v in items])
+    else:
+        try:
+            values = np.array([float(v) for v in items], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"label values must be numbers or names, got {spec!r}") from exc
+        if not np.isfinite(values).all() or (values != np.round(values)).any():
+            raise DataError(f"label values must be integers, got {_preview(values, 20)}")
     if len(values) < 2 or len(np.unique(values)) != len(values):
         raise DataError(f"label values must be >= 2 distinct values, got {_preview(values, 20)}")
-    return values.astype(np.int64)
+    return values if values.dtype.kind == "U" else values.astype(np.int64)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _like(
@@ -204,9 +243,9 @@ def _stored_label_values(info) -> np.ndarray | None:
     if raw is None:
         return np.arange(info.n_classes, dtype=np.int64)
     values = np.asarray(raw).ravel()
-    if values.dtype.kind not in "iuf" or len(values) != info.n_classes:
+    if values.dtype.kind not in "iufOSU" or len(values) != info.n_classes:
         raise DataError(
-            f"{info.files[0]} has label_values {values!r}; expected {info.n_classes} numbers"
+            f"{info.files[0]} has label_values {values!r}; expected {info.n_classes} values"
         )
     return _parse_label_values(values)
 
@@ -214,23 +253,26 @@ def _stored_label_values(info) -> np.ndarray | None:
 def _load(
     path: str,
     fmt: str,
-    label_column: int,
+    label_column: int | str | None,
     n_features: int | None,
     header: bool | None,
     zero_based: bool,
     labels: str | os.PathLike | None,
     scale: float | None,
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """``X`` (float64, shape (N, d)), ``y`` (float64, shape (N,)) of the input file, and
-    provenance attributes particular to its format."""
+) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+    """``X`` (float64, shape (N, d)), ``y`` (shape (N,): float64, or str for text labels)
+    of the input file, provenance attributes particular to its format, and notes for the
+    summary only."""
     if fmt == "idx":
         X, y, scale = read_idx_pair(path, labels, scale)
-        return X, y, {"source_labels": os.path.abspath(labels), "pixel_scale": scale}
+        return X, y, {"source_labels": os.path.abspath(labels), "pixel_scale": scale}, {}
     if fmt == "libsvm":
-        return (*_load_libsvm(path, n_features, zero_based), {})
+        return (*_load_libsvm(path, n_features, zero_based), {}, {})
     if fmt == "csv":
-        return (*read_csv(path, label_column, header), {})
-    return (*_load_npz(path), {})
+        table = read_csv(path, label_column, header)
+        notes = {"label_column_name": table.label_name, "label_column_reason": table.label_reason}
+        return table.X, table.y, {"label_column": table.label_column}, notes
+    return (*_load_npz(path), {}, {})
 
 
 def _load_libsvm(
@@ -281,6 +323,8 @@ def _check_table(path: str, X: np.ndarray, y: np.ndarray) -> None:
     if X.shape[1] == 0:
         raise DataError(f"{path} has no feature columns")
     for name, array in (("features", X), ("labels", y)):
+        if array.dtype.kind == "U":
+            continue  # text labels: class names
         bad = first_nonfinite_row(array)
         if bad is not None:
             raise DataError(
@@ -294,68 +338,98 @@ def _map_labels(
     task: str | None,
     n_classes: int | None,
     label_values: np.ndarray | None,
-) -> tuple[str, int | None, np.ndarray, np.ndarray | None]:
+) -> tuple[str, int | None, np.ndarray, np.ndarray | None, str | None]:
     """Decide the task and map labels to class ids.
 
     Returns
     -------
-    (task, n_classes, y_out, label_values) : ``y_out`` float64 targets for regression or
-    int64 ids ``0..C-1``; ``label_values`` (int64, shape (C,)) the original value of each
-    class, ``None`` for regression.
+    (task, n_classes, y_out, label_values, reason) : ``y_out`` float64 targets for
+    regression or int64 ids ``0..C-1``; ``label_values`` (int64 or str, shape (C,)) the
+    original value of each class, ``None`` for regression; ``reason`` why the task was
+    inferred, ``None`` when ``task`` was given.
     """
+    text = y.dtype.kind == "U"
+    if label_values is not None and (label_values.dtype.kind == "U") != text:
+        kinds = ("names", "numbers") if text else ("numbers", "names")
+        raise DataError(
+            f"the labels of {path} are {kinds[0]} (e.g. {_shown(y[0])}) but the label "
+            f"values are {kinds[1]} ({_preview(label_values, 20)})"
+        )
     values = np.unique(y)
-    fractional = np.flatnonzero(y != np.round(y))
+    fractional = np.flatnonzero(y != np.round(y)) if not text else np.array([], dtype=int)
+    reason = None
     if task is None:
-        task = _infer_task(path, values, fractional.size == 0, n_classes, label_values)
+        task, reason = _infer_task(path, values, text, fractional, n_classes, label_values)
     if task == "regression":
+        if text:
+            raise DataError(
+                f"task 'regression' needs numeric labels but the labels of {path} are text "
+                f"({_preview(values)})"
+            )
         if n_classes is not None or label_values is not None:
             raise DataError("n_classes and label values apply to classification, not regression")
-        return task, None, y, None
+        return task, None, y, None, reason
     if fractional.size:
         i = fractional[0]
         raise DataError(
             f"task {task!r} needs integer labels but {path} has label {y[i]:g} at data row {i}"
         )
     if label_values is None:
-        label_values = _default_label_values(path, task, values, n_classes)
+        label_values = _default_label_values(path, task, values, n_classes, text)
     for want in (2 if task == "binary" else None, n_classes):
         if want is not None and len(label_values) != want:
             raise DataError(
                 f"task {task!r} with {want} classes does not fit the "
                 f"{len(label_values)} label values {_preview(label_values, 20)}"
             )
-    return task, len(label_values), _class_ids(path, y, label_values), label_values
+    return task, len(label_values), _class_ids(path, y, label_values), label_values, reason
 
 
 def _infer_task(
     path: str,
     values: np.ndarray,
-    integral: bool,
+    text: bool,
+    fractional: np.ndarray,
     n_classes: int | None,
     label_values: np.ndarray | None,
-) -> str:
-    """The task from the options, or from labels that leave no doubt."""
-    n = len(label_values) if label_values is not None else n_classes
-    if n is not None:
-        return "binary" if n == 2 else "multiclass"
-    if not integral:
-        return "regression"
+) -> tuple[str, str]:
+    """The task, and why, from the options or from labels that leave no doubt."""
+    if label_values is not None:
+        n = len(label_values)
+        return ("binary" if n == 2 else "multiclass"), f"{n} label values given"
+    if n_classes is not None:
+        return ("binary" if n_classes == 2 else "multiclass"), f"{n_classes} classes given"
+    if text:
+        if len(values) < 2:
+            raise DataError(
+                f"cannot infer the task of {path}: its labels are all {_shown(values[0])}; "
+                "give --label-values NAME0,NAME1,... or --like TRAIN"
+            )
+        kind = "binary" if len(values) == 2 else "multiclass"
+        return kind, f"the labels are text: {len(values)} class names, ids in sorted order"
+    if fractional.size:
+        return "regression", f"the labels have fractional values (data row {fractional[0]})"
     if len(values) == 2:
-        return "binary"
+        return "binary", "the labels take exactly 2 distinct integer values"
+    if len(values) > 2 and np.array_equal(values, np.arange(len(values))):
+        return "multiclass", f"the labels are the integers 0..{len(values) - 1}, each present"
     choices = "multiclass or --task regression"
     if len(values) == 1:
         choices = "binary, --task " + choices
     raise DataError(
         f"cannot infer the task of {path}: its labels take {len(values)} distinct integer "
-        f"value(s) ({_preview(values)}); give --task {choices}"
+        f"value(s) ({_preview(values)}), not the class ids 0..C-1; give --task {choices}"
     )
 
 
 def _default_label_values(
-    path: str, task: str, values: np.ndarray, n_classes: int | None
+    path: str, task: str, values: np.ndarray, n_classes: int | None, text: bool
 ) -> np.ndarray:
     """Label values when none are pinned; they depend on the values present only where
-    every file of the same data would give the same mapping."""
+    every file of the same data would give the same mapping, or for text labels (the
+    distinct names, sorted)."""
+    if text:
+        return values
     if task == "binary":
         if n_classes not in (None, 2):
             raise DataError(f"a binary task has 2 classes, got n_classes={n_classes}")
@@ -399,12 +473,17 @@ def _class_ids(path: str, y: np.ndarray, label_values: np.ndarray) -> np.ndarray
     if missing.size:
         i = missing[0]
         raise DataError(
-            f"{path} has label {y[i]:g} at data row {i}, which is not one of the label "
-            f"values {_preview(label_values, 20)}"
+            f"{path} has label {_shown(y[i])} at data row {i}, which is not one of the "
+            f"label values {_preview(label_values, 20)}"
         )
     return order[where].astype(np.int64)
 
 
 def _preview(values: np.ndarray, limit: int = 5) -> str:
-    shown = ", ".join(f"{v:g}" for v in values[:limit])
+    shown = ", ".join(_shown(v) for v in values[:limit])
     return shown + (", ..." if len(values) > limit else "")
+
+
+def _shown(value) -> str:
+    """A label as messages show it: ``2``, ``0.5`` or ``'cat'``."""
+    return repr(str(value)) if isinstance(value, str) else f"{value:g}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import h5py
 import numpy as np
 
 from mpigd.data.dataset import open_dataset, read_labels
@@ -18,9 +19,11 @@ def inspect_dataset(path: str | os.PathLike) -> dict:
     -------
     dict : JSON-serialisable, with ``path``, ``rows``, ``features``, ``dtype``, ``task``,
     ``n_classes``, ``shards`` (list of ``{"file", "rows"}``) and either ``class_counts``
-    and ``class_fractions`` (classification, index = class id) or ``y`` with ``mean``,
-    ``std``, ``min``, ``max`` (regression). Labels are validated as in training, so a
-    NaN target or out-of-range class raises :class:`~mpigd.errors.DataError`.
+    and ``class_fractions`` (classification, index = class id) with ``label_values``
+    (the original label of each class, as an import recorded them; None if it did not)
+    or ``y`` with ``mean``, ``std``, ``min``, ``max`` (regression). Labels are validated
+    as in training, so a NaN target or out-of-range class raises
+    :class:`~mpigd.errors.DataError`.
     """
     info = open_dataset(path)
     summary = {
@@ -44,7 +47,17 @@ def inspect_dataset(path: str | os.PathLike) -> dict:
         counts = sum(np.bincount(y, minlength=info.n_classes) for y in chunks)
         summary["class_counts"] = [int(c) for c in counts]
         summary["class_fractions"] = [float(c) / info.n_rows for c in counts]
+        summary["label_values"] = _label_values(info.files[0])
     return summary
+
+
+def _label_values(path: str) -> list | None:
+    """The ``label_values`` attribute of a dataset file as a list (names or numbers)."""
+    with h5py.File(path, "r") as f:
+        raw = f.attrs.get("label_values")
+    if raw is None:
+        return None
+    return [v.decode() if isinstance(v, bytes) else v for v in np.asarray(raw).tolist()]
 
 
 def _moments(chunks) -> dict:
