@@ -48,7 +48,9 @@ def dataset_files(path: str | os.PathLike, what: str) -> list[str]:
 
     Every entry must be a readable regular file once symlinks are followed: one that is
     not (a broken link, a directory, a FIFO) is a DataError naming it, never skipped, so
-    a run cannot train on part of the data. ``what`` names the path in messages.
+    a run cannot train on part of the data. A directory with subdirectories ``train``
+    and ``test`` is what ``data synth`` and ``data digits`` write, not a dataset: the
+    error names its splits. ``what`` names the path in messages.
     """
     path = os.fspath(path)
     try:
@@ -57,6 +59,13 @@ def dataset_files(path: str | os.PathLike, what: str) -> list[str]:
         is_dir = False  # check_input_file says why
     if not is_dir:
         return [check_input_file(path, what, expected=DATASET)]
+    if all(os.path.isdir(os.path.join(path, split)) for split in ("train", "test")):
+        train, test = (os.path.join(path, split) for split in ("train", "test"))
+        raise DataError(
+            f"{what} {path} holds the splits train/ and test/ (the output of 'mpigd data "
+            f"synth' or 'data digits'), not a dataset; use {train} for --data and {test} "
+            "for --test-data"
+        )
     try:
         names = sorted(n for n in os.listdir(path) if n.endswith(".h5") and not n.startswith("."))
     except OSError as exc:
