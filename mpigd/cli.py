@@ -15,6 +15,7 @@ import json
 from dataclasses import MISSING, fields
 
 from kernels import BACKENDS, DEFAULT_BACKEND
+from mpigd import __version__
 from mpigd.comm import collectively, run_guarded, world
 from mpigd.config import OPTION_GROUPS, TrainConfig, flag_of, read_toml
 from mpigd.errors import ConfigError
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mpigd", description="MPI distributed gradient descent for scaling studies."
     )
+    parser.add_argument("--version", action="version", version=f"mpigd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(commands)
     _add_train_command(commands)
