@@ -269,10 +269,20 @@ class TrainConfig:
     )
     progress: str = option(
         "bar",
-        help="console output of rank 0: a progress bar, nothing, or a JSON line per epoch",
+        help="console output of rank 0: a progress bar, nothing, or JSON lines (one per epoch, "
+        "then the final status)",
         group="output",
         choices=PROGRESS_MODES,
         aliases={"--quiet": "quiet", "--json": "json"},
+    )
+    progress_every: float = option(
+        30.0,
+        help="bar: seconds between progress lines within an epoch when stderr is not a "
+        "terminal (on one the bar redraws live); 0: epoch lines only",
+        group="output",
+        metavar="S",
+        valid=NON_NEGATIVE,
+        applies=when("progress", "bar"),
     )
     checkpoint_every: int = option(
         0,

@@ -122,8 +122,8 @@ def test_config_file_with_flags_overriding(synth_dir, tmp_path):
         2, "train", "--config", str(config), "--epochs", "2", "--json", "--out", str(run_dir)
     )
     assert result.returncode == 0, result.stderr
-    printed = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [row["epoch"] for row in printed] == [1, 2]
+    *printed, final = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["epoch"] for row in printed] == [1, 2] and final["status"] == "completed"
     assert printed[0]["steps"] == 10  # ceil(2400 / 256) global mini-batches per epoch
     run = json.loads((run_dir / "run.json").read_text())
     assert run["config"]["epochs"] == 2 and run["config"]["batch_size"] == 256

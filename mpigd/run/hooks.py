@@ -5,7 +5,7 @@ that has nothing to do at a point inherits the base class's no-op. The default h
 of a run (:func:`mpigd.run.default_hooks`) are the progress display, the checkpoint
 policy, the abort marker and, with ``--timeline``, the step timeline; tests add their
 own (a slow rank, a fault, a crash before a checkpoint's rename) without any switch in
-the package. The shortest example is :class:`Progress`.
+the package. The shortest example is :class:`CheckpointPolicy`.
 
 Every method gets the :class:`~mpigd.run.loop.Run` (config, ranks, timer, parts,
 state, record) first. Where a method is called:
@@ -39,7 +39,11 @@ strategy keeps the ranks in step (``run.parts.strategy.replicated``).
 
 from __future__ import annotations
 
+import sys
+import time
+
 from mpigd.run import progress
+from mpigd.run.batching import steps_per_epoch
 
 
 class Hook:
@@ -112,14 +116,72 @@ class Hooks:
 
 
 class Progress(Hook):
-    """Rank 0's console line per epoch in the ``--progress`` mode (bar, json, quiet)."""
+    """Rank 0's console in the ``--progress`` mode (bar, json, quiet): a line per epoch;
+    in bar mode also the epoch's progress while it runs (without a terminal, a line
+    every ``--progress-every`` seconds; 0: never; :class:`~mpigd.run.progress.EpochMeter`)
+    and why the run stopped; in json mode a last line with the run's final status.
 
-    def __init__(self, mode: str) -> None:
+    The progress of an epoch is its steps taken, or for an asynchronous server (whose
+    ``before_step`` calls all come at the epoch's start) the gradients it has applied:
+    one per step of each worker, ranks 1..P-1. ``stderr``, ``stdout`` and ``clock`` are
+    for tests (default: the process's streams and ``time.monotonic``).
+    """
+
+    def __init__(self, mode: str, stderr=None, stdout=None, clock=time.monotonic) -> None:
         self.mode = mode
+        self.streams, self.clock = (stderr, stdout), clock
+        self.meter = None  # rank 0 in bar mode with --progress-every > 0
+        self.counts_gradients = False
+        self.applied = 0  # gradients the asynchronous server applied in this epoch
+        self.last_loss = None  # the last completed epoch's train_loss
+
+    def run_started(self, run) -> None:
+        every_s = run.config.progress_every
+        if not (run.ranks.is_root and self.mode == "bar" and every_s > 0):
+            return
+        steps = steps_per_epoch(run.data.info.n_rows, run.config.batch_size)
+        self.counts_gradients = not run.parts.strategy.steps_in_lockstep
+        total, unit = steps, "steps"
+        if self.counts_gradients:
+            total, unit = steps * (run.ranks.size - 1), "gradients"
+        stderr, stdout = self.streams
+        self.meter = progress.EpochMeter(
+            run.config.epochs, total, run.data.info.n_rows, unit, every_s,
+            stderr or sys.stderr, stdout or sys.stdout, self.clock,
+        )  # fmt: skip
+
+    def before_step(self, run) -> None:
+        if self.meter and not self.counts_gradients:
+            self.meter.at(run.state.epoch, run.state.step_in_epoch)
+
+    def gradient_applied(self, run, worker: int, step: int, lag: int) -> None:
+        if self.meter:
+            self.applied = self.applied + 1 if self.meter.epoch == run.state.epoch else 1
+            self.meter.at(run.state.epoch, self.applied)
 
     def epoch_ended(self, run, row: dict) -> None:
         if run.ranks.is_root:
+            if self.meter:
+                self.meter.end()
+            self.last_loss = row["train_loss"]
             progress.report(self.mode, row, run.config.epochs)
+
+    def aborting(self, run, message: str) -> None:
+        if self.meter:  # the abort's message starts on a clean line
+            self.meter.end()
+
+    def run_ended(self, run, status: str) -> None:
+        if not run.ranks.is_root:
+            return
+        if self.meter:
+            self.meter.end()
+        completed = status == "completed"
+        # The loop's summary, as run_to_end returns it after the hooks.
+        reason = run.parts.optimizer.stop_reason or f"reached --epochs {run.config.epochs}"
+        progress.print_final(self.mode, progress.final_status(
+            status, reason if completed else None, run.state.epochs_done,
+            self.last_loss if completed else None,
+        ))  # fmt: skip
 
 
 class CheckpointPolicy(Hook):
