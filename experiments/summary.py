@@ -2,15 +2,27 @@
 
 A point is one (strategy, model, backend, ranks) of a study; its repeats are summarised
 by the median and the min-max range. With T the per-epoch time and P0 the series'
-smallest rank count (its baseline, assumed to scale perfectly from one rank):
+smallest rank count (its baseline), ranks count in units of the baseline, ``p = P / P0``
+(with P0 = 1 these are the textbook definitions):
 
-- strong scaling: speedup ``S = P0 T(P0) / T(P)``;
-- weak scaling: scaled speedup ``S = P T(P0) / T(P)``;
-- efficiency ``S / P``; Karp-Flatt serial fraction from S (:func:`experiments.fits.karp_flatt`);
-- speedup range: S computed from the slowest and the fastest repeat.
+- strong scaling: speedup ``S = T(P0) / T(P)``, ideal ``p``;
+- weak scaling: scaled speedup ``S = p T(P0) / T(P)``, ideal ``p``;
+- efficiency ``E = S / p``, ideal 1; Karp-Flatt serial fraction from S and p
+  (:func:`experiments.fits.karp_flatt`): the serial fraction of the P0-rank run;
+- ranges (``*_min``, ``*_max``): S and E computed from the slowest and the fastest
+  repeat (the baseline at its median).
 
-Each series gets an Amdahl fit (strong) or a Gustafson fit (weak) of the medians when it
-has at least two rank counts.
+Each series is measured against its own baseline: its speedup says how that series
+scales, not how fast it is. ``common_baseline`` puts every series on one: the fastest
+series' median time at the smallest rank count any series measured, from which the
+time-per-epoch figure draws the ideal ``T(P0) P0 / P`` (strong) or ``T(P0)`` (weak).
+
+Each series gets an Amdahl fit of its median times (strong) or a Gustafson fit of its
+speedups (weak) when it has at least two rank counts, inside the laws' domain
+(:mod:`experiments.fits`); ``fits`` says whether the law describes the data.
+
+A point is ``oversubscribed`` (or ``loaded``) when any of its repeats was
+(:mod:`experiments.contention`); None when no repeat recorded it.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ SUMMARY_FIELDS = (
     "model",
     "backend",
     "ranks",
+    "baseline_ranks",
     "repeats",
     "rows_per_rank",
     "time_median_s",
@@ -33,6 +46,8 @@ SUMMARY_FIELDS = (
     "speedup_min",
     "speedup_max",
     "efficiency",
+    "efficiency_min",
+    "efficiency_max",
     "karp_flatt",
     "compute_s",
     "comm_s",
@@ -40,8 +55,13 @@ SUMMARY_FIELDS = (
     "eval_s",
     "other_s",
     "samples_per_s",
+    "cores",
+    "ranks_per_node",
+    "oversubscribed",
+    "loaded",
 )
 BREAKDOWN = ("compute_s", "comm_s", "io_s", "eval_s", "other_s")
+MARKS = ("oversubscribed", "loaded")
 
 
 def summarize(points: list[dict], mode: str) -> dict:
@@ -55,9 +75,10 @@ def summarize(points: list[dict], mode: str) -> dict:
     Returns
     -------
     dict with ``mode``, ``fields`` (summary.csv columns), ``rows`` (one per point, sorted
-    by series and ranks) and ``series`` (per series: names, baseline ranks, fit).
+    by series and ranks), ``series`` (per series: names, baseline ranks, fit) and
+    ``common_baseline`` (``ranks``, ``time_s`` and the series' names; None without rows).
     """
-    done = [p for p in points if p.get("status") == "completed" and "time_s" in p]
+    done = [p for p in points if p.get("status") == "completed" and p.get("time_s")]
     rows, series = [], []
     for strategy, model, backend in sorted({series_key(p) for p in done}):
         mine = [p for p in done if series_key(p) == (strategy, model, backend)]
@@ -75,7 +96,13 @@ def summarize(points: list[dict], mode: str) -> dict:
                 "fit": _fit(ranks, stats, mode),
             }
         )
-    return {"mode": mode, "fields": list(SUMMARY_FIELDS), "rows": rows, "series": series}
+    return {
+        "mode": mode,
+        "fields": list(SUMMARY_FIELDS),
+        "rows": rows,
+        "series": series,
+        "common_baseline": common_baseline(rows),
+    }
 
 
 def series_key(row: dict) -> tuple[str, str, str]:
@@ -83,8 +110,22 @@ def series_key(row: dict) -> tuple[str, str, str]:
     return row["strategy"], row["model"], row["backend"]
 
 
+def common_baseline(rows: list[dict]) -> dict | None:
+    """The fastest series at the smallest rank count measured: one baseline for all."""
+    if not rows:
+        return None
+    least = min(r["ranks"] for r in rows)
+    best = min((r for r in rows if r["ranks"] == least), key=lambda r: r["time_median_s"])
+    return {
+        "ranks": least,
+        "time_s": best["time_median_s"],
+        **dict(zip(("strategy", "model", "backend"), series_key(best), strict=True)),
+    }
+
+
 def _point_stats(repeats: list[dict]) -> dict:
     times = np.array([p["time_s"] for p in repeats])
+    per_node = [p["ranks_per_node"] for p in repeats if p.get("ranks_per_node")]
     stats = {
         "repeats": len(repeats),
         "rows_per_rank": repeats[0].get("rows_per_rank"),
@@ -92,25 +133,32 @@ def _point_stats(repeats: list[dict]) -> dict:
         "time_min_s": float(times.min()),
         "time_max_s": float(times.max()),
         "samples_per_s": float(np.median([p["samples_per_s"] for p in repeats])),
+        "cores": repeats[0].get("cores"),
+        "ranks_per_node": max(per_node) if per_node else None,
     }
     for key in BREAKDOWN:
         stats[key] = float(np.median([p[key] for p in repeats]))
+    for key in MARKS:
+        known = [p[key] for p in repeats if p.get(key) is not None]
+        stats[key] = any(known) if known else None
     return stats
 
 
 def _add_speedups(stats: list[dict], ranks: list[int], mode: str) -> None:
-    """Speedup, its range, efficiency and Karp-Flatt of each point, in place."""
+    """Baseline, speedup and efficiency with their ranges, and Karp-Flatt, in place."""
     base_ranks, base_time = ranks[0], stats[0]["time_median_s"]
     for r, row in zip(ranks, stats, strict=True):
-        work = r if mode == "weak" else base_ranks
-        for key, time_key in (
-            ("speedup", "time_median_s"),
-            ("speedup_min", "time_max_s"),
-            ("speedup_max", "time_min_s"),
+        units = r / base_ranks
+        work = units if mode == "weak" else 1.0
+        row["baseline_ranks"] = base_ranks
+        for suffix, time_key in (
+            ("", "time_median_s"),
+            ("_min", "time_max_s"),
+            ("_max", "time_min_s"),
         ):
-            row[key] = work * base_time / row[time_key]
-        row["efficiency"] = row["speedup"] / r
-        row["karp_flatt"] = float(karp_flatt([r], [row["speedup"]])[0])
+            row["speedup" + suffix] = work * base_time / row[time_key]
+            row["efficiency" + suffix] = row["speedup" + suffix] / units
+        row["karp_flatt"] = float(karp_flatt([units], [row["speedup"]])[0])
 
 
 def _fit(ranks: list[int], stats: list[dict], mode: str) -> dict | None:
@@ -118,6 +166,18 @@ def _fit(ranks: list[int], stats: list[dict], mode: str) -> dict | None:
         return None
     if mode == "strong":
         amdahl = fit_amdahl(ranks, [row["time_median_s"] for row in stats])
-        return {"law": "amdahl", "serial_fraction": amdahl.serial_fraction, "t1_s": amdahl.t1_s}
-    gustafson = fit_gustafson(ranks, [row["speedup"] for row in stats])
-    return {"law": "gustafson", "serial_fraction": gustafson.serial_fraction}
+        return {
+            "law": "amdahl",
+            "serial_fraction": amdahl.serial_fraction,
+            "t1_s": amdahl.t1_s,
+            "max_relative_error": amdahl.max_relative_error,
+            "fits": amdahl.fits,
+        }
+    units = np.asarray(ranks, dtype=float) / ranks[0]
+    gustafson = fit_gustafson(units, [row["speedup"] for row in stats])
+    return {
+        "law": "gustafson",
+        "serial_fraction": gustafson.serial_fraction,
+        "max_relative_error": gustafson.max_relative_error,
+        "fits": gustafson.fits,
+    }

@@ -1,4 +1,5 @@
-"""Scaling-law fits recover known parameters from synthetic timings."""
+"""Scaling-law fits recover known parameters, stay in their domain, and say when they miss;
+the summary's baselines, spreads and marks."""
 
 from __future__ import annotations
 
@@ -31,14 +32,45 @@ def test_gustafson_fit_recovers_serial_fraction(serial_fraction):
     scaled = RANKS - serial_fraction * (RANKS - 1)
     fit = fit_gustafson(RANKS, scaled)
     assert fit.serial_fraction == pytest.approx(serial_fraction, abs=1e-12)
-    assert GustafsonFit(serial_fraction).speedup(RANKS) == pytest.approx(scaled)
+    assert GustafsonFit(serial_fraction, 0.0).speedup(RANKS) == pytest.approx(scaled)
+    assert fit.fits
 
 
 def test_karp_flatt_of_an_amdahl_speedup_is_its_serial_fraction():
-    speedups = AmdahlFit(0.07, 1.0).speedup(RANKS)
+    speedups = AmdahlFit(0.07, 1.0, 0.0).speedup(RANKS)
     serial = karp_flatt(RANKS, speedups)
     assert np.isnan(serial[0])
     assert serial[1:] == pytest.approx(0.07)
+
+
+def test_amdahl_fit_of_times_that_rise_with_p_stays_in_its_domain_and_says_it_misses():
+    # ps-sync-like: each rank count slower than the last. Unbounded, f came out 10.185.
+    fit = fit_amdahl([2, 4, 8, 16], [1.0, 1.3, 1.8, 2.5])
+    assert 0.0 <= fit.serial_fraction <= 1.0
+    assert fit.serial_fraction == pytest.approx(1.0)  # the best the law can do: no speedup
+    assert not fit.fits and fit.max_relative_error > 0.4
+
+
+def test_amdahl_fit_of_superlinear_times_ends_at_zero_serial_fraction():
+    fit = fit_amdahl([1, 2, 4, 8], [1.0, 0.4, 0.2, 0.1])
+    assert fit.serial_fraction == pytest.approx(0.0, abs=1e-12)
+    assert not fit.fits
+
+
+def test_gustafson_fit_stays_in_its_domain():
+    superlinear = fit_gustafson([1, 2, 4], [1.0, 2.4, 5.0])
+    assert superlinear.serial_fraction == pytest.approx(0.0, abs=1e-12) and not superlinear.fits
+    slower = fit_gustafson([1, 2, 4], [1.0, 0.8, 0.6])  # scaled speedup below 1
+    assert slower.serial_fraction == pytest.approx(1.0) and not slower.fits
+
+
+def test_fits_weigh_relative_errors_alike():
+    # One point 5% off at a long time and one 5% off at a short time miss alike.
+    times = 2.0 * (0.1 + 0.9 / RANKS)
+    times[0] *= 1.05
+    times[-1] *= 1.05
+    fit = fit_amdahl(RANKS, times)
+    assert fit.fits and fit.max_relative_error < 0.05
 
 
 def test_fits_refuse_a_single_rank_count():
@@ -46,8 +78,9 @@ def test_fits_refuse_a_single_rank_count():
         fit_amdahl([2, 2], [1.0, 1.1])
 
 
-def point(ranks, time_s, repeat=0, strategy="allreduce"):
+def point(ranks, time_s, repeat=0, strategy="allreduce", **extra):
     return {
+        **extra,
         "strategy": strategy,
         "model": "logreg",
         "backend": "numba",
@@ -88,6 +121,52 @@ def test_summary_takes_medians_and_spread_and_fits_amdahl():
 def test_weak_summary_uses_the_scaled_speedup():
     points = [point(p, 1.0 + 0.1 * np.log2(p)) for p in (2, 4, 8)]
     rows = summarize(points, "weak")["rows"]
-    assert rows[0]["speedup"] == pytest.approx(2.0)  # baseline P0 = 2, assumed ideal
+    assert rows[0]["speedup"] == pytest.approx(1.0)  # baseline P0 = 2 is the unit
     assert rows[2]["efficiency"] == pytest.approx(1.1 / 1.3)
-    assert rows[2]["speedup"] == pytest.approx(8 * 1.1 / 1.3)
+    assert rows[2]["speedup"] == pytest.approx(8 / 2 * 1.1 / 1.3)  # (P/P0) T(P0) / T(P)
+
+
+def test_efficiency_has_the_spread_of_the_speedup():
+    points = [point(p, t / p, r) for p in (1, 2, 4) for r, t in enumerate((1.0, 1.2, 0.9))]
+    for row in summarize(points, "strong")["rows"]:
+        units = row["ranks"] / row["baseline_ranks"]
+        assert row["efficiency_min"] == pytest.approx(row["speedup_min"] / units)
+        assert row["efficiency_max"] == pytest.approx(row["speedup_max"] / units)
+        assert row["efficiency_min"] < row["efficiency"] < row["efficiency_max"]
+
+
+def test_strong_speedup_is_over_the_series_own_baseline_and_says_which():
+    points = [point(p, 4.0 / p) for p in (2, 4, 8)]
+    rows = summarize(points, "strong")["rows"]
+    assert [r["baseline_ranks"] for r in rows] == [2, 2, 2]
+    assert [r["speedup"] for r in rows] == pytest.approx([1.0, 2.0, 4.0])  # T(2) / T(P)
+    assert [r["efficiency"] for r in rows] == pytest.approx([1.0, 1.0, 1.0])
+    assert np.isnan(rows[0]["karp_flatt"]) and rows[2]["karp_flatt"] == pytest.approx(0.0)
+
+
+def test_common_baseline_is_the_fastest_series_at_the_smallest_rank_count():
+    points = [point(p, 1.0 / p) for p in (1, 2, 4)]
+    points += [point(p, 3.0 / (p - 1), strategy="ps-sync") for p in (2, 4)]
+    summary = summarize(points, "strong")
+    assert summary["common_baseline"] == {
+        "ranks": 1,
+        "time_s": 1.0,
+        "strategy": "allreduce",
+        "model": "logreg",
+        "backend": "numba",
+    }
+    ps_sync = [r for r in summary["rows"] if r["strategy"] == "ps-sync"]
+    assert ps_sync[0]["baseline_ranks"] == 2 and ps_sync[0]["speedup"] == pytest.approx(1.0)
+
+
+def test_a_point_is_marked_when_any_of_its_repeats_was():
+    points = [
+        point(1, 1.0, 0, oversubscribed=False, loaded=False, cores=2, ranks_per_node=1),
+        point(4, 1.0, 0, oversubscribed=True, loaded=False, cores=2, ranks_per_node=4),
+        point(4, 1.0, 1, oversubscribed=True, loaded=True, cores=2, ranks_per_node=4),
+        point(8, 1.0, 0),  # an older harness recorded neither
+    ]
+    rows = summarize(points, "weak")["rows"]
+    assert [r["oversubscribed"] for r in rows] == [False, True, None]
+    assert [r["loaded"] for r in rows] == [False, True, None]
+    assert [r["ranks_per_node"] for r in rows] == [1, 4, None]
