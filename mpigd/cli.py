@@ -147,6 +147,15 @@ def _add_sweep_command(commands) -> None:
     mode.add_argument("--index", type=int, help="train config I alone (a job array task)")
     mode.add_argument("--collect", action="store_true", help="only tabulate the runs in --out")
     mode.add_argument("--list", action="store_true", help="print the configs and stop")
+    rerun = sweep.add_mutually_exclusive_group()
+    rerun.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each config from its checkpoint (fresh if none; a completed one stays)",
+    )
+    rerun.add_argument(
+        "--overwrite", action="store_true", help="start each config over, replacing its run"
+    )
 
 
 def _add_train_command(commands) -> None:
@@ -421,8 +430,16 @@ def _sweep(args: argparse.Namespace) -> None:
     from mpigd import sweep
 
     ranks = world()
+    forced = {name: True for name in ("resume", "overwrite") if getattr(args, name)}
+
+    def check_forced() -> None:
+        if forced and (args.collect or args.list):
+            flag = "--" + next(iter(forced))
+            raise ConfigError(f"{flag} applies to a sweep that trains, not to --collect or --list")
+
+    collectively(ranks.comm, check_forced)
     if args.index is not None:
-        sweep.run_one(ranks, args.grid, args.out, args.index)
+        sweep.run_one(ranks, args.grid, args.out, args.index, forced)
     elif args.collect:
         sweep.collect(ranks, args.grid, args.out)
     elif args.list:
@@ -430,7 +447,7 @@ def _sweep(args: argparse.Namespace) -> None:
         if ranks.is_root:
             print("\n".join(json.dumps(config) for config in configs))
     else:
-        sweep.run_sweep(ranks, args.grid, args.out, args.groups)
+        sweep.run_sweep(ranks, args.grid, args.out, args.groups, forced=forced)
 
 
 class _Parser(argparse.ArgumentParser):

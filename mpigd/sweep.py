@@ -21,14 +21,26 @@ configs::
     lr = [0.1, 0.5, 1.0]
     l2 = [0.0, 1e-4]
 
-A config that fails (diverges, for one) is a result, not an error: its row says so and
-the other configs go on (the job exits 2 only if no config completed). A stop signal
-ends every group at its next step (checkpoint written) and, after the table of what
-finished, the job exits with status 75.
+A config that fails is a result, not an error: its row says so and the other configs go
+on. A config *diverged* when its final ``train_loss`` (or ``test_loss``) is not finite,
+or its final ``train_loss`` ends above the first epoch's: a run that the divergence check
+stops is ``failed``, one that completes with a loss risen to 1e34 is ``diverged``, and
+neither is ever the best. A sweep that trains exits 2 only if no config completed
+without diverging. A stop signal ends every group at its next step (checkpoint written)
+and, after the table of what finished, the job exits with status 75.
 
 Without groups: ``--index I`` trains config I alone on all ranks (one task of a Slurm
-job array), ``--collect`` builds the table from the run records already in DIR, and
-``--list`` prints the configs.
+job array), printing a line as it starts and its row as it ends; ``--collect`` builds
+the table from the run records already in DIR; ``--list`` prints the configs.
+``--collect`` checks that the sweep is done: it names the best among the completed
+configs and lists every other config with its status (``missing``: no run record), and
+exits 0 only when every config of the grid completed without diverging, 2 otherwise.
+
+Rerunning: a config's run directory that holds a run is refused, as by ``train``, unless
+the sweep passes ``--resume`` (continue each config from its checkpoint; a config
+without one starts fresh, one that completed stays as it is) or ``--overwrite`` (start
+each config over) to every config it trains. ``slurm/sweep-array.sbatch`` always passes
+``--resume``, so a requeued or resubmitted task continues where it stopped.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 from pathlib import Path
 
 from mpigd import comm as mpi
@@ -61,8 +74,14 @@ TABLE_FIELDS = (
 )
 
 
-def read_grid(path: str, out: str) -> tuple[list[dict], list[TrainConfig]]:
+def read_grid(
+    path: str, out: str, forced: dict | None = None, progress: str | None = "quiet"
+) -> tuple[list[dict], list[TrainConfig]]:
     """The grid's configs: per config its grid values, and its full TrainConfig.
+
+    ``forced`` are train options the sweep's command line sets for every config
+    (``resume``, ``overwrite``), over the file's; ``progress`` the console output of a
+    config whose file sets none (None: the train default).
 
     Raises ConfigError for an unreadable file, unknown keys, an empty list, or a key
     the sweep sets itself (``out``).
@@ -80,10 +99,12 @@ def read_grid(path: str, out: str) -> tuple[list[dict], list[TrainConfig]]:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid file {path}: [grid] {key} must be a non-empty list")
-    fixed.setdefault("progress", "quiet")
+    if progress is not None:
+        fixed.setdefault("progress", progress)
     values = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     configs = [
-        TrainConfig(**fixed, **combo, out=str(run_dir(out, i))) for i, combo in enumerate(values)
+        TrainConfig(**{**fixed, **combo, **(forced or {}), "out": str(run_dir(out, i))})
+        for i, combo in enumerate(values)
     ]
     return values, configs
 
@@ -98,14 +119,19 @@ def group_of(rank: int, size: int, groups: int) -> int:
     return rank * groups // size
 
 
-def run_sweep(world: RankInfo, grid_path: str, out: str, groups: int = 1, hooks=()) -> list[dict]:
+def run_sweep(
+    world: RankInfo, grid_path: str, out: str, groups: int = 1, hooks=(), forced=None
+) -> list[dict]:
     """Collective on ``world``: train every config; return the table (on every rank).
 
     World rank 0 writes ``sweep.csv`` and ``sweep.json``. Raises ``Preempted`` on every
     rank, after the table, if a stop signal ended any group early. ``hooks`` are added
-    to every config's run (see :func:`mpigd.run.train`).
+    to every config's run (see :func:`mpigd.run.train`); ``forced`` train options
+    (``{"resume": True}``) to every config (:func:`read_grid`).
     """
-    values, configs = collectively(world.comm, lambda: _checked(grid_path, out, groups, world))
+    values, configs = collectively(
+        world.comm, lambda: _checked(grid_path, out, groups, world, forced)
+    )
     color = group_of(world.rank, world.size, groups)
     group = mpi.split(world, color)
     try:
@@ -122,34 +148,55 @@ def run_sweep(world: RankInfo, grid_path: str, out: str, groups: int = 1, hooks=
         stop = Interrupted if "interrupted" in stopped else Preempted
         raise stop("the sweep was stopped by a signal; see sweep.csv for what finished")
     if not any(row["status"] == "completed" for row in table):
-        raise CollectiveError(f"no config of the sweep completed; see {out}/sweep.csv")
+        raise CollectiveError(
+            f"no config of the sweep completed without diverging; see {out}/sweep.csv"
+        )
     return table
 
 
-def run_one(world: RankInfo, grid_path: str, out: str, index: int) -> None:
-    """Collective on ``world``: train config ``index`` of the grid on all ranks."""
+def run_one(world: RankInfo, grid_path: str, out: str, index: int, forced=None) -> None:
+    """Collective on ``world``: train config ``index`` of the grid on all ranks.
+
+    Its console output is the grid's ``progress`` (default: the train default, so that
+    a job array task's log shows the epochs); world rank 0 prints a line as it starts
+    and the config's table row as it ends. ``forced`` as for :func:`run_sweep`.
+    """
     from mpigd.run import train
 
     def pick():
-        _, configs = read_grid(grid_path, out)
+        values, configs = read_grid(grid_path, out, forced, progress=None)
         if not 0 <= index < len(configs):
             raise ConfigError(f"--index {index}: the grid has configs 0 to {len(configs) - 1}")
-        return configs[index]
+        return values[index], configs[index]
 
-    train(collectively(world.comm, pick), world)
+    values, config = collectively(world.comm, pick)
+    name = f"cfg-{index:03d} {_settings(values, list(values))}"
+    if world.is_root:
+        ranks = f"{world.size} rank" + ("s" if world.size > 1 else "")
+        print(f"{name}: training on {ranks} into {config.out}", flush=True)
+    train(config, world)
+    if world.is_root:
+        row = result_row(index, values, config.out)
+        metric = "test_loss" if config.test_data is not None else "final_train_loss"
+        print(f"{name}: {_outcome(row, metric)}", flush=True)
 
 
 def collect(world: RankInfo, grid_path: str, out: str) -> list[dict]:
     """Collective: the table of the run records in ``out``, without training.
 
     World rank 0 reads the records and writes the table as a sweep does; other ranks
-    return an empty list.
+    return an empty list. Raises CollectiveError on every rank, after the table, when a
+    config is missing or did not complete without diverging (module docstring).
     """
     values, configs = collectively(world.comm, lambda: read_grid(grid_path, out))
-    if not world.is_root:
-        return []
-    table = [result_row(i, values[i], config.out) for i, config in enumerate(configs)]
-    write_table(table, out, list(values[0]), test_metric=configs[0].test_data is not None)
+    table, unfinished = [], None
+    if world.is_root:
+        table = [result_row(i, values[i], config.out) for i, config in enumerate(configs)]
+        write_table(table, out, list(values[0]), test_metric=configs[0].test_data is not None)
+        unfinished = _unfinished(table)
+    unfinished = mpi.from_root(world.comm, unfinished)
+    if unfinished:
+        raise CollectiveError(f"not every config completed ({unfinished}); see {out}/sweep.csv")
     return table
 
 
@@ -159,10 +206,10 @@ def list_configs(grid_path: str, out: str) -> list[dict]:
     return [{"index": i, **values[i], "out": c.out} for i, c in enumerate(configs)]
 
 
-def _checked(grid_path: str, out: str, groups: int, world: RankInfo):
+def _checked(grid_path: str, out: str, groups: int, world: RankInfo, forced):
     if not 1 <= groups <= world.size:
         raise ConfigError(f"--groups {groups} must be between 1 and the {world.size} ranks")
-    return read_grid(grid_path, out)
+    return read_grid(grid_path, out, forced)
 
 
 def _train_group(ranks: RankInfo, group: int, groups: int, values, configs, hooks) -> list[dict]:
@@ -191,8 +238,9 @@ def result_row(index: int, values: dict, directory: str, status=None, error=None
 
     A run that ended in ``error`` gets that message and ``status``, and no results: its
     directory may hold an older run's. Read from the record, a run killed outright is
-    ``died`` (:func:`mpigd.record.read_run`), and a run that did not complete has its
-    ``stop_reason`` as the error.
+    ``died`` (:func:`mpigd.record.read_run`), a run that did not complete has its
+    ``stop_reason`` as the error, and a completed run whose loss diverged
+    (:func:`divergence`) is ``diverged``, with the reason as the error.
     """
     row = {"index": index, **values, "run_dir": directory, "error": error}
     if error is not None:
@@ -203,10 +251,11 @@ def result_row(index: int, values: dict, directory: str, status=None, error=None
         return dict(row, status=status or "missing")
     last = epochs[-1] if epochs else {}
     status = status or run.get("status")
+    error = run.get("stop_reason") if status != "completed" else divergence(epochs)
     return dict(
         row,
-        status=status,
-        error=run.get("stop_reason") if status != "completed" else None,
+        status="diverged" if status == "completed" and error else status,
+        error=error,
         ranks=run.get("world_size"),
         final_train_loss=last.get("train_loss"),
         test_loss=last.get("test_loss"),
@@ -216,17 +265,38 @@ def result_row(index: int, values: dict, directory: str, status=None, error=None
     )
 
 
+def divergence(epochs: list[dict]) -> str | None:
+    """Why a run's metrics show it diverged, or None: a final ``train_loss`` or
+    ``test_loss`` that is not finite, or a final ``train_loss`` above the first epoch's."""
+    if not epochs:
+        return None
+    first, last = epochs[0].get("train_loss"), epochs[-1]
+    for key in ("train_loss", "test_loss"):
+        value = last.get(key)
+        if value is not None and not math.isfinite(value):
+            return f"diverged: the final {key} is {value}"
+    final = last.get("train_loss")
+    if first is not None and final is not None and final > first:
+        return (
+            f"diverged: train_loss rose from {first:.6g} (epoch {epochs[0].get('epoch')}) "
+            f"to {final:.6g} (epoch {last.get('epoch')})"
+        )
+    return None
+
+
 def best_row(table: list[dict], test_metric: bool) -> dict | None:
-    """The completed row with the lowest final test (or train) loss; None if none."""
+    """The completed (not diverged) row with the lowest final test (or train) loss; None
+    if none."""
     key = "test_loss" if test_metric else "final_train_loss"
     done = [row for row in table if row["status"] == "completed" and row.get(key) is not None]
     return min(done, key=lambda row: row[key], default=None)
 
 
 def write_table(table: list[dict], out: str, grid_keys: list[str], test_metric: bool):
-    """Write ``sweep.csv`` and ``sweep.json`` into ``out`` and print the table.
+    """Write ``sweep.csv`` and ``sweep.json`` into ``out`` and print the table, the
+    configs that did not complete (by status) and the best of those that did.
 
-    Returns the best row (None if no config completed).
+    Returns the best row (None if no config completed without diverging).
     """
     best = best_row(table, test_metric)
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -235,14 +305,49 @@ def write_table(table: list[dict], out: str, grid_keys: list[str], test_metric: 
         writer.writeheader()
         writer.writerows(table)
     metric = "test_loss" if test_metric else "final_train_loss"
-    summary = {"metric": metric, "best": best, "configs": table}
+    done = sum(row["status"] == "completed" for row in table)
+    summary = {
+        "metric": metric,
+        "best": best,
+        "completed": done,
+        "not_completed": [
+            {"index": r["index"], "status": r["status"]}
+            for r in table
+            if r["status"] != "completed"
+        ],  # fmt: skip
+        "configs": table,
+    }
     (Path(out) / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
     for row in table:
-        settings = " ".join(f"{key}={row[key]}" for key in grid_keys)
-        print(f"cfg-{row['index']:03d} {settings}: {row['status']}, {metric} {row.get(metric)}")
+        print(f"cfg-{row['index']:03d} {_settings(row, grid_keys)}: {_outcome(row, metric)}")
+    if done < len(table):
+        print(f"not completed, {len(table) - done} of {len(table)}: {_unfinished(table)}")
     if best is None:
-        print(f"no config completed; table in {out}/sweep.csv")
+        print(f"no config completed without diverging; table in {out}/sweep.csv")
     else:
-        settings = " ".join(f"{key}={best[key]}" for key in grid_keys)
-        print(f"best: cfg-{best['index']:03d} {settings} ({metric} {best[metric]:.6g})")
+        among = "" if done == len(table) else f", among the {done} of {len(table)} completed"
+        print(
+            f"best: cfg-{best['index']:03d} {_settings(best, grid_keys)} "
+            f"({metric} {best[metric]:.6g}{among})"
+        )
     return best
+
+
+def _unfinished(table: list[dict]) -> str:
+    """The configs that did not complete, by status: ``missing cfg-001, cfg-004;
+    diverged cfg-002`` (empty if every config completed)."""
+    by_status: dict[str, list[str]] = {}
+    for row in table:
+        if row["status"] != "completed":
+            by_status.setdefault(row["status"], []).append(f"cfg-{row['index']:03d}")
+    return "; ".join(f"{status} {', '.join(names)}" for status, names in by_status.items())
+
+
+def _settings(row: dict, grid_keys: list[str]) -> str:
+    return " ".join(f"{key}={row[key]}" for key in grid_keys)
+
+
+def _outcome(row: dict, metric: str) -> str:
+    """``completed, test_loss 0.31`` or ``diverged, test_loss 1e+34 (why)``."""
+    why = f" ({row['error']})" if row.get("error") else ""
+    return f"{row['status']}, {metric} {row.get(metric)}{why}"

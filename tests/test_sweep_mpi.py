@@ -19,7 +19,7 @@ from mpigd.comm import world
 from mpigd.config import TrainConfig
 from mpigd.errors import ConfigError
 from mpigd.run import train
-from mpigd.sweep import best_row, group_of, read_grid, run_sweep
+from mpigd.sweep import best_row, divergence, group_of, read_grid, run_sweep
 
 SHARED = """
 data = "{data}"
@@ -112,17 +112,80 @@ def test_sweep_command_on_four_ranks_in_two_groups(tmp_path):
         assert float(row["test_loss"]) == last["test_loss"]
 
 
+@pytest.mark.timeout(150)
 def test_collect_and_list_read_what_a_sweep_left(tmp_path):
+    """With a config missing, --collect names it, takes the best among the completed
+    ones and exits 2; once every config completed, it exits 0."""
     grid = write_problem(tmp_path)
     out = tmp_path / "sweep"
-    assert run_mpigd(2, "sweep", str(grid), "--index", "1", "--out", str(out)).returncode == 0
+    task = run_mpigd(2, "sweep", str(grid), "--index", "1", "--out", str(out))
+    assert task.returncode == 0, task.stderr
+    assert f"cfg-001 lr=1.0: training on 2 ranks into {out / 'cfg-001'}" in task.stdout
+    assert "cfg-001 lr=1.0: completed, test_loss " in task.stdout
+    assert "epoch 6/6" in task.stdout + task.stderr  # a job array task's log shows its epochs
     listed = run_mpigd(1, "sweep", str(grid), "--list", "--out", str(out))
     assert [json.loads(line)["lr"] for line in listed.stdout.splitlines()] == [0.2, 1.0]
     collected = run_mpigd(1, "sweep", str(grid), "--collect", "--out", str(out))
-    assert collected.returncode == 0, collected.stderr
+    assert collected.returncode == 2
+    assert "not completed, 1 of 2: missing cfg-000" in collected.stdout
+    assert "best: cfg-001 lr=1.0 (test_loss " in collected.stdout
+    assert "among the 1 of 2 completed)" in collected.stdout
+    assert "mpigd: error: not every config completed (missing cfg-000)" in collected.stderr
     saved = json.loads((out / "sweep.json").read_text())
     assert [row["status"] for row in saved["configs"]] == ["missing", "completed"]
     assert saved["best"]["index"] == 1
+    assert saved["not_completed"] == [{"index": 0, "status": "missing"}]
+    assert run_mpigd(1, "sweep", str(grid), "--index", "0", "--out", str(out)).returncode == 0
+    collected = run_mpigd(1, "sweep", str(grid), "--collect", "--out", str(out))
+    assert collected.returncode == 0, collected.stderr
+    assert "not completed" not in collected.stdout and "among" not in collected.stdout
+
+
+@pytest.mark.timeout(150)
+def test_a_job_array_task_reruns_with_resume_or_overwrite(tmp_path):
+    """A rerun without either is refused naming both, which sweep now accepts; --resume
+    keeps a completed config as it is, --overwrite trains it again from the start."""
+    grid = write_problem(tmp_path)
+    out = tmp_path / "sweep"
+    task = ("sweep", str(grid), "--index", "0", "--out", str(out))
+    assert run_mpigd(1, *task).returncode == 0
+    first = (out / "cfg-000" / "metrics.jsonl").read_text()
+    refused = run_mpigd(1, *task)
+    assert refused.returncode == 2
+    assert "pass --overwrite to replace it or --resume to continue it" in refused.stderr
+    resumed = run_mpigd(1, *task, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed after epoch 6" in resumed.stderr
+    assert (out / "cfg-000" / "metrics.jsonl").read_text() == first
+    again = run_mpigd(1, *task, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "cfg-000" / "run.json").read_text())["status"] == "completed"
+    both = run_mpigd(1, *task, "--overwrite", "--resume")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    collect = run_mpigd(1, "sweep", str(grid), "--collect", "--resume", "--out", str(out))
+    assert collect.returncode == 2
+    assert "--resume applies to a sweep that trains, not to --collect" in collect.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_config_whose_loss_rose_is_diverged_and_never_best(tmp_path):
+    """lr 2.5 on this least-squares problem grows the loss 1.5**2-fold an epoch without
+    overflowing: the run completes, the sweep marks it diverged; --collect exits 2."""
+    X, y = make_problem("regression", n_rows=200, d=3, seed=1)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    data = write_h5(tmp_path / "reg.h5", X, y, "regression")
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'data = "{data}"\nmodel = "linreg"\nepochs = 12\n[grid]\nlr = [0.1, 2.5]\n')
+    result = run_mpigd(1, "sweep", str(grid), "--out", str(tmp_path / "s"))
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert [row["status"] for row in saved["configs"]] == ["completed", "diverged"]
+    assert "diverged: train_loss rose from" in saved["configs"][1]["error"]
+    assert saved["configs"][1]["final_train_loss"] > 1e3 * saved["configs"][0]["final_train_loss"]
+    assert saved["best"]["index"] == 0
+    assert "cfg-001 lr=2.5: diverged, final_train_loss " in result.stdout
+    collected = run_mpigd(1, "sweep", str(grid), "--collect", "--out", str(tmp_path / "s"))
+    assert collected.returncode == 2 and "diverged cfg-001" in collected.stderr
 
 
 @pytest.mark.parametrize(
@@ -186,7 +249,25 @@ def test_best_row_prefers_completed_lowest_loss():
         {"index": 0, "status": "completed", "test_loss": 0.5, "final_train_loss": 0.4},
         {"index": 1, "status": "failed", "test_loss": None, "final_train_loss": None},
         {"index": 2, "status": "completed", "test_loss": 0.3, "final_train_loss": 0.45},
+        {"index": 3, "status": "diverged", "test_loss": 0.1, "final_train_loss": 0.1},
     ]
     assert best_row(table, test_metric=True)["index"] == 2
     assert best_row(table, test_metric=False)["index"] == 0
     assert best_row(table[1:2], test_metric=True) is None
+
+
+@pytest.mark.timeout(10)
+def test_divergence_is_a_loss_not_finite_or_above_the_first_epochs():
+    def epochs(*losses, test=None):
+        return [{"epoch": k + 1, "train_loss": v, "test_loss": test} for k, v in enumerate(losses)]
+
+    assert divergence([]) is None
+    assert divergence(epochs(2.0)) is None
+    assert divergence(epochs(2.0, 3.0, 1.5)) is None  # a bump on the way down
+    assert divergence(epochs(2.0, 1.0, 2.5)) == (
+        "diverged: train_loss rose from 2 (epoch 1) to 2.5 (epoch 3)"
+    )
+    assert divergence(epochs(2.0, 1.0, test=float("inf"))) == (
+        "diverged: the final test_loss is inf"
+    )
+    assert divergence(epochs(2.0, float("nan"))) == "diverged: the final train_loss is nan"
