@@ -167,7 +167,13 @@ def test_sweep_array_then_collect(slurm_env, dataset, tmp_path):
     ]
     for row in table:
         assert json.loads((Path(row["run_dir"]) / "run.json").read_text())["world_size"] == 2
-    assert "best: cfg-" in job_logs(tmp_path)
+    logs = job_logs(tmp_path)
+    assert "best: cfg-" in logs
+    for index, lr in enumerate(("0.1", "1.0", "3.0")):  # each task's log, named by config
+        log = (out / "logs" / f"cfg-{index:03d}.log").read_text()
+        assert f"cfg-{index:03d} lr={lr}: training on 2 ranks" in log, log
+        assert "epoch 4/4" in log and f"cfg-{index:03d} lr={lr}: completed" in log, log
+        assert log in logs  # and the same in Slurm's log of the task
 
 
 def test_scaling_sbatch_runs_every_rank_count_with_srun(slurm_env, tmp_path):
