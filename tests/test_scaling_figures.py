@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import plots
+from experiments.study_dir import FIGURES
 from experiments.summary import summarize
 
 
@@ -67,7 +68,7 @@ def legend_texts(ax) -> list[str]:
 
 def test_every_figure_is_drawn(strong):
     _, figures = strong
-    assert tuple(figures) == ("time_per_epoch", "speedup", "efficiency", "karp_flatt", "breakdown")
+    assert tuple(figures) == FIGURES
 
 
 @pytest.mark.parametrize("name", ["time_per_epoch", "speedup", "efficiency", "karp_flatt"])
