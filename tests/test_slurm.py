@@ -118,6 +118,11 @@ def test_preempted_training_checkpoints_requeues_and_resumes(slurm_env, dataset,
     # at once: slurmd revokes the first start's credential with a timestamp in whole
     # seconds, and a start in that same second is killed ("Job credential revoked").
     _wait_for(lambda: _job_state(slurm_env, job_id) == "PENDING")
+    held = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%r %S"], env=slurm_env,
+                          capture_output=True, text=True).stdout.split()  # fmt: skip
+    assert held[0] == "BeginTime", held  # as README "On a cluster" says
+    wait_s = time.mktime(time.strptime(held[1], "%Y-%m-%dT%H:%M:%S")) - time.time()
+    assert 60 < wait_s <= 125, held
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now+2"], env=slurm_env)
     assert waiting.wait(timeout=200) == 0, job_logs(tmp_path)
 
@@ -174,6 +179,13 @@ def test_sweep_array_then_collect(slurm_env, dataset, tmp_path):
         assert f"cfg-{index:03d} lr={lr}: training on 2 ranks" in log, log
         assert "epoch 4/4" in log and f"cfg-{index:03d} lr={lr}: completed" in log, log
         assert log in logs  # and the same in Slurm's log of the task
+
+
+def test_train_gpu_sbatch_is_refused_where_slurm_has_no_gpus(slurm_env, tmp_path):
+    """What README "On a cluster" tells a user of a cluster without gres/gpu to expect."""
+    result = sbatch(slurm_env, tmp_path, "train-gpu.sbatch", "--ntasks=1", DATA="unused")
+    assert result.returncode != 0
+    assert "Invalid generic resource (gres) specification" in result.stderr
 
 
 def test_scaling_sbatch_runs_every_rank_count_with_srun(slurm_env, tmp_path):
