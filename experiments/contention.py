@@ -155,7 +155,8 @@ def warnings(points: list[dict]) -> list[str]:
                 f"{p['strategy']}/{p['model']}/{p['backend']} P={p['ranks']} repeat {p['repeat']}"
                 for p in loaded
             )
-            + ". Their times are inflated by sharing; loaded=True in points.csv and summary.csv."
+            + ". Their times are inflated by sharing; loaded=True in points.csv, counted in "
+            "summary.csv's loaded_repeats."
         )
     unknown = [p for p in done if p.get("oversubscribed") is None]
     if unknown:

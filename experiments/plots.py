@@ -93,12 +93,17 @@ def draw_study(summary: dict, title: str) -> list[tuple[str, Figure, str | None]
 
 
 def marks_note(rows: list[dict]) -> str | None:
-    """A line naming the points that started on a loaded machine, or None."""
-    loaded = [f"{'/'.join(series_key(r))} P={r['ranks']}" for r in rows if r.get("loaded")]
+    """A line naming the points with repeats that started on a loaded machine, or None."""
+    loaded = [
+        f"{'/'.join(series_key(r))} P={r['ranks']} ({r['loaded_repeats']} of {r['repeats']})"
+        for r in rows
+        if r.get("loaded_repeats")
+    ]
     if not loaded:
         return None
-    return "Started on a loaded machine (other processes busy; times inflated): " + ", ".join(
-        loaded
+    return (
+        "Repeats that started on a loaded machine (other processes busy; times inflated): "
+        + ", ".join(loaded)
     )
 
 
@@ -198,14 +203,23 @@ def fitted_speedup(entry: dict, ranks) -> np.ndarray | None:
     return GustafsonFit(fit["serial_fraction"], fit["max_relative_error"]).speedup(ranks / base)
 
 
-def fit_label(fit: dict) -> str:
-    """The legend text of a fit: its serial fraction, or that the law does not fit."""
+def fit_label(fit: dict, all_ranks) -> str:
+    """The legend text of a fit: its serial fraction and the rank counts it rests on, or
+    why there is none (the law misses the data, or too few rank counts were clean)."""
     name = "Amdahl" if fit["law"] == "amdahl" else "Gustafson"
     symbol = "f" if fit["law"] == "amdahl" else "a"
+    left_out = len(fit["fitted_ranks"]) < len(all_ranks)
+    if fit["serial_fraction"] is None:
+        return f"{name} not fitted: fewer than two rank counts without oversubscription"
     off = f"{100 * fit['max_relative_error']:.1f}%"
     if fit["fits"]:
-        return f"{name} fit  {symbol} = {fit['serial_fraction']:.3f} (worst point {off} off)"
-    return f"{name} does not fit: best {symbol} = {fit['serial_fraction']:.2f} misses by {off}"
+        text = f"{name} fit  {symbol} = {fit['serial_fraction']:.3f} (worst point {off} off)"
+    else:
+        text = f"{name} does not fit: best {symbol} = {fit['serial_fraction']:.2f} misses by {off}"
+    if left_out:
+        shown = ", ".join(map(str, fit["fitted_ranks"]))
+        text += f"\n  on P = {shown} only (oversubscribed P left out)"
+    return text
 
 
 def _speedup_figure(groups, mode, title):
@@ -225,11 +239,12 @@ def _speedup_figure(groups, mode, title):
         fit = entry.get("fit")
         if fit is None:
             continue
+        label_text = fit_label(fit, [r["ranks"] for r in rows])
         if fit["fits"]:
             mine = dense[dense >= entry["baseline_ranks"]]
-            ax.plot(mine, fitted_speedup(entry, mine), "--", color=color, label=fit_label(fit))
+            ax.plot(mine, fitted_speedup(entry, mine), "--", color=color, label=label_text)
         else:
-            unfitted.append((Line2D([], [], color=color, linestyle="none"), fit_label(fit)))
+            unfitted.append((Line2D([], [], color=color, linestyle="none"), label_text))
     if ranks.max() >= 8 * ranks.min():
         ax.set_yscale("log", base=2)
         ax.yaxis.set_major_formatter(PLAIN)

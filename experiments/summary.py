@@ -18,11 +18,13 @@ series' median time at the smallest rank count any series measured, from which t
 time-per-epoch figure draws the ideal ``T(P0) P0 / P`` (strong) or ``T(P0)`` (weak).
 
 Each series gets an Amdahl fit of its median times (strong) or a Gustafson fit of its
-speedups (weak) when it has at least two rank counts, inside the laws' domain
-(:mod:`experiments.fits`); ``fits`` says whether the law describes the data.
+speedups (weak), inside the laws' domain (:mod:`experiments.fits`), over the rank counts
+that were not oversubscribed (``fitted_ranks``; time-slicing is no part of either law),
+when there are at least two; ``fits`` says whether the law describes the data.
 
-A point is ``oversubscribed`` (or ``loaded``) when any of its repeats was
-(:mod:`experiments.contention`); None when no repeat recorded it.
+A point is ``oversubscribed`` when any of its repeats was, and ``loaded_repeats`` counts
+the repeats that started on a loaded machine (:mod:`experiments.contention`); both are
+None when no repeat recorded them.
 """
 
 from __future__ import annotations
@@ -58,10 +60,9 @@ SUMMARY_FIELDS = (
     "cores",
     "ranks_per_node",
     "oversubscribed",
-    "loaded",
+    "loaded_repeats",
 )
 BREAKDOWN = ("compute_s", "comm_s", "io_s", "eval_s", "other_s")
-MARKS = ("oversubscribed", "loaded")
 
 
 def summarize(points: list[dict], mode: str) -> dict:
@@ -138,9 +139,10 @@ def _point_stats(repeats: list[dict]) -> dict:
     }
     for key in BREAKDOWN:
         stats[key] = float(np.median([p[key] for p in repeats]))
-    for key in MARKS:
-        known = [p[key] for p in repeats if p.get(key) is not None]
-        stats[key] = any(known) if known else None
+    crowded = [p["oversubscribed"] for p in repeats if p.get("oversubscribed") is not None]
+    stats["oversubscribed"] = any(crowded) if crowded else None
+    loaded = [p["loaded"] for p in repeats if p.get("loaded") is not None]
+    stats["loaded_repeats"] = sum(loaded) if loaded else None
     return stats
 
 
@@ -162,22 +164,30 @@ def _add_speedups(stats: list[dict], ranks: list[int], mode: str) -> None:
 
 
 def _fit(ranks: list[int], stats: list[dict], mode: str) -> dict | None:
+    """The series' scaling-law fit over its rank counts that were not oversubscribed.
+
+    None with fewer than two rank counts in all; ``fits`` False and ``fitted_ranks``
+    shorter than two when oversubscription left too few.
+    """
     if len(ranks) < 2:
         return None
-    if mode == "strong":
-        amdahl = fit_amdahl(ranks, [row["time_median_s"] for row in stats])
-        return {
-            "law": "amdahl",
-            "serial_fraction": amdahl.serial_fraction,
-            "t1_s": amdahl.t1_s,
-            "max_relative_error": amdahl.max_relative_error,
-            "fits": amdahl.fits,
-        }
-    units = np.asarray(ranks, dtype=float) / ranks[0]
-    gustafson = fit_gustafson(units, [row["speedup"] for row in stats])
+    law = "amdahl" if mode == "strong" else "gustafson"
+    clean = [(r, row) for r, row in zip(ranks, stats, strict=True) if not row["oversubscribed"]]
+    fitted_ranks = [r for r, _ in clean]
+    if len(fitted_ranks) < 2:
+        return {"law": law, "fitted_ranks": fitted_ranks, "serial_fraction": None, "fits": False}
+    if law == "amdahl":
+        fit = fit_amdahl(fitted_ranks, [row["time_median_s"] for _, row in clean])
+        extra = {"t1_s": fit.t1_s}
+    else:
+        units = np.asarray(fitted_ranks, dtype=float) / ranks[0]
+        fit = fit_gustafson(units, [row["speedup"] for _, row in clean])
+        extra = {}
     return {
-        "law": "gustafson",
-        "serial_fraction": gustafson.serial_fraction,
-        "max_relative_error": gustafson.max_relative_error,
-        "fits": gustafson.fits,
+        "law": law,
+        "fitted_ranks": fitted_ranks,
+        "serial_fraction": fit.serial_fraction,
+        **extra,
+        "max_relative_error": fit.max_relative_error,
+        "fits": fit.fits,
     }

@@ -168,5 +168,20 @@ def test_a_point_is_marked_when_any_of_its_repeats_was():
     ]
     rows = summarize(points, "weak")["rows"]
     assert [r["oversubscribed"] for r in rows] == [False, True, None]
-    assert [r["loaded"] for r in rows] == [False, True, None]
+    assert [r["loaded_repeats"] for r in rows] == [0, 1, None]
     assert [r["ranks_per_node"] for r in rows] == [1, 4, None]
+
+
+def test_the_fit_leaves_out_oversubscribed_rank_counts():
+    f = 0.1
+    points = [point(p, f + (1 - f) / p, oversubscribed=False) for p in (1, 2, 4)]
+    points.append(point(8, 1.0, oversubscribed=True))  # time-slicing: slower than P = 4
+    fit = summarize(points, "strong")["series"][0]["fit"]
+    assert fit["fitted_ranks"] == [1, 2, 4]
+    assert fit["serial_fraction"] == pytest.approx(f) and fit["fits"]
+
+
+def test_no_fit_when_oversubscription_leaves_one_rank_count():
+    points = [point(1, 1.0, oversubscribed=False), point(4, 0.5, oversubscribed=True)]
+    fit = summarize(points, "weak")["series"][0]["fit"]
+    assert fit == {"law": "gustafson", "fitted_ranks": [1], "serial_fraction": None, "fits": False}

@@ -269,7 +269,7 @@ def test_a_run_started_on_a_loaded_machine_is_marked_and_warned(fake_study, caps
     fake_run(out, study, 2, 0, busy=1.3)
     assert run_harness(out.parent.parent, path, "--analyze") == 0
     assert [p["loaded"] for p in read_rows(out / "points.csv")] == ["False", "True"]
-    assert [row["loaded"] for row in read_rows(out / "summary.csv")] == ["False", "True"]
+    assert [row["loaded_repeats"] for row in read_rows(out / "summary.csv")] == ["0", "1"]
     assert "runs started on a loaded machine (other processes kept up to 1.3 of 2 cores" in (
         capsys.readouterr().out
     )

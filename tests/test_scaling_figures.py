@@ -42,12 +42,14 @@ def point(strategy, ranks, time_s, repeat=0, cores=2):
 
 @pytest.fixture(scope="module")
 def strong():
-    """Strong scaling on 2 cores: allreduce from P = 1 scales, ps-sync from P = 2 is slower
-    and gets slower (Amdahl cannot fit it); P = 4 is oversubscribed."""
+    """Strong scaling on 4 cores: allreduce from P = 1 scales, ps-sync from P = 2 is slower
+    and gets slower (Amdahl cannot fit it); P = 8 is oversubscribed."""
     points = []
     for repeat, scale in enumerate((1.0, 1.1, 0.95)):
-        points += [point("allreduce", p, scale * (0.1 + 0.9 / p), repeat) for p in (1, 2, 4)]
-        points += [point("ps-sync", p, scale * 3.0 * p / 2, repeat) for p in (2, 4)]
+        points += [
+            point("allreduce", p, scale * (0.1 + 0.9 / p), repeat, cores=4) for p in (1, 2, 4, 8)
+        ]
+        points += [point("ps-sync", p, scale * 3.0 * p / 2, repeat, cores=4) for p in (2, 4, 8)]
     summary = summarize(points, "strong")
     return summary, {name: (fig, note) for name, fig, note in plots.draw_study(summary, "t")}
 
@@ -74,9 +76,10 @@ def test_every_figure_is_drawn(strong):
 @pytest.mark.parametrize("name", ["time_per_epoch", "speedup", "efficiency", "karp_flatt"])
 def test_oversubscribed_points_are_hollow_in_every_line_figure(strong, name):
     summary, figures = strong
-    assert [r["oversubscribed"] for r in summary["rows"]] == [False, False, True, False, True]
+    crowded = [r["oversubscribed"] for r in summary["rows"]]
+    assert crowded == [False, False, False, True, False, False, True]
     ax = figures[name][0].axes[0]
-    assert hollow_x(ax) == {4.0}
+    assert hollow_x(ax) == {8.0}
     assert plots.HOLLOW_LABEL in legend_texts(ax)
 
 
@@ -85,7 +88,7 @@ def test_oversubscribed_bars_are_hatched_and_labelled(strong):
     for ax in fig.axes:
         ticks = [tick.get_text() for tick in ax.get_xticklabels()]
         hatched = [bool(bar.get_hatch()) for bar in ax.patches[: len(ticks)]]
-        assert hatched == [tick.startswith("4") for tick in ticks]
+        assert hatched == [tick.startswith("8") for tick in ticks]
         assert [("oversub" in tick) for tick in ticks] == hatched
     assert plots.HATCHED_LABEL in legend_texts(fig.axes[0])
 
@@ -138,6 +141,7 @@ def test_a_law_that_does_not_fit_is_said_so_not_drawn(strong):
     texts = legend_texts(ax)
     assert any(t.startswith("Amdahl fit  f = 0.100") for t in texts)
     assert any(t.startswith("Amdahl does not fit") for t in texts)
+    assert all("on P = 1, 2, 4 only" in t for t in texts if t.startswith("Amdahl fit"))
     dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert len(dashed) == 1  # allreduce's fit only
 
