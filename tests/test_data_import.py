@@ -375,6 +375,12 @@ def test_csv_text_labels_without_header_and_mixed_labels(tmp_path):
     with pytest.raises(DataError, match=r"column 2 \(from 0\) .* mix text \('yes' at data row 0\)"
                                         r" and numbers \(0 at data row 1;"):  # fmt: skip
         import_file(source, "csv", tmp_path / "c.h5", label_column=2)
+    source.write_text("label,0,1\n1,0.5,2\n0,3,4\n")  # a header that looks like data
+    with pytest.raises(
+        DataError, match="mix text .*; if the first line is a header, give --header"
+    ):
+        import_file(source, "csv", tmp_path / "c.h5")
+    assert import_file(source, "csv", tmp_path / "c.h5", header=True)["task"] == "binary"
     source.write_text("a,b,label\n0.5,x,yes\n")
     with pytest.raises(DataError, match=r"line 2: column 1 \(from 0\) is 'x', not a number"):
         import_file(source, "csv", tmp_path / "d.h5")

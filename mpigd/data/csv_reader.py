@@ -111,10 +111,12 @@ def _read_text_labels(
     numeric = np.array([_is_number(label) for label in y])
     if numeric.any():
         n, t = np.argmax(numeric), np.argmin(numeric)
+        header_hint = skip == 0 and numeric[1:].all()  # only the first line has text
         raise DataError(
             f"the labels in column {column} (from 0) of {path} mix text ({str(y[t])!r} at data "
             f"row {t}) and numbers ({y[n]} at data row {n}; rows from 0); labels must be "
             "all class names or all numbers"
+            + ("; if the first line is a header, give --header" if header_hint else "")
         )
     return X, y
 
