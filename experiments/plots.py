@@ -41,6 +41,8 @@ BREAKDOWN_NOTE = (
     "Phases are means over the ranks (points.csv also has the busiest rank's, *_max);\n"
     "waiting for slower ranks is inside communication; a negative 'other' is drawn as 0."
 )
+#: Height of the line figures: the axes and the legend under them.
+LINE_FIGURE_HEIGHT_IN = 6.4
 #: Tick labels of log axes as plain numbers (0.5, 2, 8), not powers.
 PLAIN = FuncFormatter(lambda value, _: f"{value:g}")
 #: Characters of x-small note text per inch of figure width, and its line height.
@@ -151,17 +153,18 @@ def _draw_series(ax, rows, key, label, spread=None) -> str:
 
 
 def _legend(ax, groups, extra=()) -> None:
-    """The axes' legend, with the hollow-marker entry when a point is oversubscribed."""
+    """The axes' legend under the axes (it never hides a point), with the hollow-marker
+    entry when a point is oversubscribed; ``extra`` are (handle, text) pairs to add."""
     handles, labels = ax.get_legend_handles_labels()
     handles, labels = handles + [h for h, _ in extra], labels + [t for _, t in extra]
     if any(r.get("oversubscribed") for _, _, rows in groups for r in rows):
         hollow = Line2D([], [], marker="o", linestyle="none", mfc="white", mec="k", mew=1.5)
         handles, labels = handles + [hollow], labels + [HOLLOW_LABEL]
-    ax.legend(handles, labels, fontsize="small")
+    ax.legend(handles, labels, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.13))
 
 
 def _time_figure(groups, mode, title, baseline):
-    fig = new_figure()
+    fig = new_figure(height_in=LINE_FIGURE_HEIGHT_IN)
     ax = fig.subplots()
     ranks = _rank_axis(ax, groups, log=True)
     dense = np.geomspace(ranks.min(), ranks.max(), 64)
@@ -170,7 +173,7 @@ def _time_figure(groups, mode, title, baseline):
     if mode == "strong":
         ax.plot(dense, t0 * p0 / dense, "k:", label=f"ideal  T(P0)·P0/P, {who} at P0 = {p0}")
         ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
         ax.yaxis.set_major_formatter(PLAIN)
         ax.yaxis.set_minor_formatter(NullFormatter())
     else:
@@ -210,7 +213,7 @@ def fit_label(fit: dict, all_ranks) -> str:
     symbol = "f" if fit["law"] == "amdahl" else "a"
     left_out = len(fit["fitted_ranks"]) < len(all_ranks)
     if fit["serial_fraction"] is None:
-        return f"{name} not fitted: fewer than two rank counts without oversubscription"
+        return f"no {name} fit: under two rank counts without oversubscription"
     off = f"{100 * fit['max_relative_error']:.1f}%"
     if fit["fits"]:
         text = f"{name} fit  {symbol} = {fit['serial_fraction']:.3f} (worst point {off} off)"
@@ -223,7 +226,7 @@ def fit_label(fit: dict, all_ranks) -> str:
 
 
 def _speedup_figure(groups, mode, title):
-    fig = new_figure()
+    fig = new_figure(height_in=LINE_FIGURE_HEIGHT_IN)
     ax = fig.subplots()
     ranks = _rank_axis(ax, groups)
     dense = np.geomspace(ranks.min(), ranks.max(), 64)
@@ -244,7 +247,8 @@ def _speedup_figure(groups, mode, title):
             mine = dense[dense >= entry["baseline_ranks"]]
             ax.plot(mine, fitted_speedup(entry, mine), "--", color=color, label=label_text)
         else:
-            unfitted.append((Line2D([], [], color=color, linestyle="none"), label_text))
+            named = f"{label}: {label_text}" if len(groups) > 1 else label_text
+            unfitted.append((Line2D([], [], color=color, linestyle="none"), named))
     if ranks.max() >= 8 * ranks.min():
         ax.set_yscale("log", base=2)
         ax.yaxis.set_major_formatter(PLAIN)
@@ -258,7 +262,7 @@ def _speedup_figure(groups, mode, title):
 
 
 def _efficiency_figure(groups, mode, title):
-    fig = new_figure()
+    fig = new_figure(height_in=LINE_FIGURE_HEIGHT_IN)
     ax = fig.subplots()
     _rank_axis(ax, groups)
     ax.axhline(1.0, color="k", linestyle=":", label="ideal  E = 1")
@@ -275,7 +279,7 @@ def _efficiency_figure(groups, mode, title):
 
 
 def _karp_flatt_figure(groups, mode, title):
-    fig = new_figure()
+    fig = new_figure(height_in=LINE_FIGURE_HEIGHT_IN)
     ax = fig.subplots()
     _rank_axis(ax, groups)
     _, per_series = _baseline_text(groups)
@@ -392,9 +396,9 @@ def _measured_on_model(ax, measured, key, one_rank_s, mode, colors) -> None:
                     label=f"measured: {strategy}, oversubscribed")  # fmt: skip
 
 
-def new_figure(width_in: float = 6.4) -> Figure:
-    """An empty figure on an Agg canvas, ``width_in`` x 4.8 inches."""
-    fig = Figure(figsize=(width_in, 4.8))
+def new_figure(width_in: float = 6.4, height_in: float = 4.8) -> Figure:
+    """An empty figure on an Agg canvas, ``width_in`` x ``height_in`` inches."""
+    fig = Figure(figsize=(width_in, height_in))
     FigureCanvasAgg(fig)
     return fig
 
