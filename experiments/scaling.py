@@ -233,8 +233,13 @@ def main(argv=None) -> int:
         print(f"keeping {len(plan.kept)} complete runs; {len(plan.todo)} points to run")
     if plan.todo:
         removed = study_dir.remove_derived(out)
+        model = [name for name in removed if name in study_dir.MODEL_FILES]
         if removed:
-            print(f"removed what the new runs make stale: {', '.join(removed)}")
+            print(
+                f"removed {len(removed)} files derived from the previous runs (the tables and "
+                "figures are written again at the end"
+                + (f"; {', '.join(model)}: run experiments.perfmodel again)" if model else ")")
+            )
         warn_before(study, launcher)
         try:
             launch_all(study, plan.todo, out, args.data_dir, launcher)

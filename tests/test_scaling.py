@@ -329,7 +329,7 @@ def test_a_rerun_launches_only_the_missing_points_and_removes_stale_derived_file
     assert run_harness(out.parent.parent, path) == 0
     assert launched == [(2, 0)]
     assert ((kept / "run.json").read_text(), (kept / study_dir.HARNESS_FILE).read_text()) == before
-    assert "removed what the new runs make stale: model.json" in capsys.readouterr().out
+    assert "model.json: run experiments.perfmodel again" in capsys.readouterr().out
     assert [p["ranks"] for p in read_rows(out / "points.csv")] == ["1", "2"]
 
 
