@@ -33,7 +33,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from experiments.fits import AmdahlFit, GustafsonFit
-from experiments.summary import series_key, summarize
+from experiments.summary import series_key
 
 HOLLOW_LABEL = "hollow: oversubscribed (ranks per node > cores)"
 HATCHED_LABEL = "hatched: oversubscribed (ranks per node > cores)"
@@ -323,77 +323,6 @@ def _breakdown_figure(groups, mode, title):
     axes[0][0].legend(handles, labels, fontsize="x-small", loc="upper left")
     fig.suptitle(f"Where an epoch's time goes, {mode} scaling ({title})")
     return fig
-
-
-def plot_model(table: list[dict], points: list[dict], out: Path) -> list[Path]:
-    """Model curves beside the measured points; returns the PNG paths written.
-
-    The measured medians are put on the model's own baseline (its one-rank time without
-    communication, ``speedup * time_s`` of any model row, times ``1/P`` for weak scaling),
-    so model and measurement differ only where their times do.
-
-    Parameters
-    ----------
-    table : model.csv rows (``mode``, ``strategy``, ``ranks``, ``time_s``, ``speedup``).
-    points : the completed points.csv rows the model was fitted to.
-    out : directory for ``model_speedup`` and ``model_time``.
-    """
-    mode = points[0]["mode"]
-    measured = summarize(points, mode)["rows"]
-    strategies = list(dict.fromkeys(row["strategy"] for row in table))
-    colors = {name: f"C{i}" for i, name in enumerate(strategies)}
-    written = []
-    for key, label in (
-        ("speedup", "speedup (model: vs. one rank without communication)"),
-        ("time_s", "seconds per epoch"),
-    ):
-        fig = new_figure(width_in=12.0)
-        axes = fig.subplots(1, 2)
-        for ax, panel in zip(axes, ("strong", "weak"), strict=True):
-            rows = [row for row in table if row["mode"] == panel]
-            ranks = np.array(sorted({row["ranks"] for row in rows}))
-            if key == "speedup":
-                ax.plot(ranks, ranks, "k:", label="ideal")
-            for strategy in strategies:
-                mine = [row for row in rows if row["strategy"] == strategy]
-                ax.plot(
-                    [row["ranks"] for row in mine],
-                    [row[key] for row in mine],
-                    color=colors[strategy],
-                    label=f"model: {strategy}",
-                )
-            if panel == mode:
-                one_rank_s = rows[0]["speedup"] * rows[0]["time_s"]
-                one_rank_s /= rows[0]["ranks"] if panel == "weak" else 1
-                _measured_on_model(ax, measured, key, one_rank_s, panel, colors)
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(ranks[::2], [str(r) for r in ranks[::2]])
-            ax.minorticks_off()
-            ax.set_yscale("log", base=2 if key == "speedup" else 10)
-            ax.set_xlabel("MPI ranks P")
-            ax.set_ylabel(label)
-            ax.grid(True, alpha=0.3)
-            ax.set_title(f"{panel} scaling")
-            ax.legend(fontsize="x-small")
-        fig.suptitle(f"Alpha-beta performance model vs. measurements ({out.name})")
-        written.append(save_figure(fig, out / f"model_{'speedup' if key == 'speedup' else 'time'}"))
-    return written
-
-
-def _measured_on_model(ax, measured, key, one_rank_s, mode, colors) -> None:
-    """Measured medians (hollow where oversubscribed) as the model's speedup or time."""
-    for strategy in dict.fromkeys(row["strategy"] for row in measured):
-        mine = [row for row in measured if row["strategy"] == strategy]
-        x = np.array([row["ranks"] for row in mine], dtype=float)
-        times = np.array([row["time_median_s"] for row in mine])
-        y = times if key == "time_s" else (x if mode == "weak" else 1.0) * one_rank_s / times
-        crowded = np.array([bool(row.get("oversubscribed")) for row in mine])
-        color = colors.get(strategy, "k")
-        label = f"measured: {strategy} (median)"
-        ax.plot(x[~crowded], y[~crowded], "o", color=color, label=label)
-        if crowded.any():
-            ax.plot(x[crowded], y[crowded], "o", mfc="white", mec=color, mew=1.5,
-                    label=f"measured: {strategy}, oversubscribed")  # fmt: skip
 
 
 def new_figure(width_in: float = 6.4, height_in: float = 4.8) -> Figure:
