@@ -213,7 +213,8 @@ def fit_label(fit: dict, all_ranks) -> str:
     symbol = "f" if fit["law"] == "amdahl" else "a"
     left_out = len(fit["fitted_ranks"]) < len(all_ranks)
     if fit["serial_fraction"] is None:
-        return f"no {name} fit: under two rank counts without oversubscription"
+        return (f"no {name} fit: fewer than three rank counts without oversubscription\n"
+                "  (a law through two points fits whatever the code does)")  # fmt: skip
     off = f"{100 * fit['max_relative_error']:.1f}%"
     if fit["fits"]:
         text = f"{name} fit  {symbol} = {fit['serial_fraction']:.3f} (worst point {off} off)"

@@ -48,7 +48,13 @@ from pathlib import Path
 from experiments import contention, study_dir
 from experiments.study import Study, StudyError, load_study
 from experiments.study_points import POINT_FIELDS, collect, missing_line
-from experiments.study_runs import choose_launcher, expected_points, launch_all, run_options
+from experiments.study_runs import (
+    choose_launcher,
+    expected_points,
+    launch_all,
+    run_options,
+    too_few_ranks,
+)
 from experiments.summary import summarize
 
 
@@ -214,6 +220,8 @@ def main(argv=None) -> int:
         print(f"study {study.name}: {study.mode} scaling, analysing {out}")
         return analyze(study, out, expected)
     print(f"study {study.name}: {study.mode} scaling, ranks {list(study.ranks)}, via {launcher}")
+    for note in too_few_ranks(study):
+        print(note)
     if args.overwrite:
         study_dir.remove_runs(out)
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from experiments import contention, study_dir
 from experiments.launch import mpirun, one_thread_env
 from experiments.study import SYNTH_KEYS, Study, StudyError
+from mpigd.strategies import STRATEGIES
 
 
 def choose_launcher(requested: str) -> str:
@@ -97,13 +98,35 @@ def run_options(study: Study, series, ranks: int) -> dict:
 
 
 def expected_points(study: Study) -> list[tuple]:
-    """Every (series, ranks, repeat) of the study, in launch order (repeats outermost)."""
+    """Every (series, ranks, repeat) of the study, in launch order (repeats outermost),
+    without the rank counts a series' strategy cannot run on (:func:`too_few_ranks`)."""
     return [
         (series, ranks, repeat)
         for repeat in range(study.repeats)
         for series in study.series()
         for ranks in study.ranks
+        if ranks >= _least_ranks(series[0])
     ]
+
+
+def _least_ranks(strategy: str) -> int:
+    """The fewest ranks ``strategy`` runs on; 1 for a name mpigd does not know (its runs
+    fail with mpigd's own message, as a result of the study)."""
+    known = STRATEGIES.get(strategy)
+    return known.min_ranks if known else 1
+
+
+def too_few_ranks(study: Study) -> list[str]:
+    """One note per series whose strategy needs more ranks than some of the study's
+    rank counts (ps-sync: a server and a worker), naming the counts left out."""
+    notes = []
+    for series in study.series():
+        least = _least_ranks(series[0])
+        left_out = [p for p in study.ranks if p < least]
+        if left_out:
+            notes.append(f"{'-'.join(series)}: --strategy {series[0]} needs at least {least} "
+                         f"ranks, so P={','.join(map(str, left_out))} is not run")  # fmt: skip
+    return notes
 
 
 def run_point(study: Study, key, data: Path, run_dir: Path, launcher: str):

@@ -20,7 +20,8 @@ time-per-epoch figure draws the ideal ``T(P0) P0 / P`` (strong) or ``T(P0)`` (we
 Each series gets an Amdahl fit of its median times (strong) or a Gustafson fit of its
 speedups (weak), inside the laws' domain (:mod:`experiments.fits`), over the rank counts
 that were not oversubscribed (``fitted_ranks``; time-slicing is no part of either law),
-when there are at least two; ``fits`` says whether the law describes the data.
+when there are at least three (:data:`MIN_FIT_RANKS`); ``fits`` says whether the law
+describes the data.
 
 A point is ``oversubscribed`` when any of its repeats was, and ``loaded_repeats`` counts
 the repeats that started on a loaded machine (:mod:`experiments.contention`); both are
@@ -163,18 +164,24 @@ def _add_speedups(stats: list[dict], ranks: list[int], mode: str) -> None:
         row["karp_flatt"] = float(karp_flatt([units], [row["speedup"]])[0])
 
 
+#: The fewest rank counts without oversubscription a scaling-law fit rests on: a law
+#: through the baseline and one more point passes through both whatever the code does
+#: (Amdahl's two parameters, t1 and f, fit any two times exactly), so it says nothing.
+MIN_FIT_RANKS = 3
+
+
 def _fit(ranks: list[int], stats: list[dict], mode: str) -> dict | None:
     """The series' scaling-law fit over its rank counts that were not oversubscribed.
 
-    None with fewer than two rank counts in all; ``fits`` False and ``fitted_ranks``
-    shorter than two when oversubscription left too few.
+    None with fewer than two rank counts in all; ``fits`` False and no serial fraction
+    when fewer than :data:`MIN_FIT_RANKS` were clean.
     """
     if len(ranks) < 2:
         return None
     law = "amdahl" if mode == "strong" else "gustafson"
     clean = [(r, row) for r, row in zip(ranks, stats, strict=True) if not row["oversubscribed"]]
     fitted_ranks = [r for r, _ in clean]
-    if len(fitted_ranks) < 2:
+    if len(fitted_ranks) < MIN_FIT_RANKS:
         return {"law": law, "fitted_ranks": fitted_ranks, "serial_fraction": None, "fits": False}
     if law == "amdahl":
         fit = fit_amdahl(fitted_ranks, [row["time_median_s"] for _, row in clean])

@@ -374,3 +374,13 @@ def test_overwrite_replaces_every_run_and_the_derived_files(fake_study, monkeypa
     assert run_harness(out.parent.parent, path, "--overwrite") == 0
     assert launched == [(1, 0), (2, 0)]
     assert [p["ranks"] for p in read_rows(out / "points.csv")] == ["1", "2"]
+
+
+def test_rank_counts_a_strategy_cannot_run_on_are_left_out_and_said_so(tmp_path):
+    path = write_study(tmp_path, mode="strong", strategies='["allreduce", "ps-sync"]')
+    study = load_study(path, ranks=[1, 2])
+    points = {(series[0], ranks) for series, ranks, _ in study_runs.expected_points(study)}
+    assert points == {("allreduce", 1), ("allreduce", 2), ("ps-sync", 2)}
+    assert study_runs.too_few_ranks(study) == [
+        "ps-sync-logreg-numba: --strategy ps-sync needs at least 2 ranks, so P=1 is not run"
+    ]

@@ -47,9 +47,9 @@ def strong():
     points = []
     for repeat, scale in enumerate((1.0, 1.1, 0.95)):
         points += [
-            point("allreduce", p, scale * (0.1 + 0.9 / p), repeat, cores=4) for p in (1, 2, 4, 8)
+            point("allreduce", p, scale * (0.1 + 0.9 / p), repeat, cores=4) for p in (1, 2, 3, 4, 8)
         ]
-        points += [point("ps-sync", p, scale * 3.0 * p / 2, repeat, cores=4) for p in (2, 4, 8)]
+        points += [point("ps-sync", p, scale * 3.0 * p / 2, repeat, cores=4) for p in (2, 3, 4, 8)]
     summary = summarize(points, "strong")
     return summary, {name: (fig, note) for name, fig, note in plots.draw_study(summary, "t")}
 
@@ -77,7 +77,7 @@ def test_every_figure_is_drawn(strong):
 def test_oversubscribed_points_are_hollow_in_every_line_figure(strong, name):
     summary, figures = strong
     crowded = [r["oversubscribed"] for r in summary["rows"]]
-    assert crowded == [False, False, False, True, False, False, True]
+    assert crowded == [False, False, False, False, True, False, False, False, True]
     ax = figures[name][0].axes[0]
     assert hollow_x(ax) == {8.0}
     assert plots.HOLLOW_LABEL in legend_texts(ax)
@@ -141,7 +141,7 @@ def test_a_law_that_does_not_fit_is_said_so_not_drawn(strong):
     texts = legend_texts(ax)
     assert any(t.startswith("Amdahl fit  f = 0.100") for t in texts)
     assert "ps-sync/logreg/numba: Amdahl does not fit" in " ".join(texts)
-    assert all("on P = 1, 2, 4 only" in t for t in texts if t.startswith("Amdahl fit"))
+    assert all("on P = 1, 2, 3, 4 only" in t for t in texts if t.startswith("Amdahl fit"))
     dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert len(dashed) == 1  # allreduce's fit only
 
