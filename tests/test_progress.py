@@ -192,6 +192,12 @@ def train_epoch(hook, run, clock, epoch, steps, step_s, loss):
     hook.epoch_ended(run, epoch_row(epoch, loss))
 
 
+def summary(stop_reason: str, epochs_run: int, final_train_loss: float) -> dict:
+    """What ``train`` returns, as the loop hands it to ``run_recorded``."""
+    return {"stop_reason": stop_reason, "epochs_run": epochs_run,
+            "final_train_loss": final_train_loss}  # fmt: skip
+
+
 def test_bar_mode_shows_the_epoch_as_it_runs_then_why_the_run_stopped(capsys):
     clock, stderr = FakeClock(), FakeTerminal()
     hook, run = Progress("bar", stderr=stderr, clock=clock), fake_run(stop_reason=None)
@@ -200,11 +206,12 @@ def test_bar_mode_shows_the_epoch_as_it_runs_then_why_the_run_stopped(capsys):
     drawn = stderr.getvalue()
     assert drawn.count("\repoch 1/3 [") == 99 and "40 rows/s" in drawn  # every step but the 1st
     assert drawn.endswith(" \r")  # wiped before the epoch line
-    run.parts.optimizer.stop_reason = "converged: gradient infinity norm 1e-07 <= tol 1e-06"
     hook.run_ended(run, "completed")
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("epoch 1/3  train_loss 0.75  ")
-    assert lines[1:] == [
+    assert len(lines) == 1 and lines[0].startswith("epoch 1/3  train_loss 0.75  ")
+    reason = "converged: gradient infinity norm 1e-07 <= tol 1e-06"
+    hook.run_recorded(run, summary(reason, 1, 0.75))  # once run.json says completed
+    assert capsys.readouterr().out.splitlines() == [
         "stopped: converged: gradient infinity norm 1e-07 <= tol 1e-06 (1 epochs, final "
         "train loss 0.75)"
     ]
@@ -219,6 +226,7 @@ def test_a_run_that_reached_its_epochs_says_so_and_a_preempted_one_leaves_it_to_
     for epoch in (1, 2):
         train_epoch(hook, run, clock, epoch, steps=100, step_s=0.01, loss=1.0 / epoch)
     hook.run_ended(run, "completed")
+    hook.run_recorded(run, summary("reached --epochs 2", 2, 0.5))
     assert capsys.readouterr().out.splitlines()[-1] == (
         "stopped: reached --epochs 2 (2 epochs, final train loss 0.5)"
     )
@@ -232,6 +240,7 @@ def test_json_mode_ends_with_the_final_status_and_draws_nothing_during_an_epoch(
     hook.run_started(run)
     train_epoch(hook, run, clock, 1, steps=100, step_s=1.0, loss=0.25)
     hook.run_ended(run, "completed")
+    hook.run_recorded(run, summary("reached --epochs 3", 1, 0.25))
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["epoch"] == 1 and stderr.getvalue() == ""
     assert lines[1:] == [{"status": "completed", "stop_reason": "reached --epochs 3",

@@ -28,8 +28,11 @@ method                     called
 ``aborting(run, msg)``     the failing rank, just before ``MPI_Abort`` ends the job
                            (``run`` is None if that happens during set-up)
 ``run_ended(run, status)`` every rank, in reverse order, when the ranks end the run
-                           together: ``completed``, ``failed`` (an agreed error) or
-                           ``preempted``. Not after an abort.
+                           together: ``completed``, ``failed`` (an agreed error),
+                           ``preempted`` or ``interrupted``. Not after an abort.
+``run_recorded(run,``      every rank, after a completed run's model.h5 and final
+``summary)``               run.json are written; ``summary`` is what ``train`` returns
+                           (``stop_reason``, ``epochs_run``, ``final_train_loss``)
 =========================  ==============================================================
 
 Hooks may call collectives only in ``run_started``, ``epoch_ended`` and ``run_ended``,
@@ -69,6 +72,9 @@ class Hook:
         pass
 
     def run_ended(self, run, status: str) -> None:
+        pass
+
+    def run_recorded(self, run, summary: dict) -> None:
         pass
 
 
@@ -114,6 +120,10 @@ class Hooks:
         for hook in reversed(self.hooks):
             hook.run_ended(self.run, status)
 
+    def run_recorded(self, summary: dict) -> None:
+        for hook in self.hooks:
+            hook.run_recorded(self.run, summary)
+
 
 class Progress(Hook):
     """Rank 0's console in the ``--progress`` mode (bar, json, quiet): a line per epoch;
@@ -133,7 +143,6 @@ class Progress(Hook):
         self.meter = None  # rank 0 in bar mode with --progress-every > 0
         self.counts_gradients = False
         self.applied = 0  # gradients the asynchronous server applied in this epoch
-        self.last_loss = None  # the last completed epoch's train_loss
 
     def run_started(self, run) -> None:
         every_s = run.config.progress_every
@@ -163,7 +172,6 @@ class Progress(Hook):
         if run.ranks.is_root:
             if self.meter:
                 self.meter.end()
-            self.last_loss = row["train_loss"]
             progress.report(self.mode, row, run.config.epochs)
 
     def aborting(self, run, message: str) -> None:
@@ -175,13 +183,16 @@ class Progress(Hook):
             return
         if self.meter:
             self.meter.end()
-        completed = status == "completed"
-        # The loop's summary, as run_to_end returns it after the hooks.
-        reason = run.parts.optimizer.stop_reason or f"reached --epochs {run.config.epochs}"
-        progress.print_final(self.mode, progress.final_status(
-            status, reason if completed else None, run.state.epochs_done,
-            self.last_loss if completed else None,
-        ))  # fmt: skip
+        if status != "completed":  # a completed run's status waits for its record
+            progress.print_final(self.mode, progress.final_status(
+                status, None, run.state.epochs_done, None))  # fmt: skip
+
+    def run_recorded(self, run, summary: dict) -> None:
+        if run.ranks.is_root:
+            progress.print_final(self.mode, progress.final_status(
+                "completed", summary["stop_reason"], summary["epochs_run"],
+                summary["final_train_loss"],
+            ))  # fmt: skip
 
 
 class CheckpointPolicy(Hook):

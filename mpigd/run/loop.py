@@ -115,6 +115,7 @@ def run_to_end(run: Run) -> dict:
     except MpigdError as exc:
         _end_early(run, exc, call_hooks=not hooks_ended)
         raise
+    run.hooks.run_recorded(summary)
     return summary
 
 
