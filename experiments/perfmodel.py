@@ -426,6 +426,16 @@ def main(argv=None) -> int:
     unmodelled = sorted({p["strategy"] for p in points} - set(STRATEGY_COSTS))
     if unmodelled:
         print(f"perfmodel: not modelled, left out: {', '.join(unmodelled)}")
+    crowded = [p for p in chosen if p.get("oversubscribed")]
+    chosen = [p for p in chosen if not p.get("oversubscribed")]
+    if crowded:
+        left_out = _rank_list(sorted({p["ranks"] for p in crowded}))
+        print(f"perfmodel: left out of the fit, oversubscribed (more ranks per node than "
+              f"cores: they measure time-slicing): P = {left_out}")  # fmt: skip
+    if not chosen:
+        print("perfmodel: error: every run oversubscribed its node's cores; nothing to fit",
+              file=sys.stderr)  # fmt: skip
+        return 2
     bench_rows = [row for path in args.commbench for row in read_csv(path)]
     collectives = fit_collectives(bench_rows)
     model = fit_epoch_model(chosen, collectives)
@@ -435,6 +445,8 @@ def main(argv=None) -> int:
     rows_per_rank = args.rows_per_rank or float(np.median([p["rows_per_rank"] for p in chosen]))
     table = curves(model, sorted(ranks), total_rows, rows_per_rank, fitted_ranks)
     held_out = held_out_checks(chosen, bench_rows)
+    residuals = fit_residuals(model, chosen)
+    worst = max(abs(check["relative_error"]) for check in residuals)
     record = {
         "study": str(args.study_dir),
         "mode": chosen[0]["mode"],
@@ -451,7 +463,10 @@ def main(argv=None) -> int:
             "weak": baseline_s(model, rows_per_rank),
         },
         "fitted_ranks": fitted_ranks,
-        "fit_residuals": fit_residuals(model, chosen),
+        "fit_residuals": residuals,
+        "worst_residual": worst,
+        "fits": worst <= MAX_RESIDUAL,
+        "oversubscribed": fit_residuals(model, crowded),
         "held_out": held_out,
         "validation": validation_summary(held_out, fitted_ranks),
         "half_efficiency_ranks": half_efficiency_ranks(table),
@@ -487,6 +502,12 @@ def _print_report(record: dict) -> None:
     print("residuals at the fitted points (in-sample, not a validation):")
     for check in record["fit_residuals"]:
         print(f"  {_versus(check)}")
+    if not record["fits"]:
+        print(f"WARNING: the model misses the very points it was fitted to by up to "
+              f"{100 * record['worst_residual']:.0f}% (more than {100 * MAX_RESIDUAL:.0f}%): "
+              "it does not describe these runs; do not trust its predictions")  # fmt: skip
+    for check in record["oversubscribed"]:
+        print(f"  oversubscribed, not fitted: {_versus(check)}")
     if record["held_out"]:
         print("held-out validation (fit without that P, then predict it):")
         for check in record["held_out"]:
@@ -498,6 +519,11 @@ def _print_report(record: dict) -> None:
             where = f"below 50% from P={ranks}" if ranks else "above 50% throughout"
             beyond = ranks is not None and not fitted[0] <= ranks <= fitted[-1]
             print(f"{mode} {strategy}: efficiency {where}{' (extrapolated)' if beyond else ''}")
+
+
+#: The largest in-sample relative residual of a model that describes its runs; beyond it
+#: the report and the figures say the model does not fit.
+MAX_RESIDUAL = 0.25
 
 
 def _versus(check: dict) -> str:

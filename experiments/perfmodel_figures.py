@@ -61,7 +61,10 @@ def plot_model(record: dict, table: list[dict], out: Path) -> list[Path]:
             f"fitted at P = {', '.join(map(str, fitted))} "
             f"(collectives: commbench at P = {', '.join(map(str, record['commbench_ranks']))})"
         )
-        note = textwrap.fill(f"{record['validation']} {NOTE}", width=180)
+        misfit = "" if record.get("fits", True) else (
+            f"THE MODEL DOES NOT FIT: it misses its own fitted points by up to "
+            f"{100 * record['worst_residual']:.0f}%. ")  # fmt: skip
+        note = textwrap.fill(f"{misfit}{record['validation']} {NOTE}", width=180)
         written.append(save_figure(fig, out / stem, note))
     return written
 
@@ -132,6 +135,22 @@ def _measured(ax, record: dict, strategy: str, key: str, style: dict) -> None:
         label=f"measured: {strategy} (median)",
         zorder=4,
     )
+    crowded = [c for c in record.get("oversubscribed", []) if c["strategy"] == strategy]
+    crowded = [c for c in crowded if _same_rows(record, c)]
+    if crowded:
+        work = np.array([c["ranks"] if mode == "weak" else 1.0 for c in crowded])
+        seconds = np.array([c["measured_s"] for c in crowded])
+        ax.plot(
+            [c["ranks"] for c in crowded],
+            seconds if key == "time_s" else work * record["baseline_s"][mode] / seconds,
+            linestyle="none",
+            marker=style["marker"],
+            markersize=style["markersize"] + 3,
+            markerfacecolor="white",
+            markeredgecolor=style["color"],
+            label=f"measured: {strategy}, oversubscribed (not fitted)",
+            zorder=4,
+        )
     held = [c for c in record["held_out"] if c["strategy"] == strategy and _same_rows(record, c)]
     if key == "time_s" and held:
         ax.plot(

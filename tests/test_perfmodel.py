@@ -232,3 +232,33 @@ def test_commbench_then_model_command_line(tmp_path, capsys):
     assert "No held-out validation possible" in capsys.readouterr().out
     record = json.loads((two / "model.json").read_text())
     assert record["held_out"] == [] and record["validation"].startswith("No held-out")
+
+
+def test_oversubscribed_points_are_left_out_of_the_fit_and_a_misfit_is_said(tmp_path, capsys):
+    bench = tmp_path / "p2.csv"
+    rows = synthetic_commbench(TRUE_COLLECTIVES)
+    with open(bench, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    points = measured_points(TRUE_MODEL, ranks=(1, 2, 4, 8), slower={8: 3.0})
+    for point in points:
+        point["oversubscribed"] = point["ranks"] == 8  # time-slicing: three times slower
+    study = tmp_path / "study"
+    write_points(study, points)
+    assert perfmodel.main([str(study), "--commbench", str(bench), "--max-ranks", "64"]) == 0
+    report = capsys.readouterr().out
+    assert "left out of the fit, oversubscribed" in report and "P = 8" in report
+    record = json.loads((study / "model.json").read_text())
+    assert record["fitted_ranks"] == [1, 2, 4] and record["fits"]
+    assert [c["ranks"] for c in record["oversubscribed"]] == [8]
+    assert record["oversubscribed"][0]["relative_error"] == pytest.approx(1 / 3 - 1)
+
+    # Counted as clean, the slow P = 8 drags the fit off its own points, and it says so.
+    for point in points:
+        point["oversubscribed"] = False
+    misfit = tmp_path / "misfit"
+    write_points(misfit, points)
+    assert perfmodel.main([str(misfit), "--commbench", str(bench), "--max-ranks", "64"]) == 0
+    assert "WARNING: the model misses the very points it was fitted to" in capsys.readouterr().out
+    assert not json.loads((misfit / "model.json").read_text())["fits"]
