@@ -276,9 +276,10 @@ class TrainConfig:
         aliases={"--quiet": "quiet", "--json": "json"},
     )
     progress_every: float = option(
-        30.0,
-        help="bar: seconds between progress lines within an epoch when stderr is not a "
-        "terminal (on one the bar redraws live); 0: epoch lines only",
+        10.0,
+        help="bar: seconds between progress lines within an epoch, to stdout (under mpirun "
+        "and in batch logs; a single process on a terminal redraws a live bar instead); "
+        "0: epoch lines only",
         group="output",
         metavar="S",
         valid=NON_NEGATIVE,
