@@ -263,7 +263,10 @@ def test_a_run_killed_outright_is_reported_died_by_every_reader(data, tmp_path):
     run, _ = read_run(out / "cfg-000")
     assert run["status"] == "died" and run["last_heartbeat"] is not None
     collected = run_mpigd(1, "sweep", str(grid), "--collect", "--out", str(out), timeout=60)
-    assert collected.returncode == 0 and "cfg-000 lr=0.1: died" in collected.stdout
+    assert "cfg-000 lr=0.1: died" in collected.stdout
+    assert collected.returncode == 2 and "not every config completed (died cfg-000)" in (
+        collected.stderr
+    )
     row = json.loads((out / "sweep.json").read_text())["configs"][0]
     assert row["status"] == "died" and "killed outright" in row["error"]
     evaluated = run_mpigd(2, "eval", str(out / "cfg-000"), "--data", data, timeout=60)
