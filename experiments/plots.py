@@ -46,7 +46,7 @@ LINE_FIGURE_HEIGHT_IN = 6.4
 #: Tick labels of log axes as plain numbers (0.5, 2, 8), not powers.
 PLAIN = FuncFormatter(lambda value, _: f"{value:g}")
 #: Characters of x-small note text per inch of figure width, and its line height.
-NOTE_CHARS_PER_INCH = 21
+NOTE_CHARS_PER_INCH = 17
 NOTE_LINE_HEIGHT_IN = 0.11
 PHASES = (
     ("compute_s", "compute (kernels, updates)"),
