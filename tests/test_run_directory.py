@@ -34,8 +34,8 @@ def config(data, out, **options) -> TrainConfig:
 
 
 def files(directory) -> dict[str, bytes]:
-    """Every file's bytes, the lock (which names its holder) left out."""
-    return {p.name: p.read_bytes() for p in directory.iterdir() if p.name != ".mpigd.lock"}
+    """Every file's bytes, the lock included (a refused claim does not even re-sign it)."""
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
 
 
 def test_a_refused_resume_leaves_the_completed_run_as_it_was(data, tmp_path):
@@ -273,3 +273,55 @@ def test_a_run_killed_outright_is_reported_died_by_every_reader(data, tmp_path):
     assert evaluated.returncode == 2
     assert f"the run died at {run['last_heartbeat']} (its last heartbeat)" in evaluated.stderr
     assert evaluated.stderr.count("mpigd: error") == 1
+
+
+def test_a_resume_that_cannot_read_the_metrics_changes_nothing(data, tmp_path):
+    out = tmp_path / "run"
+    train(config(data, out))
+    (out / "metrics.jsonl").unlink()
+    (out / "metrics.jsonl").mkdir()  # unreadable as a file
+    before = files(out)
+    with pytest.raises(CollectiveError, match="cannot write the run directory"):
+        train(config(data, out, epochs=3, resume=True))
+    assert files(out) == before and (out / "model.h5").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"
+
+
+def test_a_metrics_line_that_is_not_an_epoch_row_is_dropped_on_resume(data, tmp_path, capfd):
+    out = tmp_path / "run"
+    train(config(data, out, optimizer="sgd", batch_size=50))
+    with open(out / "metrics.jsonl", "a") as handle:
+        handle.write("5\n")
+    train(config(data, out, optimizer="sgd", batch_size=50, epochs=3, resume=True))
+    assert "dropping line 3" in capfd.readouterr().err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", [".mpigd.lock", "metrics.jsonl", "run.json"])
+def test_a_run_file_that_is_a_symlink_is_refused_and_its_target_kept(data, tmp_path, name):
+    out, thesis = tmp_path / "run", tmp_path / "thesis.txt"
+    train(config(data, out))
+    thesis.write_text("years of work\n")
+    (out / name).unlink()
+    os.symlink(thesis, out / name)
+    with pytest.raises(CollectiveError, match=f"{name} is a symbolic link"):
+        train(config(data, out, epochs=3, resume=True))
+    assert thesis.read_text() == "years of work\n"
+
+
+def test_an_out_holding_the_dataset_file_is_refused(tmp_path):
+    X, y = make_problem("binary", n_rows=60, d=3)
+    shard = write_h5(tmp_path / "dd" / "part-00000.h5", X, y, "binary", 2)
+    with pytest.raises(CollectiveError, match="would become shards"):
+        train(config(str(shard), tmp_path / "dd"))
+    assert sorted(p.name for p in (tmp_path / "dd").iterdir()) == ["part-00000.h5"]
+
+
+def test_a_run_that_failed_before_its_first_epoch_is_no_obstacle_to_the_rerun(data, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(CollectiveError, match="does not exist"):
+        train(config(data + ".typo", out))
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    train(config(data, out))  # the corrected command, no --overwrite needed
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"

@@ -102,6 +102,7 @@ class RunRecord:
         if self.dir.exists() and not self.dir.is_dir():
             raise ConfigError(f"--out {self.dir} exists and is not a directory")
         self.dir.mkdir(parents=True, exist_ok=True)
+        _check_no_symlinks(self.dir)
         lock_was_there = (self.dir / LOCK_FILE).exists()
         self._lock = _lock(self.dir)
         try:
@@ -116,6 +117,7 @@ class RunRecord:
                 (self.dir / LOCK_FILE).unlink(missing_ok=True)
             self.release()
             raise
+        _sign(self._lock)
         self.run = {"config": config, "run_id": self.run_id, "start_time": now_iso(),
                     "status": "starting"}  # fmt: skip
         if not self._previous_run:
@@ -129,8 +131,21 @@ class RunRecord:
         leaves them) and its leftover temporary files; ``keep_epochs`` (a resume from a
         checkpoint) keeps the checkpoint and the metrics lines of epochs up to that one,
         else metrics.jsonl and checkpoint.h5 go too. A metrics line torn by a crash
-        mid-write is dropped.
+        mid-write, or one that is not an epoch's row, is dropped.
+
+        Everything that can fail on the previous run's files (reading the metrics to
+        keep) comes first, then run.json says ``running``, and only then is anything
+        removed: a failure never leaves a previous run's record claiming files it lost.
         """
+        metrics = self.dir / METRICS_FILE
+        kept = []
+        if keep_epochs is not None and metrics.exists():
+            kept = [line for line, row in _whole_rows(metrics) if row["epoch"] <= keep_epochs]
+        self.run = dict(run_info, run_id=self.run_id,
+                        start_time=self.run.get("start_time", now_iso()),
+                        end_time=None, status="running")  # fmt: skip
+        self._started = True
+        self._write_run()
         stale = [MODEL_FILE, TIMELINE_FILE]
         if keep_epochs is None:
             stale += [METRICS_FILE, CHECKPOINT_FILE]
@@ -139,16 +154,9 @@ class RunRecord:
         for name in RUN_FILES:
             for leftover in self.dir.glob(f".{name}.tmp-*"):
                 leftover.unlink(missing_ok=True)
-        metrics = self.dir / METRICS_FILE
-        kept = []
-        if keep_epochs is not None and metrics.exists():
-            kept = [line for line, row in _whole_rows(metrics) if row["epoch"] <= keep_epochs]
-        metrics.write_text("".join(line + "\n" for line in kept))
-        self.run = dict(run_info, run_id=self.run_id,
-                        start_time=self.run.get("start_time", now_iso()),
-                        end_time=None, status="running")  # fmt: skip
-        self._started = True
-        self._write_run()
+        replace_atomically(
+            metrics, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in kept))
+        )
         if self._heartbeat is None:
             self._heartbeat = _Heartbeat(self.dir / HEARTBEAT_FILE)
 
@@ -357,8 +365,9 @@ def _lock_held(directory: Path) -> bool | None:
 
 
 def _check_not_inside_inputs(out: Path, inputs) -> None:
-    """ConfigError if ``out`` is an input dataset or lies inside a dataset directory (its
-    files would become shards, or a shard be replaced). ``realpath``, unlike
+    """ConfigError if ``out`` is an input dataset, lies inside a dataset directory, or is
+    the directory of an input ``*.h5`` file (its files would become shards, or a shard
+    be replaced). ``realpath``, unlike
     ``Path.resolve`` on Python 3.11, leaves a symlink loop for the data check to name."""
     target = Path(os.path.realpath(out))
     for given in inputs:
@@ -369,11 +378,36 @@ def _check_not_inside_inputs(out: Path, inputs) -> None:
             raise ConfigError(
                 f"--out {out} is inside the dataset {given}; put the run directory elsewhere"
             )
+        if data.suffix == ".h5" and data.parent == target:
+            raise ConfigError(
+                f"--out {out} holds the dataset file {given}: the run's checkpoint.h5 and "
+                "model.h5 would become shards of that directory; put the run directory "
+                "elsewhere"
+            )
+
+
+def _check_no_symlinks(directory: Path) -> None:
+    """ConfigError if a file a run writes in ``directory`` (or its lock) is a symbolic
+    link: writing it would change the file it points to, which no run wrote."""
+    for name in (*RUN_FILES, LOCK_FILE):
+        if (directory / name).is_symlink():
+            raise ConfigError(
+                f"{directory / name} is a symbolic link (to {os.readlink(directory / name)}); "
+                "a run writes only files of its own there: remove the link or choose another "
+                "--out"
+            )
 
 
 def _lock(directory: Path):
-    """The run directory's lock, held (an open file); ConfigError if another run has it."""
-    handle = open(directory / LOCK_FILE, "a+")  # noqa: SIM115 - held for the run's life
+    """The run directory's lock, held (an open file); ConfigError if another run has it.
+
+    Opened without following a symbolic link. Who holds it is written by :func:`_sign`
+    once the claim succeeded, so a refused claim leaves the file as it was."""
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the lock {directory / LOCK_FILE}: {exc}") from exc
+    handle = os.fdopen(fd, "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -384,15 +418,28 @@ def _lock(directory: Path):
             f"{directory} is in use by another mpigd run ({holder}); wait for it or choose "
             "another --out"
         ) from None
+    return handle
+
+
+def _sign(handle) -> None:
+    """Write who holds the lock ``handle`` (pid and host), for a refused second run."""
+    handle.seek(0)
     handle.truncate(0)
     handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
     handle.flush()
-    return handle
+
+
+#: What a run leaves that is worth keeping: a directory with none of them holds no
+#: result, only the record of a run that failed before its first epoch.
+RESULT_FILES = (METRICS_FILE, MODEL_FILE, CHECKPOINT_FILE, TIMELINE_FILE)
 
 
 def _holds_a_run(directory: Path) -> bool:
     """Whether ``directory`` holds a previous mpigd run; ConfigError if it holds files a
-    run writes that no mpigd run.json vouches for (they are someone else's)."""
+    run writes that no mpigd run.json vouches for (they are someone else's).
+
+    A run that failed leaving no :data:`RESULT_FILES` (a typo in ``--data``, say) does
+    not count: rerunning the corrected command needs no ``--overwrite``."""
     record = directory / RUN_FILE
     if record.exists():
         try:
@@ -400,7 +447,8 @@ def _holds_a_run(directory: Path) -> bool:
         except (OSError, ValueError):
             run = None
         if isinstance(run, dict) and "config" in run and "status" in run:
-            return True
+            results = [name for name in RESULT_FILES if (directory / name).exists()]
+            return bool(results) or run["status"] != "failed"
         raise ConfigError(f"{record} is not an mpigd run record; choose another --out")
     foreign = [name for name in RUN_FILES if (directory / name).exists()]
     if foreign:
@@ -412,14 +460,19 @@ def _holds_a_run(directory: Path) -> bool:
 
 
 def _whole_rows(path: Path) -> list[tuple[str, dict]]:
-    """``(line, parsed row)`` of each line of a JSON-lines file that parses; a line torn
-    by an interrupted write is dropped, with a note."""
+    """``(line, parsed row)`` of each line of metrics.jsonl that is an epoch's row (a
+    JSON object with an integer ``epoch``); a line torn by an interrupted write, or any
+    other line, is dropped with a note."""
     whole = []
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     for number, line in enumerate(lines, 1):
         try:
-            whole.append((line, json.loads(line)))
+            row = json.loads(line)
         except ValueError:
-            print(f"mpigd: dropping line {number} of {path}, torn by an interrupted write",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            whole.append((line, row))
+        else:
+            print(f"mpigd: dropping line {number} of {path}: not an epoch's metrics row "
+                  "(torn by an interrupted write?)", file=sys.stderr, flush=True)  # fmt: skip
     return whole
