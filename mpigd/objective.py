@@ -176,22 +176,3 @@ class LocalObjective:
 def l2_term(weights: np.ndarray, l2: float) -> float:
     """The objective's penalty (l2/2)·||w||² of the penalised entries ``weights``."""
     return 0.5 * l2 * float(weights @ weights)
-
-
-def memoize_last(closure):
-    """Wrap a closure so a repeated call at the same parameters costs no pass.
-
-    The trainer evaluates the full-batch objective after every epoch for ``train_loss``;
-    a full-batch optimiser's next step asks for the same point, and gets it from here.
-    """
-    last: dict = {}
-
-    def cached(params: np.ndarray, grad_out: np.ndarray) -> float:
-        key = params.tobytes()
-        if last.get("key") != key:
-            grad = np.empty_like(grad_out)
-            last.update(key=key, loss=closure(params, grad), grad=grad)
-        grad_out[:] = last["grad"]
-        return last["loss"]
-
-    return cached

@@ -21,7 +21,7 @@ from mpi4py import MPI
 
 from mpigd.comm import RankInfo, sum_across
 from mpigd.errors import ConfigError
-from mpigd.objective import LocalObjective, memoize_last
+from mpigd.objective import LocalObjective
 from mpigd.optim import Closure, Optimizer
 from mpigd.strategies import control
 from mpigd.timing import PhaseTimer
@@ -125,8 +125,33 @@ class Strategy(ABC):
 
     @cached_property
     def full_closure(self) -> Closure:
-        """The full-batch objective over all training rows, memoised at its last point."""
-        return memoize_last(self.closure(None))
+        """The full-batch objective over all training rows, memoised at its last point.
+
+        The loop evaluates it after every epoch for ``train_loss``, and a full-batch
+        optimiser's next step asks for the same point: the memo serves that call. Whether
+        it does is agreed, with the control word, in one small Allreduce of ``[ranks that
+        missed | control word]``: a split model's ranks may see their own part unchanged
+        while another's moved (all must then evaluate), and where the parameters stop
+        moving (a float fixed point) the stop vote still travels at every call.
+        """
+        evaluate, last = self.closure(None), {}
+        agreement = np.zeros(1 + control.SIZE)
+
+        def memoised(params: np.ndarray, grad_out: np.ndarray) -> float:
+            key = params.tobytes()
+            agreement[0] = 0.0 if last.get("key") == key else 1.0
+            control.fill(agreement[1:])
+            with self.timer.phase("comm", "Allreduce", agreement.nbytes):
+                self.comm.Allreduce(MPI.IN_PLACE, agreement, op=MPI.SUM)
+            if agreement[0] > 0:
+                grad = np.empty_like(grad_out)
+                last.update(key=key, loss=evaluate(params, grad), grad=grad)
+            else:
+                self.stop_agreed = control.settle(agreement[1:]) or self.stop_agreed
+            grad_out[:] = last["grad"]
+            return last["loss"]
+
+        return memoised
 
     def agree_stop_reason(self, optimizer: Optimizer) -> None:
         """Collective: make ``optimizer.stop_reason`` the same on every rank.
