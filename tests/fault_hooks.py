@@ -19,12 +19,15 @@ model-write-fails    writing model.h5 at the end fails (STEP unused): after the 
                      epoch a directory blocks the path of its temporary file, as a
                      full disk or a quota would fail the write
 record-write-fails   the same for the final run.json
+file-size-limit      from the run's start, writes past 64 KiB fail with EFBIG
+                     (``RLIMIT_FSIZE``; Python ignores SIGXFSZ), as a quota would
 ===================  ==========================================================
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import time
 from pathlib import Path
@@ -32,7 +35,7 @@ from pathlib import Path
 from mpigd.run.hooks import Hook
 
 ACTIONS = ("raise", "kill", "sigterm", "checkpoint-crash", "model-write-fails",
-           "record-write-fails")  # fmt: skip
+           "record-write-fails", "file-size-limit")  # fmt: skip
 #: The file whose final write each ``*-write-fails`` action breaks.
 _BROKEN_WRITES = {"model-write-fails": "model.h5", "record-write-fails": "run.json"}
 
@@ -61,6 +64,10 @@ class Fault(Hook):
             os.kill(os.getpid(), signal.SIGKILL)
         if self.action == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def run_started(self, run) -> None:
+        if self.action == "file-size-limit" and run.ranks.rank == self.rank:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
 
     def epoch_ended(self, run, row: dict) -> None:
         if self.action not in _BROKEN_WRITES or run.ranks.rank != self.rank:

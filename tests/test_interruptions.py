@@ -147,3 +147,40 @@ def test_data_whose_values_overflow_is_named_as_the_cause_not_the_learning_rate(
     assert "values as large as 1e+300 in magnitude" in result.stderr
     assert "scale the data" in result.stderr and "smaller --lr" not in result.stderr
     assert run_json(out)["status"] == "failed" and not (out / "model.h5").exists()
+
+
+def test_a_stop_signal_is_heard_where_full_batch_gd_stopped_moving(tmp_path):
+    # Tiny least squares: GD reaches a float64 fixed point within seconds, after which
+    # the memo serves every step; the stop vote must still travel.
+    X, y = make_problem("regression", n_rows=40, d=2)
+    data = str(write_h5(tmp_path / "reg.h5", X, y, "regression"))
+    out, statuses = tmp_path / "run", tmp_path / "statuses"
+    statuses.mkdir()
+    command = mpirun_command(2, "train", "--data", data, "--model", "linreg", "--lr", "0.5",
+                             "--epochs", "100000000", "--out", str(out), "--quiet",
+                             fault="none")  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", MPIGD_TEST_STATUS_DIR=str(statuses))
+    job = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True, env=env)
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 90
+    while time.monotonic() < deadline:
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        if len(lines) > 3 and lines[-2].split('"time_s"')[0] == lines[-3].split('"time_s"')[0]:
+            break  # two epochs alike up to their timings: the parameters stopped moving
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=30)
+    assert job.returncode == EXIT_PREEMPTED, stderr
+    assert rank_statuses(statuses, 2) == [EXIT_PREEMPTED] * 2
+
+
+def test_a_checkpoint_over_the_file_size_limit_fails_every_rank_with_one_message(data, tmp_path):
+    # h5py reports this EFBIG as a RuntimeError while it closes the file.
+    out, statuses = tmp_path / "run", tmp_path / "statuses"
+    result = train(data, out, "--model", "mlp", "--hidden", "4096", "--epochs", "1",
+                   fault="file-size-limit@0:0", statuses=statuses)  # fmt: skip
+    assert result.returncode == EXIT_USER_ERROR, result.stderr
+    assert rank_statuses(statuses, 2) == [EXIT_USER_ERROR] * 2
+    assert result.stderr.count("cannot write the checkpoint") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (out / "checkpoint.h5").exists() and not list(out.glob(".checkpoint.h5.tmp-*"))
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"

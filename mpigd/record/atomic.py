@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+#: What a failed write raises: OSError (disk full, quota, permissions), and h5py's
+#: RuntimeError for some of the same failures met while it closes a file ("Can't
+#: decrement id ref count ... File too large").
+WRITE_ERRORS = (OSError, RuntimeError)
+
 
 def replace_atomically(path: Path, write, before_rename=None) -> None:
     """Call ``write(tmp_path)``, fsync, rename over ``path``, fsync the directory.

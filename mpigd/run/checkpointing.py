@@ -16,6 +16,7 @@ from mpigd import comm as mpi
 from mpigd.config import default_of
 from mpigd.errors import ConfigError, MpigdError
 from mpigd.record import checkpoint_file
+from mpigd.record.atomic import WRITE_ERRORS
 from mpigd.record.checkpoint_file import Checkpoint
 from mpigd.run import progress
 
@@ -60,7 +61,7 @@ def _gather_and_write(run) -> None:
             with run.timer.span("checkpoint write", step=state.global_step):
                 checkpoint_file.save(run.config.out, checkpoint,
                                      before_rename=run.hooks.before_checkpoint_rename)  # fmt: skip
-        except OSError as exc:
+        except WRITE_ERRORS as exc:
             error = MpigdError(f"cannot write the checkpoint in {run.config.out}: {exc}")
     mpi.agree(ranks.comm, error)
 
@@ -106,6 +107,9 @@ def resume(run) -> dict | None:
     state.first_step = checkpoint.step_in_epoch
     state.global_step = state.last_checkpoint_step = checkpoint.global_step
     notes = _resume_notes(checkpoint, ranks.size) + notes
+    if checkpoint.epoch >= run.config.epochs:
+        notes.append(f"the checkpoint is at epoch {checkpoint.epoch}, at or past --epochs "
+                     f"{run.config.epochs}: nothing is left to train")  # fmt: skip
     if ranks.is_root:
         for note in notes:
             progress.note(note)

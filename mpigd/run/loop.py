@@ -45,6 +45,7 @@ from mpigd.errors import CollectiveError, DivergenceError, MpigdError
 from mpigd.evaluate import evaluate
 from mpigd.preemption import Interrupted, Preempted
 from mpigd.record import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE
+from mpigd.record.atomic import WRITE_ERRORS
 from mpigd.run import checkpointing, progress
 from mpigd.run.batching import epoch_batches
 
@@ -128,7 +129,7 @@ def _written_on_root(run: Run, name: str, write) -> None:
             return
         try:
             write()
-        except OSError as exc:
+        except WRITE_ERRORS as exc:
             raise MpigdError(f"cannot write {run.config.out}/{name}: {exc}") from exc
 
     mpi.collectively(run.ranks.comm, work)
@@ -146,7 +147,7 @@ def _end_early(run: Run, exc: MpigdError, call_hooks: bool) -> None:
         if run.record:
             try:
                 run.record.finish(status, stop_reason=str(exc))
-            except OSError as write_error:  # the error itself may be a full disk
+            except WRITE_ERRORS as write_error:  # the error itself may be a full disk
                 progress.note(f"cannot record the run as {status} in run.json: {write_error}")
 
 

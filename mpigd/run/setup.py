@@ -25,6 +25,7 @@ from mpigd import device
 from mpigd.errors import ConfigError, DataError, MpigdError
 from mpigd.models import load_backend
 from mpigd.record import RunRecord
+from mpigd.record.atomic import WRITE_ERRORS
 from mpigd.record.checkpoint_file import data_fingerprint
 from mpigd.record.provenance import describe_run
 from mpigd.run import checkpointing, progress
@@ -60,6 +61,9 @@ def _build_run(config, ranks, hooks, record) -> Run:
     gpu = device.place(comm, backend)
     share = layout.data_share(ranks.rank, ranks.size)
     data = _load(config, ranks, share, backend)
+    if ranks.is_root and config.batch_size and config.batch_size >= data.info.n_rows:
+        progress.note(f"warning: --batch-size {config.batch_size} is at least the "
+                      f"{data.info.n_rows} training rows: every step is a full pass")  # fmt: skip
     layout.connect(ranks, timer)
     parts = mpi.collectively(
         comm,
@@ -96,7 +100,7 @@ def claim_run_directory(config, ranks) -> tuple[RunRecord | None, str]:
         try:
             record.claim(config.to_dict(), config.resume, config.overwrite,
                          [config.data, config.test_data])  # fmt: skip
-        except OSError as exc:
+        except WRITE_ERRORS as exc:
             raise MpigdError(f"cannot write the run directory {config.out}: {exc}") from exc
         return record
 
@@ -211,7 +215,7 @@ def _start_record(run, gpu, warmup_s: float, resumed: dict | None, layout: str) 
                     resumed_from=resumed, warnings=config.ignored_options())  # fmt: skip
         try:
             run.record.start(info, keep_epochs=resumed["epoch"] if resumed else None)
-        except OSError as exc:
+        except WRITE_ERRORS as exc:
             raise MpigdError(f"cannot write the run directory {config.out}: {exc}") from exc
 
     mpi.collectively(run.ranks.comm, start)
