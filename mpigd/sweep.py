@@ -41,6 +41,15 @@ the sweep passes ``--resume`` (continue each config from its checkpoint; a confi
 without one starts fresh, one that completed stays as it is) or ``--overwrite`` (start
 each config over) to every config it trains. ``slurm/sweep-array.sbatch`` always passes
 ``--resume``, so a requeued or resubmitted task continues where it stopped.
+
+The table files are the sweep's only files outside the run directories, and a sweep
+never replaces a file it did not write: sweep.json says ``"written_by": "mpigd sweep"``,
+and a sweep (or ``--collect``) refuses, before it trains or writes anything, a DIR that
+is not a directory, or one whose sweep.json lacks that mark or whose sweep.csv has no
+such sweep.json beside it (both are then someone else's). ``--collect`` also refuses a
+DIR that holds no sweep (neither the grid's run directories nor a sweep.json), rather
+than create one. Both files are replaced atomically, sweep.json first: a crash between
+the two leaves a marked sweep.json, so the next sweep may still replace either.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ import csv
 import itertools
 import json
 import math
+import os
 from pathlib import Path
 
 from mpigd import comm as mpi
@@ -58,6 +68,7 @@ from mpigd.config import TrainConfig, read_toml
 from mpigd.errors import CollectiveError, ConfigError
 from mpigd.preemption import Interrupted, Preempted
 from mpigd.record import read_run
+from mpigd.record.atomic import replace_atomically
 
 TABLE_FIELDS = (
     "index",
@@ -72,6 +83,8 @@ TABLE_FIELDS = (
     "error",
     "run_dir",
 )
+#: The mark in sweep.json that lets a later sweep replace it and the sweep.csv beside it.
+WRITTEN_BY = "mpigd sweep"
 
 
 def read_grid(
@@ -83,12 +96,20 @@ def read_grid(
     (``resume``, ``overwrite``), over the file's; ``progress`` the console output of a
     config whose file sets none (None: the train default).
 
-    Raises ConfigError for an unreadable file, unknown keys, an empty list, or a key
-    the sweep sets itself (``out``).
+    Raises ConfigError, naming the file, for an unreadable file, a ``grid`` that is not
+    a table, an option given twice (``batch-size`` and ``batch_size`` are one), unknown
+    keys, a grid value that is not a non-empty list, a key the sweep sets itself
+    (``out``), or a config that ``mpigd train`` would refuse (naming the config too).
     """
     raw = read_toml(path, "grid file")
-    grid = {key.replace("-", "_"): value for key, value in raw.pop("grid", {}).items()}
-    fixed = {key.replace("-", "_"): value for key, value in raw.items()}
+    table = raw.pop("grid", {})
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"grid file {path}: 'grid' is {_toml_kind(table)}; it must be the table [grid], "
+            "holding for each option to vary the list of its values (lr = [0.1, 0.5])"
+        )
+    grid = _option_names(table, f"grid file {path}: [grid]")
+    fixed = _option_names(raw, f"grid file {path}:")
     unknown = sorted((set(grid) | set(fixed)) - set(TrainConfig.keys()))
     if unknown:
         raise ConfigError(f"grid file {path}: unknown train options {', '.join(unknown)}")
@@ -102,11 +123,39 @@ def read_grid(
     if progress is not None:
         fixed.setdefault("progress", progress)
     values = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
-    configs = [
-        TrainConfig(**{**fixed, **combo, **(forced or {}), "out": str(run_dir(out, i))})
-        for i, combo in enumerate(values)
-    ]
+    configs = []
+    for i, combo in enumerate(values):
+        try:
+            configs.append(
+                TrainConfig(**{**fixed, **combo, **(forced or {}), "out": str(run_dir(out, i))})
+            )
+        except ConfigError as exc:
+            where = f"cfg-{i:03d} {_settings(combo, list(combo))}".rstrip()
+            raise ConfigError(f"grid file {path}, {where}: {exc}") from None
     return values, configs
+
+
+def _option_names(table: dict, where: str) -> dict:
+    """``table`` with its keys as train option names (``-`` read as ``_``); ConfigError
+    (``where`` first) for an option given under both spellings, which would otherwise
+    keep one of the two values without a word."""
+    options, spelled = {}, {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name in options:
+            raise ConfigError(f"{where} {name} set twice (as {spelled[name]} and {key})")
+        options[name], spelled[name] = value, key
+    return options
+
+
+def _toml_kind(value) -> str:
+    """What a TOML value is, in words, for a message about a misplaced one."""
+    if isinstance(value, list):
+        if value and all(isinstance(item, dict) for item in value):
+            return "an array of tables ([[grid]])"
+        return "an array"
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    return next((words for kind, words in kinds.items() if isinstance(value, kind)), "a date")
 
 
 def run_dir(out: str, index: int) -> Path:
@@ -124,10 +173,12 @@ def run_sweep(
 ) -> list[dict]:
     """Collective on ``world``: train every config; return the table (on every rank).
 
-    World rank 0 writes ``sweep.csv`` and ``sweep.json``. Raises ``Preempted`` on every
-    rank, after the table, if a stop signal ended any group early. ``hooks`` are added
-    to every config's run (see :func:`mpigd.run.train`); ``forced`` train options
-    (``{"resume": True}``) to every config (:func:`read_grid`).
+    World rank 0 first checks that ``out`` may take the table (:func:`check_out`: a
+    ConfigError on every rank, before anything is trained), then writes ``sweep.csv``
+    and ``sweep.json``. Raises ``Preempted`` on every rank, after the table, if a stop
+    signal ended any group early. ``hooks`` are added to every config's run (see
+    :func:`mpigd.run.train`); ``forced`` train options (``{"resume": True}``) to every
+    config (:func:`read_grid`).
     """
     values, configs = collectively(
         world.comm, lambda: _checked(grid_path, out, groups, world, forced)
@@ -141,8 +192,16 @@ def run_sweep(
         mpi.free(group)
     everyone = mpi.gather_everywhere(world.comm, mine)
     table = sorted(itertools.chain(*everyone), key=lambda row: row["index"])
-    if world.is_root:
-        write_table(table, out, list(values[0]), test_metric=configs[0].test_data is not None)
+
+    def write() -> None:
+        if world.is_root:
+            try:  # absent when no config got as far as its run directory
+                Path(out).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create the sweep's directory {out}: {exc}") from None
+            write_table(table, out, list(values[0]), configs[0].test_data is not None)
+
+    collectively(world.comm, write)
     stopped = {row["status"] for row in table} & {"preempted", "interrupted"}
     if stopped:
         stop = Interrupted if "interrupted" in stopped else Preempted
@@ -165,6 +224,8 @@ def run_one(world: RankInfo, grid_path: str, out: str, index: int, forced=None) 
 
     def pick():
         values, configs = read_grid(grid_path, out, forced, progress=None)
+        if world.is_root:
+            _check_directory(out)
         if not 0 <= index < len(configs):
             raise ConfigError(f"--index {index}: the grid has configs 0 to {len(configs) - 1}")
         return values[index], configs[index]
@@ -185,15 +246,28 @@ def collect(world: RankInfo, grid_path: str, out: str) -> list[dict]:
     """Collective: the table of the run records in ``out``, without training.
 
     World rank 0 reads the records and writes the table as a sweep does; other ranks
-    return an empty list. Raises CollectiveError on every rank, after the table, when a
-    config is missing or did not complete without diverging (module docstring).
+    return an empty list. Raises ConfigError on every rank, creating and changing
+    nothing, when ``out`` holds no sweep or a table that is not an mpigd sweep's
+    (:func:`check_out`); CollectiveError on every rank, after the table, when a config
+    is missing or did not complete without diverging (module docstring).
     """
-    values, configs = collectively(world.comm, lambda: read_grid(grid_path, out))
-    table, unfinished = [], None
-    if world.is_root:
-        table = [result_row(i, values[i], config.out) for i, config in enumerate(configs)]
-        write_table(table, out, list(values[0]), test_metric=configs[0].test_data is not None)
-        unfinished = _unfinished(table)
+
+    def check():
+        values, configs = read_grid(grid_path, out)
+        if world.is_root:
+            check_out(out, [config.out for config in configs], collecting=True)
+        return values, configs
+
+    values, configs = collectively(world.comm, check)
+
+    def write():
+        if not world.is_root:
+            return [], None
+        rows = [result_row(i, values[i], config.out) for i, config in enumerate(configs)]
+        write_table(rows, out, list(values[0]), test_metric=configs[0].test_data is not None)
+        return rows, _unfinished(rows)
+
+    table, unfinished = collectively(world.comm, write)
     unfinished = mpi.from_root(world.comm, unfinished)
     if unfinished:
         raise CollectiveError(f"not every config completed ({unfinished}); see {out}/sweep.csv")
@@ -209,7 +283,81 @@ def list_configs(grid_path: str, out: str) -> list[dict]:
 def _checked(grid_path: str, out: str, groups: int, world: RankInfo, forced):
     if not 1 <= groups <= world.size:
         raise ConfigError(f"--groups {groups} must be between 1 and the {world.size} ranks")
-    return read_grid(grid_path, out, forced)
+    values, configs = read_grid(grid_path, out, forced)
+    if world.is_root:
+        check_out(out, [config.out for config in configs], collecting=False)
+    return values, configs
+
+
+def check_out(out: str, run_dirs: list[str], collecting: bool) -> None:
+    """ConfigError unless the sweep may write its table into ``out``; reads only.
+
+    ``out`` must be a directory, or (for a sweep that trains, which creates it) absent;
+    its table files must be absent or an mpigd sweep's (:func:`_check_tables`). For
+    ``collecting``, ``out`` must hold a sweep: a sweep.json or one of ``run_dirs``, the
+    grid's run directories; else the command would create a table of nothing.
+    """
+    if collecting and not os.path.lexists(out):
+        raise ConfigError(f"no sweep in {out}: it does not exist")
+    _check_directory(out)
+    if not os.path.lexists(out):
+        return
+    marked = _check_tables(Path(out))
+    if collecting and not marked and not any(os.path.lexists(path) for path in run_dirs):
+        raise ConfigError(
+            f"no sweep in {out}: it holds no sweep.json and none of the grid's run "
+            f"directories {Path(run_dirs[0]).name} to {Path(run_dirs[-1]).name}"
+        )
+
+
+def _check_directory(out: str) -> None:
+    """ConfigError if ``out`` exists (a broken symbolic link too) and is not a directory,
+    or is absent and cannot be created, its nearest existing parent not being one."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out} exists and is not a directory; name the sweep's directory")
+    parent = Path(out).absolute().parent
+    while not os.path.lexists(parent):
+        parent = parent.parent
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--out {out}: {parent} is not a directory; name the sweep's directory")
+
+
+def _check_tables(directory: Path) -> bool:
+    """Whether ``directory`` holds an mpigd sweep's sweep.json; ConfigError if a table file
+    there may not be replaced: not a regular file (a symbolic link, a directory), a
+    sweep.json without the :data:`WRITTEN_BY` mark, or a sweep.csv without a marked
+    sweep.json beside it. Reads only; the file's type is checked before it is opened,
+    as a FIFO would block."""
+    summary, table = directory / "sweep.json", directory / "sweep.csv"
+    for path in (summary, table):
+        if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+            raise ConfigError(
+                f"{path} is not a file an mpigd sweep wrote (not a regular file), and the "
+                "sweep would replace it: move it away or choose another --out"
+            )
+    marked = False
+    if summary.exists():
+        try:
+            written = json.loads(summary.read_text())
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read {summary} to tell whether an mpigd sweep wrote it: {exc}"
+            ) from None
+        except ValueError:
+            written = None
+        marked = isinstance(written, dict) and written.get("written_by") == WRITTEN_BY
+        if not marked:
+            raise ConfigError(
+                f'{summary} is not an mpigd sweep\'s (it has no "written_by": '
+                f'"{WRITTEN_BY}"), and the sweep would replace it: move it away or choose '
+                "another --out"
+            )
+    if table.exists() and not marked:
+        raise ConfigError(
+            f"{table} is not an mpigd sweep's (no sweep.json of one beside it), and the "
+            "sweep would replace it: move it away or choose another --out"
+        )
+    return marked
 
 
 def _train_group(ranks: RankInfo, group: int, groups: int, values, configs, hooks) -> list[dict]:
@@ -246,10 +394,12 @@ def result_row(index: int, values: dict, directory: str, status=None, error=None
     if error is not None:
         return dict(row, status=status)
     try:
-        run, epochs = read_run(directory)
+        run, rows = read_run(directory)
     except (OSError, ValueError):
         return dict(row, status=status or "missing")
+    epochs = [_numbers(epoch) for epoch in rows if isinstance(epoch, dict)]
     last = epochs[-1] if epochs else {}
+    times = [epoch.get("time_s") for epoch in epochs]
     status = status or run.get("status")
     error = run.get("stop_reason") if status != "completed" else divergence(epochs)
     return dict(
@@ -261,8 +411,23 @@ def result_row(index: int, values: dict, directory: str, status=None, error=None
         test_loss=last.get("test_loss"),
         test_accuracy=last.get("test_accuracy"),
         epochs_run=len(epochs),
-        train_s=sum(epoch["time_s"] for epoch in epochs),
+        train_s=sum(times) if None not in times else None,
     )
+
+
+#: The fields of a metrics row that the table reads as numbers.
+_NUMERIC = ("epoch", "train_loss", "test_loss", "test_accuracy", "time_s")
+
+
+def _numbers(epoch: dict) -> dict:
+    """A metrics row with the numbers the table reads (``epoch``, the losses, the
+    accuracy, ``time_s``) dropped where they are not numbers: a row written by hand or
+    by another version then reads as one lacking them, and its cells are left empty."""
+    return {
+        key: value
+        for key, value in epoch.items()
+        if key not in _NUMERIC or (isinstance(value, int | float) and not isinstance(value, bool))
+    }
 
 
 def divergence(epochs: list[dict]) -> str | None:
@@ -296,17 +461,17 @@ def write_table(table: list[dict], out: str, grid_keys: list[str], test_metric: 
     """Write ``sweep.csv`` and ``sweep.json`` into ``out`` and print the table, the
     configs that did not complete (by status) and the best of those that did.
 
-    Returns the best row (None if no config completed without diverging).
+    Returns the best row (None if no config completed without diverging). Checks the
+    table files again first (:func:`_check_tables`: ConfigError, nothing written), as
+    a user may have put their own there while the configs trained; then replaces
+    sweep.json and sweep.csv, in that order, each atomically.
     """
+    _check_tables(Path(out))
     best = best_row(table, test_metric)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    with open(Path(out) / "sweep.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["index", *grid_keys, *TABLE_FIELDS[1:]])
-        writer.writeheader()
-        writer.writerows(table)
     metric = "test_loss" if test_metric else "final_train_loss"
     done = sum(row["status"] == "completed" for row in table)
     summary = {
+        "written_by": WRITTEN_BY,
         "metric": metric,
         "best": best,
         "completed": done,
@@ -317,7 +482,19 @@ def write_table(table: list[dict], out: str, grid_keys: list[str], test_metric: 
         ],  # fmt: skip
         "configs": table,
     }
-    (Path(out) / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, ["index", *grid_keys, *TABLE_FIELDS[1:]])
+            writer.writeheader()
+            writer.writerows(table)
+
+    summary_text = json.dumps(summary, indent=2) + "\n"
+    try:
+        replace_atomically(Path(out) / "sweep.json", lambda tmp: tmp.write_text(summary_text))
+        replace_atomically(Path(out) / "sweep.csv", write_csv)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the sweep's table into {out}: {exc}") from None
     for row in table:
         print(f"cfg-{row['index']:03d} {_settings(row, grid_keys)}: {_outcome(row, metric)}")
     if done < len(table):
