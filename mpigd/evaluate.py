@@ -6,6 +6,8 @@ Reported per dataset: ``loss``, the mean per-row loss (no L2 term, unweighted);
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from kernels import DEFAULT_BACKEND
@@ -142,16 +144,73 @@ def _explain_a_missing_model(run_dir: str) -> None:
 
 
 def _check_model_info(info, run_dir: str) -> None:
-    """DataError unless model.h5's ``model`` attribute names what ``eval`` rebuilds."""
-    from mpigd.errors import DataError
+    """DataError unless model.h5's ``model`` attribute describes a model ``eval`` can
+    rebuild: every field it reads present (``svm_loss``, ``hidden``, ``class_weights``
+    and ``n_params`` may be missing: older files lack some) and of the type, range and
+    length that field needs.
 
-    needed = ("model", "n_features", "task", "n_classes")
+    All of the record's fields are checked here, once, so that a damaged or hand-edited
+    file is one message naming the field, never a traceback from deep in the model.
+    """
+    from mpigd.errors import DataError
+    from mpigd.models import MODELS
+
+    path = f"{run_dir}/model.h5"
+    needed = ("model", "n_features", "task", "n_classes", "l2")
     missing = [key for key in needed if not isinstance(info, dict) or key not in info]
     if missing:
         raise DataError(
-            f"{run_dir}/model.h5: its model attribute lacks {', '.join(missing)}; it is not "
+            f"{path}: its model attribute lacks {', '.join(missing)}; it is not "
             "a model file mpigd train wrote"
         )
+
+    def refuse(key: str, expected: str):
+        raise DataError(f"{path}: its model attribute has {key} {info[key]!r}; expected {expected}")
+
+    name, task, n_classes = info["model"], info["task"], info["n_classes"]
+    if not (isinstance(name, str) and name in MODELS):
+        refuse("model", f"one of {', '.join(MODELS)}")
+    tasks = MODELS[name].tasks
+    if not (isinstance(task, str) and task in tasks):
+        refuse("task", f"one of {', '.join(tasks)} (the tasks of model {name!r})")
+    if not _is_count(info["n_features"]):
+        refuse("n_features", "a whole number >= 1")
+    if task == "regression" and n_classes is not None:
+        refuse("n_classes", "null for a regression model")
+    if task == "binary" and (not _is_count(n_classes) or n_classes != 2):
+        refuse("n_classes", "2 for a binary model")
+    if task == "multiclass" and (not _is_count(n_classes) or n_classes < 2):
+        refuse("n_classes", "a whole number >= 2 for a multiclass model")
+    if not (_is_number(info["l2"]) and info["l2"] >= 0):
+        refuse("l2", "a finite number >= 0")
+    if name == "svm" and info.get("svm_loss", "hinge") not in ("hinge", "squared-hinge"):
+        refuse("svm_loss", "hinge or squared-hinge")
+    hidden = info.get("hidden", [128])
+    if name == "mlp" and not (isinstance(hidden, list) and hidden and all(map(_is_count, hidden))):
+        refuse("hidden", "a non-empty list of layer widths >= 1")
+    weights = info.get("class_weights")
+    if weights is not None and n_classes is None:
+        refuse("class_weights", "null for a regression model")
+    if weights is not None and not (
+        isinstance(weights, list) and len(weights) == n_classes
+        and all(_is_number(weight) and weight > 0 for weight in weights)
+    ):  # fmt: skip
+        refuse("class_weights", f"null or {n_classes} positive numbers, one per class")
+    if info.get("n_params") is not None and not _is_count(info["n_params"]):
+        refuse("n_params", "a whole number >= 1")
+
+
+def _is_count(value) -> bool:
+    """Whether a JSON value is a whole number >= 1 (``true`` is not, to a user)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_number(value) -> bool:
+    """Whether a JSON value is a number a float64 holds: not NaN, infinite or an integer
+    too large for one (``true`` is not a number, to a user)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= sys.float_info.max
 
 
 def _check_params(params, info: dict, model, run_dir: str) -> None:

@@ -35,16 +35,18 @@ def trained(data, tmp_path_factory):
     return root
 
 
-def altered(trained, tmp_path, model="logreg", params=None, **info_changes):
-    """A run directory holding the trained ``model``'s model.h5, with ``params`` (a
-    function of the saved ones) and model attributes changed."""
-    with h5py.File(trained / model / "model.h5", "r") as handle:
+def altered(trained, tmp_path, trained_model="logreg", params=None, without=(), **info_changes):
+    """A run directory holding the ``trained_model``'s model.h5, with ``params`` (a
+    function of the saved ones) and model attributes changed, those in ``without``
+    left out."""
+    with h5py.File(trained / trained_model / "model.h5", "r") as handle:
         saved, info = handle["params"][()], json.loads(handle.attrs["model"])
     out = tmp_path / "run"
     out.mkdir()
+    record = {key: value for key, value in {**info, **info_changes}.items() if key not in without}
     with h5py.File(out / "model.h5", "w") as handle:
         handle.create_dataset("params", data=params(saved) if params else saved)
-        handle.attrs["model"] = json.dumps({**info, **info_changes})
+        handle.attrs["model"] = json.dumps(record)
     return out, info
 
 
@@ -78,9 +80,48 @@ def test_a_recorded_n_params_that_disagrees_with_the_model_is_refused(trained, d
 
 
 def test_an_mlp_whose_recorded_layers_need_another_size_is_refused(trained, data, tmp_path):
-    out, info = altered(trained, tmp_path, model="mlp", hidden=[5])
+    out, info = altered(trained, tmp_path, trained_model="mlp", hidden=[5])
     refused(evaluate(out, data), f"holds {info['n_params']} parameters",
             "model 'mlp' (4 features, 2 classes, hidden [5])")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "model, change, words",
+    [("logreg", {"n_features": "5"}, "has n_features '5'; expected a whole number >= 1"),
+     ("logreg", {"n_features": True}, "has n_features True; expected a whole number"),
+     ("mlp", {"hidden": "abc"}, "has hidden 'abc'; expected a non-empty list of layer widths"),
+     ("mlp", {"hidden": [3, 0]}, "has hidden [3, 0]; expected a non-empty list"),
+     ("logreg", {"l2": "x"}, "has l2 'x'; expected a finite number >= 0"),
+     ("logreg", {"l2": -1.0}, "has l2 -1.0; expected a finite number >= 0"),
+     ("logreg", {"l2": float("inf")}, "has l2 inf; expected a finite number >= 0"),
+     ("logreg", {"l2": 10**400}, "; expected a finite number >= 0"),
+     ("logreg", {"class_weights": [1]}, "has class_weights [1]; expected null or 2 positive "
+                                        "numbers, one per class"),
+     ("logreg", {"class_weights": [1, "x"]}, "expected null or 2 positive numbers"),
+     ("logreg", {"n_classes": 3}, "has n_classes 3; expected 2 for a binary model"),
+     ("logreg", {"task": "regression"}, "has task 'regression'; expected one of binary (the "
+                                        "tasks of model 'logreg')"),
+     ("logreg", {"model": ["logreg"]}, "has model ['logreg']; expected one of linreg, logreg"),
+     ("logreg", {"n_params": "9"}, "has n_params '9'; expected a whole number >= 1")],
+    ids=["n_features-str", "n_features-bool", "hidden-str", "hidden-zero", "l2-str",
+         "l2-negative", "l2-inf", "l2-huge", "class_weights-short", "class_weights-str",
+         "n_classes", "task", "model-list", "n_params-str"],
+)  # fmt: skip
+def test_a_model_record_field_of_the_wrong_type_or_range_is_refused(
+    trained, data, tmp_path, model, change, words
+):
+    out, _ = altered(trained, tmp_path, trained_model=model, **change)
+    refused(evaluate(out, data), f"{out}/model.h5: its model attribute ", words)
+
+
+def test_a_wrong_model_record_is_refused_on_every_rank(trained, data, tmp_path):
+    out, _ = altered(trained, tmp_path, class_weights=[1])
+    refused(evaluate(out, data, n_ranks=2), "has class_weights [1]")
+
+
+def test_a_model_record_without_its_l2_is_refused(trained, data, tmp_path):
+    out, _ = altered(trained, tmp_path, without=("l2",))
+    refused(evaluate(out, data), f"{out}/model.h5: its model attribute lacks l2")
 
 
 @pytest.mark.parametrize(
