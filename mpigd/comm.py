@@ -41,7 +41,7 @@ from typing import TypeVar
 from mpi4py import MPI
 
 from mpigd.errors import AgreedError, CollectiveError, MpigdError
-from mpigd.preemption import Interrupted, Preempted
+from mpigd.preemption import Interrupted, Preempted, Terminated
 
 T = TypeVar("T")
 
@@ -213,6 +213,9 @@ def _run_main(main: Callable[[], int | None], info: RankInfo) -> int:
         abort(info, str(exc), EXIT_USER_ERROR)
     except KeyboardInterrupt:
         abort(info, "interrupted by SIGINT (Ctrl-C)", EXIT_INTERRUPTED)
+    except Terminated as exc:  # a command that does not train, cleaned up on the way out
+        print(f"mpigd: {exc}", file=sys.stderr, flush=True)
+        return 128 + exc.signum
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank
         if isinstance(exc, SystemExit) and not exc.code:
             return 0

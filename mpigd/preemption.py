@@ -45,18 +45,34 @@ def listen_from_start() -> None:
 
 
 def stop_listening_from_start() -> None:
-    """Put the handlers from before :func:`listen_from_start` back; a stop signal
-    received meanwhile is delivered again, so it acts as if it had never been caught."""
+    """For a command that does not train: SIGTERM and SIGUSR1 end it at once by raising
+    :class:`Terminated` (so that its ``with`` blocks clean up: a dataset being written
+    leaves no temporary directory), SIGINT gets Python's KeyboardInterrupt back; a stop
+    signal received meanwhile is delivered again."""
     global _from_start
     if _from_start is None:
         return
     previous, _from_start = _from_start, None
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
+    for signum in previous:
+        signal.signal(signum, _terminate if signum != signal.SIGINT else signal.default_int_handler)
     pending = list(_received)
     _received.clear()
     for name in pending:
         signal.raise_signal(signal.Signals[name])
+
+
+class Terminated(BaseException):
+    """A stop signal ended a command that does not train (``signum``: which). A
+    BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _terminate(signum, frame) -> None:
+    del frame
+    raise Terminated(signum)
 
 
 @contextmanager

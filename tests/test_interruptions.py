@@ -70,14 +70,30 @@ def test_a_sigterm_while_the_ranks_import_stops_them_with_75_and_writes_nothing(
     assert not out.exists()
 
 
-def test_other_commands_keep_the_default_action_of_a_stop_signal(data, tmp_path):
-    # Only training stops cleanly: `data inspect` ends as any program would on SIGTERM.
+def test_other_commands_end_at_once_on_a_stop_signal(data, tmp_path):
+    # Only training checkpoints: `data inspect` ends at once, with 128 + SIGTERM.
     result = subprocess.run(
         [sys.executable, str(REPO / "tests/run_with_fault.py"), "sigterm-at-start@0",
          "data", "inspect", data],
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )  # fmt: skip
-    assert result.returncode == -signal.SIGTERM, result.stderr
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert "mpigd: stopped by SIGTERM" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_stop_signal_while_a_dataset_is_written_leaves_no_temporary_files(tmp_path):
+    job = subprocess.Popen(
+        [sys.executable, "-m", "mpigd", "data", "synth", "--task", "binary", "--rows",
+         "3000000", "--features", "50", "--out", str(tmp_path / "synth")],
+        cwd=REPO, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(tmp_path.glob(".synth.tmp-*")):
+        time.sleep(0.02)  # the staged output appears: the writing has begun
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=60)
+    assert job.returncode == 128 + signal.SIGTERM, stderr
+    assert list(tmp_path.iterdir()) == []  # neither the dataset nor its temporary
 
 
 @pytest.mark.parametrize("action, name", [("model-write-fails", "model.h5"),
