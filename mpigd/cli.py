@@ -322,16 +322,24 @@ def _markdown_row(usage: str, default: str, valid: str, group: str, help_text: s
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """Merge defaults < config file < command-line flags into a TrainConfig."""
-    values = {}
-    if args.config:
-        values.update(_read_config_file(args.config))
+    """Merge defaults < config file < command-line flags into a TrainConfig.
+
+    :meth:`TrainConfig.validate` starts an error about one option's value with that
+    option's flag; when the value came from the config file, not the command line, the
+    message adds which file, since the flag alone sends the user to the command line.
+    """
+    from_file = _read_config_file(args.config) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if v is not None and k in TrainConfig.keys()}
-    values.update(flags)
+    values = {**from_file, **flags}
     missing = [name for name in _required_options() if name not in values]
     if missing:
         raise ConfigError("train needs " + ", ".join(flag_of(name) for name in missing))
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values)
+    except ConfigError as exc:
+        if any(str(exc).startswith(flag_of(name) + " ") for name in set(from_file) - set(flags)):
+            raise ConfigError(f"{exc} (in config file {args.config})") from exc
+        raise
 
 
 def _required_options() -> list[str]:
@@ -344,11 +352,20 @@ def _required_options() -> list[str]:
 
 
 def _read_config_file(path: str) -> dict:
+    """The train options of the TOML file ``path`` by option name; ConfigError for a key
+    that is no option, or for an option set twice under its two spellings
+    (``batch_size`` and ``batch-size``: which one should win is not the reader's guess)."""
     raw = read_toml(path, "config file")
-    values = {key.replace("-", "_"): value for key, value in raw.items()}
-    unknown = sorted(set(values) - set(TrainConfig.keys()))
+    unknown = sorted({key.replace("-", "_") for key in raw} - set(TrainConfig.keys()))
     if unknown:
         raise ConfigError(f"config file {path}: unknown keys {', '.join(unknown)}")
+    values, spelt = {}, {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name in values:
+            raise ConfigError(f"config file {path}: {flag_of(name)} is set twice, as {spelt[name]} "
+                              f"and as {key}; keep one of them")  # fmt: skip
+        values[name], spelt[name] = value, key
     return values
 
 

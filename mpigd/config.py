@@ -433,15 +433,26 @@ class TrainConfig:
         return warnings
 
     def _check_types(self) -> None:
-        """Values from a config file arrive untyped: check each against its field."""
+        """Values from a config file arrive untyped: check each against its field.
+
+        The message starts with the option's flag (the CLI adds the config file's name
+        when the value came from one) and says what the value must be in the file's
+        own terms: ``true or false``, a list of widths, else the Python type.
+        """
         for spec in fields(self):
             value = getattr(self, spec.name)
             allowed = _TYPES[spec.type]
             if isinstance(value, bool) and bool not in allowed:
                 allowed = ()  # True is an int to Python, not to a user
             if not isinstance(value, allowed):
-                kinds = " or ".join(t.__name__ for t in _TYPES[spec.type] if t is not type(None))
-                raise ConfigError(f"{spec.name.replace('_', '-')} must be {kinds}, got {value!r}")
+                if spec.type == "bool":
+                    kinds = "true or false"
+                elif spec.type == "list[int]":
+                    kinds = "a list of widths, such as [256, 128]"
+                else:
+                    named = _TYPES[spec.type]
+                    kinds = " or ".join(t.__name__ for t in named if t is not type(None))
+                raise ConfigError(f"{flag_of(spec.name)} must be {kinds}, got {value!r}")
             if float in allowed and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, spec.name, float(value))
 

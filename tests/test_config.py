@@ -174,6 +174,49 @@ def test_a_config_file_with_an_unknown_key_is_refused(tmp_path):
         parsed_config("--config", str(file))
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "first, second", [("batch_size", "batch-size"), ("batch-size", "batch_size")]
+)
+def test_an_option_set_twice_in_a_config_file_is_refused(tmp_path, first, second):
+    file = tmp_path / "run.toml"
+    file.write_text(f'data = "train.h5"\n{first} = 10\n{second} = 20\n')
+    message = f"config file {file}: --batch-size is set twice, as {first} and as {second}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parsed_config("--config", str(file))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "line, message",
+    [("nesterov = 1", "--nesterov must be true or false, got 1"),
+     ("test-data = 5", "--test-data must be str, got 5"),
+     ("lr = true", "--lr must be float or int, got True"),
+     ('hidden = "256,128"', "--hidden must be a list of widths, such as [256, 128], got '256,128'"),
+     ("lr = -1", "--lr must be > 0, got -1.0")],
+)  # fmt: skip
+def test_a_bad_value_from_a_config_file_names_its_flag_and_the_file(tmp_path, line, message):
+    file = tmp_path / "run.toml"
+    file.write_text(f'data = "train.h5"\nout = "runs/x"\nmodel = "mlp"\n{line}\n')
+    with pytest.raises(ConfigError, match=re.escape(f"{message} (in config file {file})")):
+        parsed_config("--config", str(file))
+
+
+@pytest.mark.timeout(30)
+def test_a_bad_flag_over_a_config_file_does_not_blame_the_file(tmp_path):
+    file = tmp_path / "run.toml"
+    file.write_text('data = "train.h5"\nout = "runs/x"\nmodel = "logreg"\nlr = 0.5\n')
+    with pytest.raises(ConfigError) as error:
+        parsed_config("--config", str(file), "--lr", "-1")
+    assert str(error.value) == "--lr must be > 0, got -1.0"
+
+
+@pytest.mark.timeout(30)
+def test_a_value_of_the_wrong_type_names_the_flag():
+    with pytest.raises(ConfigError, match="^--nesterov must be true or false, got 1$"):
+        base_config(nesterov=1)
+
+
 def test_required_options_are_named_when_missing():
     with pytest.raises(ConfigError, match="train needs --out, --model"):
         parsed_config("--data", "train.h5")
