@@ -115,8 +115,8 @@ def _fitting(work):
         return work()
     except MemoryError as exc:
         raise ConfigError(
-            f"out of memory holding this rank's rows and model ({type(exc).__name__}: "
-            f"{exc}); use more ranks or a smaller --batch-size/--hidden"
+            f"out of memory holding this rank's rows ({type(exc).__name__}: {exc}); "
+            "use more ranks, so that each holds fewer rows"
         ) from exc
 
 
