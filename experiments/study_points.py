@@ -48,6 +48,7 @@ POINT_FIELDS = (
     "busy_cores",
     "loaded",
     "cpu_binding",
+    "rank_cpus",
     "launcher",
     "run_dir",
 )
@@ -83,6 +84,7 @@ def read_point(run_dir: Path, skip_epochs: int) -> dict:
         "final_train_loss": run.get("final_train_loss"),
         "hosts": len(set(run.get("hosts", []))),
         "ranks_per_node": contention.ranks_per_node(run.get("hosts")),
+        "rank_cpus": " ".join(run.get("cpus", [])) or None,
         "epochs_measured": len(measured),
     }
     if not measured:

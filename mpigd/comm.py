@@ -279,11 +279,28 @@ def host_name() -> str:
 
 
 def rank_places(comm: MPI.Comm) -> list[dict]:
-    """Collective: ``{"host": ..., "pid": ...}`` of every rank, in rank order (on every rank).
+    """Collective: ``{"host", "pid", "cpus"}`` of every rank, in rank order (on every rank).
 
-    Recorded in run.json, so that a launcher's report of a dead PID names its rank.
+    Recorded in run.json, so that a launcher's report of a dead PID names its rank, and
+    a scaling study sees the CPU binding each rank actually had: ``cpus`` is the set of
+    CPUs the OS lets the rank run on, as ``"0-3,8"`` (every CPU: it is not bound).
     """
-    return comm.allgather({"host": host_name(), "pid": os.getpid()})
+    return comm.allgather({"host": host_name(), "pid": os.getpid(), "cpus": _cpu_set()})
+
+
+def _cpu_set() -> str:
+    """This process's CPU affinity as ranges, ``"0-3,8"``; ``""`` where the OS cannot say."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return ""
+    ranges, start = [], None
+    for i, cpu in enumerate(cpus):
+        start = cpu if start is None else start
+        if i + 1 == len(cpus) or cpus[i + 1] != cpu + 1:
+            ranges.append(str(start) if start == cpu else f"{start}-{cpu}")
+            start = None
+    return ",".join(ranges)
 
 
 def mpi_library_version(full: bool = False) -> str:

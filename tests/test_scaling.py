@@ -13,6 +13,7 @@ import pytest
 from helpers import REPO
 
 from experiments import plots, scaling, study_dir, study_runs
+from mpigd import comm
 from experiments.study import StudyError, load_study
 
 pytestmark = pytest.mark.timeout(300)
@@ -91,6 +92,8 @@ def test_harness_writes_one_point_per_run(weak_study):
         assert p["status"] == "completed" and p["launcher"] == "mpirun"
         assert int(p["cores"]) == cores and int(p["ranks_per_node"]) == int(p["ranks"])
         assert p["oversubscribed"] == str(int(p["ranks"]) > cores)
+        # The CPUs each rank could run on, as it found them: unbound here, all of them.
+        assert p["rank_cpus"].split() == [comm._cpu_set()] * int(p["ranks"])
         assert float(p["load_1min"]) >= 0 and p["loaded"] in ("True", "False", "")
         assert int(p["rows"]) == 3000 * int(p["ranks"])  # weak: rows per rank fixed
         assert float(p["rows_per_rank"]) == 3000

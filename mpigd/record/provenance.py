@@ -62,6 +62,7 @@ def describe_run(
         "world_size": ranks.size,
         "hosts": [place["host"] for place in places],
         "pids": [place["pid"] for place in places],
+        "cpus": [place["cpus"] for place in places],
         "versions": software_versions(config.backend),
         "dataset": {
             "path": info.path,
