@@ -13,8 +13,8 @@ import pytest
 from helpers import REPO
 
 from experiments import plots, scaling, study_dir, study_runs
-from mpigd import comm
 from experiments.study import StudyError, load_study
+from mpigd import comm
 
 pytestmark = pytest.mark.timeout(300)
 
