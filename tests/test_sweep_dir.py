@@ -163,7 +163,7 @@ GRID_SHAPES = {
     "[grid.lr]\nvalue = [0.1]\n": "[grid] lr must be a non-empty list",
     "[grid]\nl-2 = [0.1]\nl_2 = [0.2]\n": "[grid] l_2 set twice (as l-2 and l_2)",
     "batch-size = 5\n[grid]\nbatch_size = [1]\n": "batch_size set twice",
-    "[grid]\nlr = [0.1, 'fast']\n": "cfg-001 lr=fast: lr must be float or int, got 'fast'",
+    "[grid]\nlr = [0.1, 'fast']\n": "cfg-001 lr=fast: --lr must be float or int, got 'fast'",
 }
 
 
