@@ -44,7 +44,7 @@ lint: $(STAMP)
 # Serial tests (including CLI tests that launch their own mpirun), then the MPI
 # tests under real mpirun with 1, 2, 3 and 4 ranks (oversubscribed on small machines).
 unit: $(STAMP)
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=20
 
 mpi-tests: $(STAMP)
 	set -e; for n in 1 2 3 4; do \
