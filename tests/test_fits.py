@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import study_point
 
 from experiments.fits import AmdahlFit, GustafsonFit, fit_amdahl, fit_gustafson, karp_flatt
 from experiments.summary import summarize
@@ -78,34 +79,14 @@ def test_fits_refuse_a_single_rank_count():
         fit_amdahl([2, 2], [1.0, 1.1])
 
 
-def point(ranks, time_s, repeat=0, strategy="allreduce", **extra):
-    return {
-        **extra,
-        "strategy": strategy,
-        "model": "logreg",
-        "backend": "numba",
-        "ranks": ranks,
-        "repeat": repeat,
-        "status": "completed",
-        "rows_per_rank": 1000 / ranks,
-        "time_s": time_s,
-        "compute_s": 0.8 * time_s,
-        "comm_s": 0.1 * time_s,
-        "io_s": 0.0,
-        "eval_s": 0.0,
-        "other_s": 0.1 * time_s,
-        "samples_per_s": 1000 / time_s,
-    }
-
-
 def test_summary_takes_medians_and_spread_and_fits_amdahl():
     f = 0.1
     points = [
-        point(p, (f + (1 - f) / p) * scale, repeat)
+        study_point(p, (f + (1 - f) / p) * scale, repeat)
         for p in (1, 2, 4)
         for repeat, scale in enumerate((1.0, 1.2, 0.9))
     ]
-    points.append(dict(point(8, 0.001), status="failed"))  # failed runs are left out
+    points.append(dict(study_point(8, 0.001), status="failed"))  # failed runs are left out
     summary = summarize(points, "strong")
     rows = summary["rows"]
     assert [r["ranks"] for r in rows] == [1, 2, 4]
@@ -119,7 +100,7 @@ def test_summary_takes_medians_and_spread_and_fits_amdahl():
 
 
 def test_weak_summary_uses_the_scaled_speedup():
-    points = [point(p, 1.0 + 0.1 * np.log2(p)) for p in (2, 4, 8)]
+    points = [study_point(p, 1.0 + 0.1 * np.log2(p)) for p in (2, 4, 8)]
     rows = summarize(points, "weak")["rows"]
     assert rows[0]["speedup"] == pytest.approx(1.0)  # baseline P0 = 2 is the unit
     assert rows[2]["efficiency"] == pytest.approx(1.1 / 1.3)
@@ -127,7 +108,7 @@ def test_weak_summary_uses_the_scaled_speedup():
 
 
 def test_efficiency_has_the_spread_of_the_speedup():
-    points = [point(p, t / p, r) for p in (1, 2, 4) for r, t in enumerate((1.0, 1.2, 0.9))]
+    points = [study_point(p, t / p, r) for p in (1, 2, 4) for r, t in enumerate((1.0, 1.2, 0.9))]
     for row in summarize(points, "strong")["rows"]:
         units = row["ranks"] / row["baseline_ranks"]
         assert row["efficiency_min"] == pytest.approx(row["speedup_min"] / units)
@@ -136,7 +117,7 @@ def test_efficiency_has_the_spread_of_the_speedup():
 
 
 def test_strong_speedup_is_over_the_series_own_baseline_and_says_which():
-    points = [point(p, 4.0 / p) for p in (2, 4, 8)]
+    points = [study_point(p, 4.0 / p) for p in (2, 4, 8)]
     rows = summarize(points, "strong")["rows"]
     assert [r["baseline_ranks"] for r in rows] == [2, 2, 2]
     assert [r["speedup"] for r in rows] == pytest.approx([1.0, 2.0, 4.0])  # T(2) / T(P)
@@ -145,8 +126,8 @@ def test_strong_speedup_is_over_the_series_own_baseline_and_says_which():
 
 
 def test_common_baseline_is_the_fastest_series_at_the_smallest_rank_count():
-    points = [point(p, 1.0 / p) for p in (1, 2, 4)]
-    points += [point(p, 3.0 / (p - 1), strategy="ps-sync") for p in (2, 4)]
+    points = [study_point(p, 1.0 / p) for p in (1, 2, 4)]
+    points += [study_point(p, 3.0 / (p - 1), strategy="ps-sync") for p in (2, 4)]
     summary = summarize(points, "strong")
     assert summary["common_baseline"] == {
         "ranks": 1,
@@ -161,10 +142,10 @@ def test_common_baseline_is_the_fastest_series_at_the_smallest_rank_count():
 
 def test_a_point_is_marked_when_any_of_its_repeats_was():
     points = [
-        point(1, 1.0, 0, oversubscribed=False, loaded=False, cores=2, ranks_per_node=1),
-        point(4, 1.0, 0, oversubscribed=True, loaded=False, cores=2, ranks_per_node=4),
-        point(4, 1.0, 1, oversubscribed=True, loaded=True, cores=2, ranks_per_node=4),
-        point(8, 1.0, 0),  # an older harness recorded neither
+        study_point(1, 1.0, 0, oversubscribed=False, loaded=False, cores=2, ranks_per_node=1),
+        study_point(4, 1.0, 0, oversubscribed=True, loaded=False, cores=2, ranks_per_node=4),
+        study_point(4, 1.0, 1, oversubscribed=True, loaded=True, cores=2, ranks_per_node=4),
+        study_point(8, 1.0, 0),  # an older harness recorded neither
     ]
     rows = summarize(points, "weak")["rows"]
     assert [r["oversubscribed"] for r in rows] == [False, True, None]
@@ -174,14 +155,14 @@ def test_a_point_is_marked_when_any_of_its_repeats_was():
 
 def test_the_fit_leaves_out_oversubscribed_rank_counts():
     f = 0.1
-    points = [point(p, f + (1 - f) / p, oversubscribed=False) for p in (1, 2, 4)]
-    points.append(point(8, 1.0, oversubscribed=True))  # time-slicing: slower than P = 4
+    points = [study_point(p, f + (1 - f) / p, oversubscribed=False) for p in (1, 2, 4)]
+    points.append(study_point(8, 1.0, oversubscribed=True))  # time-slicing: slower than P = 4
     fit = summarize(points, "strong")["series"][0]["fit"]
     assert fit["fitted_ranks"] == [1, 2, 4]
     assert fit["serial_fraction"] == pytest.approx(f) and fit["fits"]
 
 
 def test_no_fit_when_oversubscription_leaves_one_rank_count():
-    points = [point(1, 1.0, oversubscribed=False), point(4, 0.5, oversubscribed=True)]
+    points = [study_point(1, 1.0, oversubscribed=False), study_point(4, 0.5, oversubscribed=True)]
     fit = summarize(points, "weak")["series"][0]["fit"]
     assert fit == {"law": "gustafson", "fitted_ranks": [1], "serial_fraction": None, "fits": False}

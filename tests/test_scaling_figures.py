@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import study_point
 
 from experiments import plots
 from experiments.study_dir import FIGURES
@@ -18,26 +19,8 @@ from experiments.summary import summarize
 
 def point(strategy, ranks, time_s, repeat=0, cores=2):
     """A completed points.csv row on a machine with ``cores`` cores, all ranks on one node."""
-    return {
-        "strategy": strategy,
-        "model": "logreg",
-        "backend": "numba",
-        "ranks": ranks,
-        "repeat": repeat,
-        "status": "completed",
-        "rows_per_rank": 1000 / ranks,
-        "time_s": time_s,
-        "compute_s": 0.8 * time_s,
-        "comm_s": 0.1 * time_s,
-        "io_s": 0.0,
-        "eval_s": 0.0,
-        "other_s": 0.1 * time_s,
-        "samples_per_s": 1000 / time_s,
-        "cores": cores,
-        "ranks_per_node": ranks,
-        "oversubscribed": ranks > cores,
-        "loaded": False,
-    }
+    return study_point(ranks, time_s, repeat, strategy, cores=cores, ranks_per_node=ranks,
+                       oversubscribed=ranks > cores, loaded=False)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
