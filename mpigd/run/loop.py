@@ -122,7 +122,8 @@ def run_to_end(run: Run) -> dict:
 
 def _written_on_root(run: Run, name: str, write) -> None:
     """Collective: rank 0 calls ``write()``, which writes ``name`` in the run directory;
-    its OSError (disk full, quota, permissions) is an agreed error on every rank."""
+    a failed write (:data:`~mpigd.record.atomic.WRITE_ERRORS`: disk full, quota,
+    permissions) is an agreed error on every rank."""
 
     def work() -> None:
         if not run.record:
@@ -137,8 +138,8 @@ def _written_on_root(run: Run, name: str, write) -> None:
 
 def _end_early(run: Run, exc: MpigdError, call_hooks: bool) -> None:
     """Record a run cut short by ``exc``: the hooks' ``run_ended`` if every rank is here
-    (an agreed error) and they have not run yet, then run.json ``preempted`` or
-    ``failed`` on rank 0."""
+    (an agreed error) and they have not run yet, then run.json ``preempted``,
+    ``interrupted`` or ``failed`` on rank 0 (best effort: the error may be a full disk)."""
     status = exc.status if isinstance(exc, Preempted) else "failed"
     try:
         if call_hooks and isinstance(exc, CollectiveError):
