@@ -383,6 +383,22 @@ class TrainConfig:
         valid=NON_NEGATIVE,
         applies=when("strategy", "ps-async"),
     )
+    exchange: str = option(
+        "auto",
+        help="allreduce: how gradients travel; sparse sends the (index, value) pairs of the "
+        "touched coordinates, auto picks per step by the alpha-beta cost of each",
+        group="strategy",
+        choices=("auto", "dense", "sparse"),
+        applies=when("strategy", "allreduce"),
+    )
+    servers: int = option(
+        1,
+        help="ps-sync/ps-async: server ranks, each owning a contiguous key range of the parameters",
+        group="strategy",
+        metavar="K",
+        valid=AT_LEAST_1,
+        applies=when("strategy", "ps-sync", "ps-async"),
+    )
     timeline: bool = option(
         False,
         help="write a per-rank step timeline, RUNDIR/timeline.json "

@@ -20,12 +20,12 @@ _LOSS, _CORRECT, _ROWS, _Y_SUM = range(4)
 def local_sums(model, X, y, params: np.ndarray, sample_weight=None) -> np.ndarray:
     """This rank's (4,) float64 sums: (weighted) loss, correct predictions, rows, Σy."""
     sums = np.zeros(4)
-    if len(X) == 0:
+    if X.shape[0] == 0:
         return sums
     scratch = np.empty_like(params)
     targets = model.targets(y)
     sums[_LOSS] = model.loss_grad(X, targets, sample_weight, params, scratch, train=False)
-    sums[_ROWS] = len(X)
+    sums[_ROWS] = X.shape[0]
     if model.n_classes is None:
         sums[_Y_SUM] = float(np.sum(y))
     else:

@@ -66,14 +66,14 @@ class LocalObjective:
         the test set, whose dtype may differ from the training rows'.
         """
         scratch = np.empty(self.n_params)
-        head = slice(0, min(1, len(self.X)))
+        head = slice(0, min(1, self.X.shape[0]))
         weights = None if self.sample_weight is None else self.sample_weight[head]
         self.model.loss_grad(self.X[head], self.y[head], weights, params, scratch)
         no_rows = np.zeros(0, dtype=np.int64)
         self.model.loss_grad(self.X, self.y, self.sample_weight, params, scratch, rows=no_rows)
         for X in (self.X[head], test_X):  # evaluation: unweighted loss, predictions
-            if X is not None and len(X):
-                targets = np.zeros(len(X), dtype=self.y.dtype)
+            if X is not None and X.shape[0]:
+                targets = np.zeros(X.shape[0], dtype=self.y.dtype)
                 self.model.loss_grad(X, targets, None, params, scratch)
                 self.model.predict(X, params)
 
@@ -104,7 +104,7 @@ class LocalObjective:
                     on_ready=ready,
                 )  # fmt: skip
             packed[self.n_params] = loss_sum
-            packed[self.n_params + 1] = len(self.X) if rows is None else len(rows)
+            packed[self.n_params + 1] = self.X.shape[0] if rows is None else len(rows)
         self.full_passes += rows is None
 
     @staticmethod
@@ -123,7 +123,7 @@ class LocalObjective:
         """The rows in ``accumulate`` nearly equal micro-batches (``[rows]`` if 1)."""
         if self.accumulate == 1:
             return [rows]
-        everything = np.arange(len(self.X)) if rows is None else rows
+        everything = np.arange(self.X.shape[0]) if rows is None else rows
         return np.array_split(everything, self.accumulate)
 
     def finish(self, packed: np.ndarray, params: np.ndarray, grad_out: np.ndarray) -> float:
@@ -154,7 +154,7 @@ class LocalObjective:
                 sums[0] += self.model.loss_grad(
                     self.X, self.y, self.sample_weight, params, grad, rows=micro
                 )
-            sums[1] = len(self.X)
+            sums[1] = self.X.shape[0]
         self.full_passes += 1
         return sums
 

@@ -30,6 +30,24 @@ def write_h5(path, X, y, task, n_classes=None, **attrs) -> Path:
     return path
 
 
+def write_csr_h5(path, X, y, task, n_classes=None, **attrs) -> Path:
+    """One sparse dataset file: ``X`` (a scipy.sparse matrix, written as given) in the
+    CSR group layout of :mod:`mpigd.data.csr`; no validation, as :func:`write_h5`."""
+    from mpigd.data.csr import write_csr
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as handle:
+        write_csr(handle, "X", X)
+        handle.create_dataset("y", data=y)
+        handle.attrs["task"] = task
+        if n_classes is not None:
+            handle.attrs["n_classes"] = n_classes
+        for key, value in attrs.items():
+            handle.attrs[key] = value
+    return path
+
+
 def make_problem(task, n_rows=1001, d=6, n_classes=None, seed=0, dtype=np.float64):
     """A small random classification or regression problem: (X, y)."""
     rng = np.random.default_rng(seed)

@@ -39,7 +39,8 @@ OTHER_VALUES = {
     "checkpoint_every": 2, "checkpoint_every_steps": 5, "resume": True, "force_resume": True,
     "overwrite": True, "hidden": [64, 32], "dropout": 0.5, "overlap": False, "bucket_mb": 2.0,
     "accumulate": 2, "model_parallel": 2, "server_computes": True, "sync_every": 2,
-    "max_staleness": 1, "timeline": True, "progress_every": 5.0,
+    "max_staleness": 1, "timeline": True, "progress_every": 5.0, "exchange": "sparse",
+    "servers": 2,
 }  # fmt: skip
 
 

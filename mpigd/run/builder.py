@@ -49,9 +49,9 @@ def build_parts(config, layout, ranks, backend, info, rows, timer, hooks) -> Run
     allocation sized by the options fails at once (numpy's MemoryError), and that is
     the options' fault, so the message names them.
     """
-    _check_accumulate(config, info, len(rows.X))
+    _check_accumulate(config, info, rows.X.shape[0])
     size = _whole_model_size(config, backend, info)
-    with _memory_for(f"copying this rank's {len(rows.X):,} training rows to the device",
+    with _memory_for(f"copying this rank's {rows.X.shape[0]:,} training rows to the device",
                      "use more ranks, so that each holds fewer rows"):  # fmt: skip
         X = backend.to_device(rows.X)
     with _memory_for(f"for a model of {size:,} parameters ({_gib(size)} a copy)",

@@ -191,7 +191,7 @@ def _divergence_advice(run: Run) -> str:
     of the float range overflows sums of squares and products whatever the step size,
     so then the advice is to scale the data; otherwise it is a smaller --lr."""
     rows, info = run.data.rows, run.data.info
-    local = [abs(float(rows.X.max())), abs(float(rows.X.min()))] if len(rows.X) else [0.0]
+    local = [abs(float(rows.X.max())), abs(float(rows.X.min()))] if rows.X.shape[0] else [0.0]
     if info.task == "regression" and len(rows.y):
         local += [abs(float(rows.y.max())), abs(float(rows.y.min()))]
     largest = max(max(values) for values in mpi.gather_everywhere(run.ranks.comm, local))
@@ -212,7 +212,7 @@ def _epoch(run: Run, epoch: int) -> dict | None:
     config, state, parts, data = run.config, run.state, run.parts, run.data
     start = time.perf_counter()
     part, parts_count = run.share
-    batches = epoch_batches(len(data.rows.X), part, max(parts_count, 1), data.info.n_rows,
+    batches = epoch_batches(data.rows.X.shape[0], part, max(parts_count, 1), data.info.n_rows,
                             config.batch_size, config.seed, epoch)  # fmt: skip
     first = state.steps_already_taken(epoch)
 

@@ -78,7 +78,7 @@ class LocalSGD(Strategy):
 
         optimizer.step(params, local_objective)
         self.steps_since_sync += 1
-        self.rows_since_sync += len(self.objective.X) if rows is None else len(rows)
+        self.rows_since_sync += self.objective.X.shape[0] if rows is None else len(rows)
 
     def _average(self, params: np.ndarray) -> None:
         """Row-weighted average of every rank's parameters (one Allreduce)."""
