@@ -69,6 +69,16 @@ class Model(ABC):
         train : False for evaluation passes (no dropout).
         """
 
+    def touched_params(self, features: np.ndarray) -> np.ndarray:
+        """Sorted int64 indices of the flat vector where the gradient of a batch can be
+        nonzero when its rows use only the columns ``features`` (sorted; see
+        :func:`mpigd.features.batch_features`): the weights of those columns and every
+        parameter that does not belong to a column (intercepts, deeper layers). A sparse
+        exchange sends the gradient at these indices only. The default, every index,
+        is always correct."""
+        del features
+        return np.arange(self.n_params, dtype=np.int64)
+
     @property
     def full_size(self) -> int:
         """Length of the whole model's flat vector (``n_params`` unless it is split)."""

@@ -47,6 +47,9 @@ class LinearModel(Model):
     def targets(self, y: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(y, dtype=np.float64)
 
+    def touched_params(self, features: np.ndarray) -> np.ndarray:
+        return np.append(np.asarray(features, dtype=np.int64), self.n_features)
+
     def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
                   train=True) -> float:  # fmt: skip
         loss = self.backend.linear_loss_grad(

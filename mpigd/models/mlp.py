@@ -81,6 +81,12 @@ class MLP(Model):
             layout[f"b{layer}"] = [b_start, [n_out]]
         return layout
 
+    def touched_params(self, features: np.ndarray) -> np.ndarray:
+        """The first layer's weights of ``features`` and everything from ``b_0`` on."""
+        width, d = self.sizes[1], self.n_features
+        weights = (np.arange(width, dtype=np.int64)[:, None] * d + features).ravel()
+        return np.concatenate((weights, np.arange(width * d, self.n_params, dtype=np.int64)))
+
     def layer_ranges(self) -> list[tuple[int, int]]:
         """``(lo, hi)`` of each layer's [W, b] block in the flat vector, input layer first."""
         return [(w_start, end) for w_start, _, end, _ in self.blocks]

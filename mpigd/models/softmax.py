@@ -34,6 +34,11 @@ class Softmax(Model):
     def targets(self, y: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(y, dtype=np.int64)
 
+    def touched_params(self, features: np.ndarray) -> np.ndarray:
+        c, d = self.n_classes, self.n_features
+        weights = (np.arange(c, dtype=np.int64)[:, None] * d + features).ravel()
+        return np.concatenate((weights, np.arange(c * d, c * (d + 1), dtype=np.int64)))
+
     def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
                   train=True) -> float:  # fmt: skip
         loss = self.backend.softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=rows)
