@@ -6,6 +6,11 @@ classification, ``n_classes``. Shards of a directory (``*.h5``, sorted by name) 
 table of ``N = sum(n_i)`` rows. Rank ``r`` of ``P`` owns rows ``[r*N//P, (r+1)*N//P)`` and
 reads only those, with hyperslab reads straight into one preallocated array.
 
+A sparse dataset stores ``X`` as a CSR group instead (:mod:`mpigd.data.csr`); every shard
+is sparse or every shard dense. Its rows are read the same way: each shard's slice of
+``indptr`` first, then the hyperslabs of ``indices`` and ``data`` they point to, into one
+preallocated array each.
+
 Every function here is serial and MPI-free: the trainer calls them on each rank and agrees
 on errors itself.
 """
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from mpigd.data import csr
 from mpigd.errors import DataError
 from mpigd.paths import dataset_files
 
@@ -42,6 +48,10 @@ class DatasetInfo:
     dtype : dtype of ``X``, float32 or float64.
     task : one of :data:`TASKS`.
     n_classes : ``C`` for classification (2 for binary), ``None`` for regression.
+    sparse : whether ``X`` is stored as CSR groups (:mod:`mpigd.data.csr`).
+    nnz : total nonzeros of ``X`` (sparse), ``None`` for a dense dataset.
+    index_dtype : dtype the column ids of sparse rows are held in (int32 or int64: int64
+        if any shard's ids need it), ``None`` for a dense dataset.
     """
 
     path: str
@@ -52,6 +62,9 @@ class DatasetInfo:
     dtype: np.dtype
     task: str
     n_classes: int | None
+    sparse: bool = False
+    nnz: int | None = None
+    index_dtype: np.dtype | None = None
 
 
 @dataclass
@@ -60,7 +73,10 @@ class LocalRows:
 
     Attributes
     ----------
-    X : ndarray, shape (stop - start, d), dataset dtype, C-contiguous.
+    X : ndarray, shape (stop - start, d), dataset dtype, C-contiguous; for a sparse
+        dataset a canonical ``scipy.sparse.csr_matrix`` of that shape (sorted column ids,
+        no duplicates), ``data`` of the dataset dtype, ``indptr`` int64 and ``indices``
+        of ``DatasetInfo.index_dtype``. Count its rows with ``X.shape[0]``.
     y : ndarray, shape (stop - start,); float64 targets for regression, int64 class ids
         ``0..C-1`` for classification.
     start, stop : global index of the first row and one past the last.
@@ -85,14 +101,21 @@ def open_dataset(path: str | os.PathLike, what: str = "dataset path") -> Dataset
     DataError
         If the path or a shard is missing or not a regular file (see
         :func:`mpigd.paths.dataset_files`), a file is not HDF5, ``X``/``y`` are missing
-        or malformed, shards disagree on features, dtype or task, the task attributes are
-        invalid, or the dataset has no rows.
+        or malformed (for a CSR group: :func:`mpigd.data.csr.csr_meta`), shards mix
+        sparse and dense ``X`` or disagree on features, dtype or task, the task
+        attributes are invalid, or the dataset has no rows.
     """
     path = os.fspath(path)
     files = dataset_files(path, what)
     metas = [_file_meta(f) for f in files]
     first_file, first = files[0], metas[0]
     for f, meta in zip(files[1:], metas[1:], strict=True):
+        if meta["sparse"] != first["sparse"]:
+            kinds = {True: "sparse (CSR) X", False: "dense X"}
+            raise DataError(
+                f"shards mix sparse and dense data: {first_file} has {kinds[first['sparse']]} "
+                f"but {f} has {kinds[meta['sparse']]}"
+            )
         for key, what in (("d", "features"), ("dtype", "X dtype"), ("task", "task")):
             if meta[key] != first[key]:
                 raise DataError(
@@ -107,6 +130,7 @@ def open_dataset(path: str | os.PathLike, what: str = "dataset path") -> Dataset
     rows = tuple(m["rows"] for m in metas)
     if sum(rows) == 0:
         raise DataError(f"dataset {path} has no rows")
+    sparse = first["sparse"]
     return DatasetInfo(
         path=path,
         files=tuple(files),
@@ -116,6 +140,9 @@ def open_dataset(path: str | os.PathLike, what: str = "dataset path") -> Dataset
         dtype=first["dtype"],
         task=first["task"],
         n_classes=first["n_classes"],
+        sparse=sparse,
+        nnz=sum(m["nnz"] for m in metas) if sparse else None,
+        index_dtype=np.result_type(*(m["index_dtype"] for m in metas)) if sparse else None,
     )
 
 
@@ -146,14 +173,19 @@ def read_rows(info: DatasetInfo, start: int, stop: int) -> LocalRows:
 
     Each overlapping shard is opened read-only and its hyperslab read directly into one
     preallocated ``X`` of shape ``(stop - start, d)``; no copy of the whole block is made.
+    A sparse dataset's rows come from :func:`_read_sparse_rows`.
 
     Raises
     ------
     DataError
         On NaN/Inf in ``X`` or ``y``, or a classification label that is not an integer
-        in ``0..C-1``; the message names the file and the global row.
+        in ``0..C-1``; for sparse rows also on a decreasing ``indptr`` or column ids out
+        of ``0..d-1``, unsorted or repeated within a row. The message names the file and
+        the global row.
     """
     _check_range(info, start, stop)
+    if info.sparse:
+        return _read_sparse_rows(info, start, stop)
     X = np.empty((stop - start, info.n_features), dtype=info.dtype)
     y = np.empty(stop - start, dtype=_label_dtype(info))
     for f, lo, hi, offset in _pieces(info, start, stop):
@@ -169,6 +201,48 @@ def read_rows(info: DatasetInfo, start: int, stop: int) -> LocalRows:
                 f"file {f} has a non-finite value ({row[column]}) in X at row {lo + bad}, "
                 f"column {column} (global row {start + offset + bad})"
             )
+    return LocalRows(X=X, y=y, start=start, stop=stop)
+
+
+def _read_sparse_rows(info: DatasetInfo, start: int, stop: int) -> LocalRows:
+    """Read and validate global rows ``[start, stop)`` of a sparse dataset (see read_rows).
+
+    Two passes over the overlapping shards: the first reads each one's slice of
+    ``indptr`` (and ``y``), which fixes how many nonzeros the block holds; the second reads
+    each shard's hyperslabs of ``indices`` and ``data`` straight into the preallocated
+    arrays and checks them there. Nothing outside the rows' own ranges is read.
+    """
+    y = np.empty(stop - start, dtype=_label_dtype(info))
+    spans = []  # (file, lo, hi, offset, its indptr slice)
+    for f, lo, hi, offset in _pieces(info, start, stop):
+        with _open(f) as h5:
+            indptr = csr.read_indptr(f, h5["X"], lo, hi, start + offset)
+            y[offset : offset + hi - lo] = _checked_labels(info, f, h5["y"][lo:hi], start + offset)
+        spans.append((f, lo, hi, offset, indptr))
+    nnz = sum(int(s[4][-1] - s[4][0]) for s in spans)
+    indptr = np.zeros(stop - start + 1, dtype=np.int64)
+    indices = np.empty(nnz, dtype=info.index_dtype)
+    data = np.empty(nnz, dtype=info.dtype)
+    at = 0  # nonzeros of the block read so far
+    for f, lo, hi, offset, file_indptr in spans:
+        first, last = int(file_indptr[0]), int(file_indptr[-1])
+        local = file_indptr - first  # this piece's rows, from 0
+        indptr[offset : offset + hi - lo + 1] = local + at
+        if last > first:
+            out = np.s_[at : at + last - first]
+            with _open(f) as h5:
+                h5["X"]["indices"].read_direct(indices, np.s_[first:last], out)
+                h5["X"]["data"].read_direct(data, np.s_[first:last], out)
+            csr.check_entries(f, local, indices[out], info.n_features, lo, start + offset)
+            bad = first_nonfinite_row(data[out])
+            if bad is not None:
+                row = csr.row_of(local, bad)
+                raise DataError(
+                    f"file {f} has a non-finite value ({data[at + bad]}) in X at row {lo + row}, "
+                    f"column {indices[at + bad]} (global row {start + offset + row})"
+                )
+        at += last - first
+    X = csr.assemble((stop - start, info.n_features), data, indices, indptr)
     return LocalRows(X=X, y=y, start=start, stop=stop)
 
 
@@ -215,31 +289,48 @@ def _open(f: str) -> h5py.File:
 def _file_meta(f: str) -> dict:
     """Shape, dtype and task attributes of one file, validated against the contract."""
     with _open(f) as h5:
+        if isinstance(h5.get("X"), h5py.Group):
+            return _sparse_file_meta(f, h5)
         for name, what in (("X", "the feature matrix"), ("y", "the labels")):
             if not isinstance(h5.get(name), h5py.Dataset):
                 raise DataError(f"file {f} has no dataset '{name}' ({what})")
-        X, y = h5["X"], h5["y"]
+        X = h5["X"]
         if X.ndim != 2:
             raise DataError(f"dataset 'X' in {f} must be 2-D (rows, features), got shape {X.shape}")
         if X.dtype not in _FLOAT_DTYPES:
             raise DataError(f"dataset 'X' in {f} has dtype {X.dtype}; expected float32 or float64")
         if X.shape[1] < 1:
             raise DataError(f"dataset 'X' in {f} has no feature columns (shape {X.shape})")
-        if y.ndim != 1:
-            raise DataError(f"dataset 'y' in {f} must be 1-D, got shape {y.shape}")
-        if y.dtype.kind not in "biuf":
-            raise DataError(f"dataset 'y' in {f} has non-numeric dtype {y.dtype}")
-        if y.shape[0] != X.shape[0]:
-            raise DataError(f"file {f} has {X.shape[0]} rows in X but {y.shape[0]} in y")
-        task = _task_attr(f, h5.attrs)
-        n_classes = None if task == "regression" else _n_classes_attr(f, h5.attrs, task)
         return {
             "rows": int(X.shape[0]),
             "d": int(X.shape[1]),
             "dtype": X.dtype,
-            "task": task,
-            "n_classes": n_classes,
+            "sparse": False,
+            "nnz": None,
+            **_labels_meta(f, h5, int(X.shape[0])),
         }
+
+
+def _sparse_file_meta(f: str, h5: h5py.File) -> dict:
+    """:func:`_file_meta` of a file whose ``X`` is a group: checked as CSR."""
+    meta = csr.csr_meta(f, h5["X"])
+    if not isinstance(h5.get("y"), h5py.Dataset):
+        raise DataError(f"file {f} has no dataset 'y' (the labels)")
+    return {**meta, "sparse": True, **_labels_meta(f, h5, meta["rows"])}
+
+
+def _labels_meta(f: str, h5: h5py.File, rows: int) -> dict:
+    """Check ``y`` (1-D, numeric, ``rows`` long) and the task attributes of file ``f``."""
+    y = h5["y"]
+    if y.ndim != 1:
+        raise DataError(f"dataset 'y' in {f} must be 1-D, got shape {y.shape}")
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"dataset 'y' in {f} has non-numeric dtype {y.dtype}")
+    if y.shape[0] != rows:
+        raise DataError(f"file {f} has {rows} rows in X but {y.shape[0]} in y")
+    task = _task_attr(f, h5.attrs)
+    n_classes = None if task == "regression" else _n_classes_attr(f, h5.attrs, task)
+    return {"task": task, "n_classes": n_classes}
 
 
 def _task_attr(f: str, attrs: h5py.AttributeManager) -> str:
