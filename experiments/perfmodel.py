@@ -26,6 +26,7 @@ MPI libraries use for it::
     bcast      binomial tree                           ceil(log2 P)  ceil(log2 P)
     sendrecv   one message (ping-pong, one way)        1             1
 
+The formula and its fit live in :mod:`mpigd.alphabeta`, shared with ``--exchange auto``.
 An epoch on P ranks with ``n`` rows per rank and ``s`` steps costs::
 
     T(P) = c n + s t_strategy(P) + r0 + r1 log2 P
@@ -82,40 +83,11 @@ from scipy.optimize import nnls
 
 from experiments.perfmodel_figures import plot_model
 from experiments.scaling import read_csv, write_csv
+from mpigd.alphabeta import AlphaBeta, fit_alpha_beta
 
 #: Fewest rank counts a study needs for leave-one-out validation: the fit needs two.
 MIN_RANK_COUNTS = 3
 COLLECTIVES = ("allreduce", "reduce", "bcast", "sendrecv")
-
-
-def _log2_ceil(ranks) -> np.ndarray:
-    return np.ceil(np.log2(np.asarray(ranks, dtype=float)))
-
-
-#: The (A(P), B(P)) algorithm shape of each collective (see the module docstring).
-SHAPES = {
-    "allreduce": lambda p: (_log2_ceil(p), 2.0 * (np.asarray(p, float) - 1.0) / p),
-    "reduce": lambda p: (_log2_ceil(p), _log2_ceil(p)),
-    "bcast": lambda p: (_log2_ceil(p), _log2_ceil(p)),
-    "sendrecv": lambda p: (np.ones_like(np.asarray(p, float)), np.ones_like(np.asarray(p, float))),
-}
-
-
-@dataclass(frozen=True)
-class AlphaBeta:
-    """Fitted cost of one operation: ``alpha_s`` seconds per stage, ``beta_s`` per byte."""
-
-    alpha_s: float
-    beta_s: float
-
-    def time(self, op: str, ranks, n_bytes) -> np.ndarray:
-        """Seconds of ``op`` on ``ranks`` ranks for messages of ``n_bytes``."""
-        stages, volume = SHAPES[op](ranks)
-        return self.alpha_s * stages + self.beta_s * volume * np.asarray(n_bytes, float)
-
-    def message(self, n_bytes: float) -> float:
-        """Seconds of one stage moving ``n_bytes``: ``alpha + beta n_bytes``."""
-        return self.alpha_s + self.beta_s * n_bytes
 
 
 @dataclass(frozen=True)
@@ -145,13 +117,9 @@ def fit_collectives(rows: list[dict]) -> dict[str, AlphaBeta]:
         mine = [r for r in rows if r["op"] == op and int(r["ranks"]) > 1]
         if not mine:
             raise ValueError(f"no commbench rows for {op} on 2 or more ranks")
-        ranks = np.array([float(r["ranks"]) for r in mine])
-        n_bytes = np.array([float(r["bytes"]) for r in mine])
-        seconds = np.array([float(r["avg_us"]) for r in mine]) * 1e-6
-        stages, volume = SHAPES[op](ranks)
-        design = np.column_stack([stages, volume * n_bytes]) / seconds[:, None]
-        (alpha, beta), _ = nnls(design, np.ones_like(seconds))
-        fits[op] = AlphaBeta(float(alpha), float(beta))
+        fits[op] = fit_alpha_beta(op, [float(r["ranks"]) for r in mine],
+                                  [float(r["bytes"]) for r in mine],
+                                  [float(r["avg_us"]) * 1e-6 for r in mine])  # fmt: skip
     return fits
 
 
