@@ -19,6 +19,9 @@ the test metrics, rank 0 appends one line to ``metrics.jsonl`` and the hooks see
 - ``full_passes``: passes over all training rows so far (objective evaluations).
 - ``grad_norm_inf``: max |∂f/∂θ_i| at the epoch's end (full-batch training only).
 
+A completed run's run.json adds ``peak_rss_mib``: every rank's peak resident memory
+(MiB, rank order), what its share of the rows and of the model cost.
+
 With mini-batches the ``train_loss`` pass computes the loss alone where the model can
 skip its backward pass (the MLP). A full-batch optimiser's next step needs the
 objective at exactly the point where the epoch's ``train_loss`` pass computed it, so
@@ -34,6 +37,7 @@ good checkpoint.
 
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass
 
@@ -183,7 +187,14 @@ def _epochs(run: Run) -> dict:
             break
     final_loss = _train_loss(run, np.empty_like(parts.params))
     return {"stop_reason": stop_reason, "epochs_run": state.epochs_done,
-            "final_train_loss": final_loss}  # fmt: skip
+            "final_train_loss": final_loss, "peak_rss_mib": _peak_rss_mib(run)}  # fmt: skip
+
+
+def _peak_rss_mib(run: Run) -> list[float]:
+    """Collective: each rank's peak resident memory so far (MiB), in rank order, for
+    run.json: what a rank's share of the data and model really costs."""
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return [round(kib / 1024, 1) for kib in mpi.gather_everywhere(run.ranks.comm, peak_kib)]
 
 
 def _divergence_advice(run: Run) -> str:
