@@ -11,6 +11,13 @@ from helpers import write_h5
 
 from mpigd.data import load_rank_rows, open_dataset, read_labels, read_rows, row_range
 from mpigd.data.fingerprint import content_hash
+from mpigd.data.writer import (
+    SparseShardWriter,
+    shard_paths,
+    shard_sizes,
+    staged_output,
+    write_dataset,
+)
 from mpigd.errors import DataError
 
 SHARD_ROWS = (7, 0, 30, 13)  # uneven, with an empty shard
@@ -289,3 +296,55 @@ def test_a_rank_reads_only_its_slice(tmp_path, monkeypatch):
         "/y": stop - start,
     }
     assert_rows_equal(local.X, X[start:stop])
+
+
+# --- writing ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_write_dataset_round_trips_a_sparse_matrix(tmp_path, table, shards):
+    X, y = table
+    X = sp.csr_matrix(X, dtype=np.float32)
+    out = tmp_path / ("one.h5" if shards == 1 else "dir")
+    files = write_dataset(out, X, y, task="multiclass", n_classes=3, shards=shards)
+    info = open_dataset(out)
+    assert len(files) == shards and info.sparse and info.nnz == X.nnz
+    assert info.dtype == np.float32 and info.rows_per_file == tuple(shard_sizes(50, shards))
+    local = read_rows(info, 0, 50)
+    assert_rows_equal(local.X, X)
+    np.testing.assert_array_equal(local.y, y)
+    with h5py.File(files[0], "r") as f:  # anndata's attributes, int32 column ids
+        attrs = f["X"].attrs
+        assert (attrs["encoding-type"], attrs["encoding-version"]) == ("csr_matrix", "0.1.0")
+        assert list(attrs["shape"]) == [info.rows_per_file[0], 40]
+        assert f["X/indices"].dtype == np.int32 and f["X/indptr"].dtype == np.int64
+
+
+def test_sparse_writer_streams_blocks_across_files_and_canonicalises(tmp_path, table):
+    """Blocks of odd sizes straddle file boundaries; a block with unsorted, duplicated
+    column ids (and a COO block) is stored canonical; a trailing 0-row file is created."""
+    X, y = table
+    with staged_output(tmp_path / "out", directory=True) as staged:
+        paths = shard_paths(staged, 3)
+        with SparseShardWriter(paths, [20, 30, 0], 40, "float64", "multiclass", 3) as writer:
+            writer.write(X[:13], y[:13])
+            messy = X[13:14].tocoo()
+            doubled = sp.coo_matrix(
+                (np.r_[messy.data[::-1], 0.0], (np.r_[messy.row, 0], np.r_[messy.col[::-1], 1])),
+                shape=(1, 40),
+            )
+            writer.write(doubled, y[13:14])
+            writer.write(X[14:50].tocoo(), y[14:50])
+    info = open_dataset(tmp_path / "out")
+    assert info.rows_per_file == (20, 30, 0)
+    want = sp.vstack([X[:13], X[13:14] + sp.csr_matrix(([0.0], ([0], [1])), shape=(1, 40)), X[14:]])
+    np.testing.assert_array_equal(read_rows(info, 0, 50).X.toarray(), want.toarray())
+
+
+def test_sparse_writer_refuses_dense_blocks_and_missing_rows(tmp_path):
+    with pytest.raises(ValueError, match="expected a scipy.sparse matrix"):
+        with SparseShardWriter([str(tmp_path / "a.h5")], [2], 3, "float64", "regression") as w:
+            w.write(np.ones((2, 3)), np.zeros(2))
+    with pytest.raises(ValueError, match="wrote 1 of 2 rows"):
+        with SparseShardWriter([str(tmp_path / "b.h5")], [2], 3, "float64", "regression") as w:
+            w.write(sp.csr_matrix(np.ones((1, 3))), np.zeros(1))

@@ -9,6 +9,18 @@ Nothing appears at the output path until everything is written: :func:`staged_ou
 hands out a hidden temporary sibling and renames it into place only when the ``with``
 block completes, so an interrupted or failed write never leaves a file or directory that
 looks like a valid dataset.
+
+Dense rows go through :class:`ShardWriter`, sparse rows (``scipy.sparse`` matrices)
+through :class:`SparseShardWriter`, which writes ``X`` in the CSR layout of
+:mod:`mpigd.data.csr`; :func:`write_dataset` picks one by the type of ``X``. A typical
+streamed write of sparse data (an importer, a generator), never holding all rows::
+
+    sizes = shard_sizes(n_rows, shards)
+    with staged_output(out, directory=True) as staged:
+        paths = shard_paths(staged, shards)
+        with SparseShardWriter(paths, sizes, d, "float32", "binary", 2) as writer:
+            for X_block, y_block in blocks:  # csr_matrix (m, d) and (m,), in row order
+                writer.write(X_block, y_block)
 """
 
 from __future__ import annotations
@@ -21,8 +33,10 @@ from contextlib import contextmanager
 
 import h5py
 import numpy as np
+import scipy.sparse as sp
 
 from mpigd import __version__
+from mpigd.data import csr
 from mpigd.data.dataset import TASKS
 from mpigd.errors import DataError
 
@@ -83,7 +97,8 @@ class ShardWriter:
     n_classes : ``C`` for classification, ``None`` for regression.
     attrs : extra root attributes (provenance) written to every file.
 
-    Use as a context manager; :meth:`close` checks that every row was written.
+    Use as a context manager; :meth:`close` checks that every row was written (and
+    creates the files of 0 rows that no row reached).
     """
 
     def __init__(
@@ -114,8 +129,9 @@ class ShardWriter:
         self._filled = 0  # rows written to it
         self._file: h5py.File | None = None
 
-    def write(self, X: np.ndarray, y: np.ndarray) -> None:
+    def write(self, X, y: np.ndarray) -> None:
         """Append rows: ``X`` shape (m, d), ``y`` shape (m,)."""
+        X = self._block(X)
         if X.ndim != 2 or X.shape[1] != self._d or y.shape != (X.shape[0],):
             raise ValueError(f"expected X (m, {self._d}) and y (m,), got {X.shape} and {y.shape}")
         done = 0
@@ -123,16 +139,19 @@ class ShardWriter:
             if self._file is None or self._filled == self._rows[self._index]:
                 self._next_file()
             take = min(X.shape[0] - done, self._rows[self._index] - self._filled)
+            self._put_X(X, done, take)
             rows = slice(self._filled, self._filled + take)
-            self._file["X"][rows] = np.asarray(X[done : done + take], dtype=self._dtype)
             self._file["y"][rows] = np.asarray(y[done : done + take], dtype=self._y_dtype)
             self._filled += take
             done += take
 
     def close(self) -> None:
         """Close the open file; raise if fewer rows than planned were written."""
-        self._close_file()
         written = sum(self._rows[: self._index]) + self._filled if self._index >= 0 else 0
+        if written == sum(self._rows):
+            while self._index + 1 < len(self._paths):  # trailing files of 0 rows
+                self._next_file()
+        self._close_file()
         if written != sum(self._rows):
             raise ValueError(f"wrote {written} of {sum(self._rows)} rows")
 
@@ -152,15 +171,79 @@ class ShardWriter:
             raise ValueError(f"more rows than the {sum(self._rows)} planned")
         n = self._rows[self._index]
         self._file = h5py.File(self._paths[self._index], "w-")
-        self._file.create_dataset("X", shape=(n, self._d), dtype=self._dtype)
+        self._create_X(n)
         self._file.create_dataset("y", shape=(n,), dtype=self._y_dtype)
         self._file.attrs.update(self._attrs)
         self._filled = 0
+
+    def _block(self, X) -> np.ndarray:
+        """``X`` as this writer stores it (here: any array)."""
+        return np.asarray(X)
+
+    def _create_X(self, n: int) -> None:
+        """Create ``X`` of ``n`` rows in the file just opened."""
+        self._file.create_dataset("X", shape=(n, self._d), dtype=self._dtype)
+
+    def _put_X(self, X: np.ndarray, done: int, take: int) -> None:
+        """Store rows ``done .. done + take - 1`` of the block at the file's next rows."""
+        rows = slice(self._filled, self._filled + take)
+        self._file["X"][rows] = np.asarray(X[done : done + take], dtype=self._dtype)
 
     def _close_file(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class SparseShardWriter(ShardWriter):
+    """Write sparse rows, in order, into CSR shard files (:mod:`mpigd.data.csr`) of fixed
+    row counts; one file open at a time, as :class:`ShardWriter` (same parameters).
+
+    :meth:`write` takes any ``scipy.sparse`` matrix of shape (m, d) (made canonical CSR:
+    column ids sorted, duplicates summed; explicit zeros are kept) and ``y`` of shape
+    (m,), and appends them: the file's ``indptr`` (int64, ``n + 1`` entries) is filled
+    in place, ``data`` and ``indices`` grow (chunked, resizable datasets) by the block's
+    nonzeros. Column ids are stored as int32 when ``d <= 2**31``, else int64. Memory is
+    the block's; a file holds any number of nonzeros.
+    """
+
+    #: elements per HDF5 chunk of ``data`` and ``indices`` (256-512 KiB)
+    CHUNK_ENTRIES = 1 << 16
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._index_dtype = np.dtype(np.int32 if self._d <= 2**31 else np.int64)
+        self._nnz = 0  # nonzeros written to the open file
+
+    def _block(self, X) -> sp.csr_matrix:
+        if not sp.issparse(X):
+            raise ValueError(f"expected a scipy.sparse matrix, got {type(X).__name__}")
+        X = sp.csr_matrix(X)
+        if not X.has_canonical_format:
+            X = X.copy()
+            X.sum_duplicates()
+        return X
+
+    def _create_X(self, n: int) -> None:
+        group = self._file.create_group("X")
+        csr.set_csr_attrs(group, (n, self._d))
+        for name, dtype in (("data", self._dtype), ("indices", self._index_dtype)):
+            group.create_dataset(
+                name, shape=(0,), maxshape=(None,), chunks=(self.CHUNK_ENTRIES,), dtype=dtype
+            )
+        group.create_dataset("indptr", data=np.zeros(n + 1, dtype=np.int64))
+        self._nnz = 0
+
+    def _put_X(self, X: sp.csr_matrix, done: int, take: int) -> None:
+        group = self._file["X"]
+        first, last = int(X.indptr[done]), int(X.indptr[done + take])
+        grown = self._nnz + last - first
+        for name, values in (("data", X.data), ("indices", X.indices)):
+            group[name].resize((grown,))
+            group[name][self._nnz : grown] = values[first:last]
+        ends = X.indptr[done + 1 : done + take + 1].astype(np.int64) - first + self._nnz
+        group["indptr"][self._filled + 1 : self._filled + take + 1] = ends
+        self._nnz = grown
 
 
 def write_dataset(
@@ -177,14 +260,16 @@ def write_dataset(
     """Write in-memory arrays as a dataset, atomically; return the final file paths.
 
     ``out`` becomes a single HDF5 file when ``shards == 1`` and it ends in ``.h5``,
-    otherwise a directory of ``shards`` shard files. ``X`` (shape (N, d)) keeps its dtype.
+    otherwise a directory of ``shards`` shard files. ``X`` (shape (N, d)) keeps its dtype;
+    a ``scipy.sparse`` ``X`` is written in the CSR layout (:class:`SparseShardWriter`).
     """
     out = os.path.abspath(os.fspath(out))
     sizes = shard_sizes(X.shape[0], shards)
     single = shards == 1 and out.endswith(".h5")
+    kind = SparseShardWriter if sp.issparse(X) else ShardWriter
     with staged_output(out, directory=not single, overwrite=overwrite) as staged:
         paths = [staged] if single else shard_paths(staged, shards)
-        with ShardWriter(paths, sizes, X.shape[1], X.dtype, task, n_classes, attrs) as writer:
+        with kind(paths, sizes, X.shape[1], X.dtype, task, n_classes, attrs) as writer:
             writer.write(X, y)
     return [out] if single else shard_paths(out, shards)
 
