@@ -51,6 +51,24 @@ def _add_data_commands(commands) -> None:
     synth.add_argument("--test-fraction", type=float, default=0.2)
     synth.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--sparse",
+        action="store_true",
+        help="sparse (CSR) shards whose feature popularity follows a power law",
+    )
+    synth.add_argument(
+        "--nnz-per-row",
+        type=int,
+        metavar="K",
+        help="--sparse: mean distinct features per row (Poisson; default 40, at most --features)",
+    )
+    synth.add_argument(
+        "--zipf-exponent",
+        type=float,
+        metavar="S",
+        help="--sparse: feature of popularity rank r drawn with probability ~ r^-S "
+        "(default 1, Zipf's law; 0 = uniform)",
+    )
     synth.add_argument("--out", required=True, help="directory; gets train/ and test/")
 
     imp = actions.add_parser(
@@ -401,6 +419,9 @@ def _run(args: argparse.Namespace, hooks=()) -> int:
             test_fraction=args.test_fraction,
             dtype=args.dtype,
             seed=args.seed,
+            sparse=args.sparse,
+            nnz_per_row=args.nnz_per_row,
+            zipf_exponent=args.zipf_exponent,
         )
         print(json.dumps(summary, indent=2, default=str))
     elif args.action == "import":

@@ -9,7 +9,15 @@ import pytest
 import scipy.sparse as sp
 from helpers import write_h5
 
-from mpigd.data import load_rank_rows, open_dataset, read_labels, read_rows, row_range
+from mpigd.data import (
+    load_rank_rows,
+    open_dataset,
+    read_labels,
+    read_rows,
+    row_range,
+    write_synthetic,
+)
+from mpigd.data import synth as synth_module
 from mpigd.data.fingerprint import content_hash
 from mpigd.data.writer import (
     SparseShardWriter,
@@ -348,3 +356,99 @@ def test_sparse_writer_refuses_dense_blocks_and_missing_rows(tmp_path):
     with pytest.raises(ValueError, match="wrote 1 of 2 rows"):
         with SparseShardWriter([str(tmp_path / "b.h5")], [2], 3, "float64", "regression") as w:
             w.write(sp.csr_matrix(np.ones((1, 3))), np.zeros(1))
+
+
+# --- data synth --sparse ------------------------------------------------------------
+
+
+@pytest.fixture
+def small_sparse_blocks(monkeypatch):
+    """Blocks of 100 feature draws (20 rows at k = 5), so small tests cross blocks."""
+    monkeypatch.setattr(synth_module, "SPARSE_BLOCK_ENTRIES", 100)
+
+
+def synth_sparse(out, task="binary", rows=203, features=60, **kwargs):
+    kwargs = {"nnz_per_row": 5, "seed": 4, **kwargs}
+    return write_synthetic(out, task, rows=rows, features=features, sparse=True, **kwargs)
+
+
+@pytest.mark.parametrize("task", ["regression", "binary", "multiclass"])
+def test_sparse_synth_is_deterministic_whatever_the_shards(tmp_path, small_sparse_blocks, task):
+    one = synth_sparse(tmp_path / "one", task)
+    three = synth_sparse(tmp_path / "three", task, shards=3)
+    other = synth_sparse(tmp_path / "other", task, seed=5)
+    assert three["train"]["shards"] == 3 and one["train"]["nnz"] == three["train"]["nnz"]
+    for split in ("train", "test"):
+        info, a = read_all(one[split]["path"])
+        _, b = read_all(three[split]["path"])
+        _, c = read_all(other[split]["path"])
+        assert info.sparse and info.nnz == one[split]["nnz"] and a.X.shape[1] == 60
+        assert_rows_equal(b.X, a.X)
+        np.testing.assert_array_equal(a.y, b.y)
+        assert a.X.shape != c.X.shape or (a.X != c.X).nnz
+    with h5py.File(tmp_path / "one" / "ground_truth.h5", "r") as f:
+        assert f["weights"].shape == ((3, 60) if task == "multiclass" else (60,))
+        assert (f.attrs["nnz_per_row"], f.attrs["zipf_exponent"]) == (5, 1.0)
+
+
+def read_all(path):
+    info = open_dataset(path)
+    return info, read_rows(info, 0, info.n_rows)
+
+
+def test_sparse_synth_rows_follow_the_law(tmp_path):
+    """Rows hold k distinct features on average, popular ones in most rows; the truth
+    explains the targets (regression) with the stated noise."""
+    summary = synth_sparse(
+        tmp_path / "d", "regression", rows=3000, features=500, nnz_per_row=12, test_fraction=0
+    )
+    assert summary["sparse"] and summary["nnz_per_row"] == 12
+    _, rows = read_all(tmp_path / "d" / "train")
+    per_row = np.diff(rows.X.indptr)
+    assert abs(per_row.mean() - 12) < 0.3 and per_row.min() >= 1
+    counts = np.sort(np.bincount(rows.X.indices, minlength=500))[::-1]
+    assert counts[0] > 0.5 * 3000 and counts[0] > 5 * counts[50] and counts[-1] < 10
+    with h5py.File(tmp_path / "d" / "ground_truth.h5", "r") as f:
+        w, b, noise = f["weights"][()], f["bias"][()], f.attrs["noise_std"]
+    signal = rows.X @ w
+    assert 0.7 < signal.std() < 1.3  # x.w of about unit variance
+    assert abs((rows.y - signal - b).std() - noise) < 0.01
+
+
+def test_power_law_ranks_have_the_stated_frequencies():
+    u = np.random.default_rng(0).random(400_000)
+    for s in (0.0, 1.0, 1.5):
+        ranks = synth_module.power_law_ranks(u, 50, s)
+        edges = np.arange(1.0, 52.0)
+        cdf = np.log(edges) if s == 1 else edges ** (1 - s) - 1
+        expected = np.diff(cdf) / (cdf[-1] - cdf[0])
+        np.testing.assert_allclose(
+            np.bincount(ranks, minlength=50) / u.size, expected, rtol=0.05, atol=2e-4
+        )
+
+
+def test_sparse_synth_at_most_d_features(tmp_path):
+    """k = d: no row exceeds d features, and rows asking for all d get them (the law's
+    tail is redrawn until found)."""
+    synth_sparse(tmp_path / "d", rows=30, features=4, nnz_per_row=4, test_fraction=0)
+    _, rows = read_all(tmp_path / "d" / "train")
+    assert np.diff(rows.X.indptr).max() == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"nnz_per_row": 61},
+            "nnz_per_row (--nnz-per-row) must be in 1..60 (the features), got 61",
+        ),
+        ({"nnz_per_row": 0}, "nnz_per_row (--nnz-per-row) must be in 1..60"),
+        ({"zipf_exponent": -1.0}, "zipf_exponent (--zipf-exponent) must be a finite number >= 0"),
+        ({"sparse": False}, "nnz_per_row (--nnz-per-row) applies to sparse data only"),
+    ],
+)
+def test_sparse_synth_bad_options(tmp_path, kwargs, message):
+    args = {"task": "binary", "rows": 20, "features": 60, "sparse": True, "nnz_per_row": 5}
+    with raises(message):
+        write_synthetic(tmp_path / "d", **{**args, **kwargs})
+    assert not (tmp_path / "d").exists()
