@@ -1,5 +1,6 @@
 """Sparse (CSR) datasets: reading rows across shards, validation, and reading only a slice."""
 
+import json
 import re
 
 import h5py
@@ -9,7 +10,10 @@ import pytest
 import scipy.sparse as sp
 from helpers import write_h5
 
+from mpigd import cli
+from mpigd.data import inspect as inspect_module
 from mpigd.data import (
+    inspect_dataset,
     load_rank_rows,
     open_dataset,
     read_labels,
@@ -452,3 +456,49 @@ def test_sparse_synth_bad_options(tmp_path, kwargs, message):
     with raises(message):
         write_synthetic(tmp_path / "d", **{**args, **kwargs})
     assert not (tmp_path / "d").exists()
+
+
+# --- data inspect -------------------------------------------------------------------
+
+
+def test_inspect_reports_the_nonzeros_streamed_in_chunks(sharded, table, monkeypatch):
+    monkeypatch.setattr(inspect_module, "SPARSE_CHUNK_ENTRIES", 40)  # chunks of 5 rows
+    X, _ = table
+    summary = inspect_dataset(sharded)
+    per_row = np.diff(X.indptr)
+    counts = np.bincount(X.indices, minlength=40)
+    order = sorted(range(40), key=lambda j: (-counts[j], j))[:10]
+    assert summary["sparse"] and summary["nnz"] == X.nnz
+    assert summary["density"] == X.nnz / (50 * 40)
+    assert summary["nnz_per_row"] == {
+        "mean": X.nnz / 50,
+        "min": int(per_row.min()),
+        "max": int(per_row.max()),
+    }
+    assert summary["features_used"] == np.count_nonzero(counts)
+    assert [(t["feature"], t["count"]) for t in summary["top_features"]] == [
+        (j, counts[j]) for j in order
+    ]
+    assert summary["top_features"][0]["row_fraction"] == counts[order[0]] / 50
+
+
+def test_inspect_validates_sparse_rows(tmp_path):
+    path = bad(tmp_path, indices=[0, 2, 4])
+    with raises(f"file {path} has column index 4 at row 2"):
+        inspect_dataset(path)
+
+
+def test_cli_synth_sparse_then_inspect(tmp_path, capsys):
+    """The flags reach write_synthetic (in-process: the data commands need no MPI)."""
+    out = tmp_path / "d"
+    argv = ["data", "synth", "--task", "binary", "--rows", "500", "--features", "3000",
+            "--sparse", "--nnz-per-row", "8", "--zipf-exponent", "1.2", "--shards", "2",
+            "--out", str(out)]  # fmt: skip
+    assert cli._run(cli.build_parser().parse_args(argv)) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["nnz_per_row"], printed["zipf_exponent"]) == (8, 1.2)
+    assert cli._run(cli.build_parser().parse_args(["data", "inspect", str(out / "train")])) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["nnz"] == printed["train"]["nnz"] and summary["rows"] == 400
+    assert 7.5 < summary["nnz_per_row"]["mean"] < 8.5
+    assert summary["top_features"][0]["row_fraction"] > 0.5
