@@ -8,7 +8,8 @@ contiguous rows; nothing here uses MPI.
 module                 job
 =====================  ===========================================================
 ``dataset``            open and validate a dataset, read and check row ranges
-``writer``             write shard files atomically (used by synth and import)
+``csr``                the sparse (CSR) layout of ``X`` on disk and its checks
+``writer``             write dense or CSR shard files atomically (synth, import)
 ``synth``              synthetic data with a known true model
 ``importers``          libsvm / CSV / npz / IDX to HDF5
 ``csv_reader``         parse a numeric CSV table (for ``importers``)
