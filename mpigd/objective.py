@@ -8,12 +8,21 @@ One rank contributes a *packed* vector ``[Σ s_i ∇ℓ_i (n_params) | Σ s_i �
 a strategy sums the packed vectors of all ranks in one collective (so gradient, loss
 and row count travel together and uneven shares still give the exact global mean), and
 :meth:`LocalObjective.finish` turns the global sums into f and ∇f.
+
+On sparse (CSR) rows a mini-batch's gradient is zero outside the flat indices its
+features touch; :meth:`LocalObjective.sparse_sums` returns it at those indices only, in
+O(nonzeros of the batch), for the sparse gradient exchange
+(:mod:`mpigd.strategies.sparse_exchange`).
 """
 
 from __future__ import annotations
 
-import numpy as np
+import inspect
 
+import numpy as np
+import scipy.sparse as sp
+
+from mpigd.features import batch_features
 from mpigd.timing import PhaseTimer
 
 
@@ -53,6 +62,14 @@ class LocalObjective:
         self.penalty_sum = penalty_sum
         #: Passes over all of this rank's rows so far (full-batch objective evaluations).
         self.full_passes = 0
+        #: Whether the rows are host CSR and the model's gradient of a batch touches less
+        #: than the whole vector: then a batch's gradient can travel sparse.
+        self.sparse = sp.issparse(X) and (
+            model.touched_params(np.zeros(0, dtype=np.int64)).size < model.n_params
+        )
+        #: (n_params,) zero outside :meth:`sparse_sums`, which adds a batch's gradient
+        #: into it and zeroes the touched entries again (allocated on first use).
+        self._scratch = None
 
     def packed_buffer(self) -> np.ndarray:
         """A fresh (n_params + 2,) float64 buffer for :meth:`local_sums`."""
@@ -106,6 +123,45 @@ class LocalObjective:
             packed[self.n_params] = loss_sum
             packed[self.n_params + 1] = self.X.shape[0] if rows is None else len(rows)
         self.full_passes += rows is None
+
+    def touched(self, rows: np.ndarray | None) -> np.ndarray:
+        """Sorted int64 flat indices where the gradient over ``rows`` (None: all this
+        rank's rows) can be nonzero; O(nonzeros of the rows). Sparse rows only."""
+        return self.model.touched_params(batch_features(self.X, rows))
+
+    def sparse_sums(
+        self, params: np.ndarray, rows: np.ndarray | None, touched: np.ndarray
+    ) -> tuple[np.ndarray, float, int]:
+        """This rank's gradient sum at ``touched`` (from :meth:`touched`), loss sum and
+        row count over ``rows`` (None: all its rows), as :meth:`local_sums` computes
+        them but in O(nonzeros of the rows) when the model accumulates: the gradient is
+        added into a scratch vector kept zero, read at ``touched`` and zeroed there.
+
+        Reads ``params`` only where ``touched`` says. A model whose ``loss_grad`` has no
+        ``accumulate`` keyword (it writes the whole gradient) costs O(n_params) here,
+        with the same result. Returns ``(values, loss_sum, rows)``, ``values`` a new
+        (len(touched),) float64 array.
+        """
+        if not _accumulates(self.model):
+            packed = self.packed_buffer()
+            self.local_sums(params, rows, packed)
+            return packed[touched], float(packed[-2]), int(packed[-1])
+        if self._scratch is None:
+            self._scratch = np.zeros(self.n_params)
+        scratch = self._scratch
+        with self.timer.phase("compute"):
+            loss_sum = 0.0
+            try:
+                for micro in self._micro_batches(rows):
+                    loss_sum += self.model.loss_grad(
+                        self.X, self.y, self.sample_weight, params, scratch, rows=micro,
+                        accumulate=True,
+                    )  # fmt: skip
+                values = scratch[touched]
+            finally:
+                scratch[touched] = 0.0
+        self.full_passes += rows is None
+        return values, loss_sum, self.X.shape[0] if rows is None else len(rows)
 
     @staticmethod
     def _adding(partial: np.ndarray, total: np.ndarray, on_ready):
@@ -171,6 +227,11 @@ class LocalObjective:
         penalised entries of ``params`` (intercepts zeroed), in a scratch buffer."""
         weights = np.multiply(params, self.reg_mask, out=self._weights)
         return self.penalty_sum(l2_term(weights, self.l2)), weights
+
+
+def _accumulates(model) -> bool:
+    """Whether ``model.loss_grad`` takes ``accumulate`` (adds into its gradient)."""
+    return "accumulate" in inspect.signature(model.loss_grad).parameters
 
 
 def l2_term(weights: np.ndarray, l2: float) -> float:

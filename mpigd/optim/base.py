@@ -39,13 +39,21 @@ class Optimizer(ABC):
         self.full_batch = full_batch
         self.steps = 0
         self.stop_reason: str | None = None
+        #: The lazy stepper (:mod:`mpigd.optim.lazy`) attached to this optimiser, if any:
+        #: while attached, the parameters and state arrays hold deferred work.
+        self.deferred = None
 
     @abstractmethod
     def step(self, params: np.ndarray, closure: Closure) -> float:
         """Take one step in place; return the objective at the parameters it started from."""
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly: ``steps`` and the state arrays (copies)."""
+        """Everything needed to continue exactly: ``steps`` and the state arrays (copies).
+
+        Deferred work of an attached lazy stepper is done first, so the arrays are true.
+        """
+        if self.deferred is not None:
+            self.deferred.flush()
         state = {name: getattr(self, name).copy() for name in self.STATE_ARRAYS}
         state["steps"] = self.steps
         return state
@@ -55,6 +63,12 @@ class Optimizer(ABC):
         for name in self.STATE_ARRAYS:
             getattr(self, name)[...] = state[name]
         self.steps = int(state["steps"])
+
+    def lazy_stepper(self, params: np.ndarray, reg_mask: np.ndarray, l2: float):
+        """A stepper taking this optimiser's mini-batch steps in O(nonzeros of the batch)
+        (:mod:`mpigd.optim.lazy`), attached to ``params``; None where every step costs
+        O(n_params) (the default)."""
+        del params, reg_mask, l2
 
     def epoch_fields(self) -> dict:
         """Optimiser-specific fields for the epoch's metrics line."""

@@ -6,6 +6,10 @@ Update rules (g the closure's gradient, η the scheduled rate), as in PyTorch:
 * ``momentum``: v ← μ v + g; θ ← θ − η v, or with Nesterov θ ← θ − η (g + μ v).
 * ``adam``: m ← β₁ m + (1−β₁) g; v ← β₂ v + (1−β₂) g²;
   θ ← θ − η m̂ / (sqrt(v̂) + ε), with bias-corrected m̂, v̂.
+
+On sparse mini-batches the allreduce strategy takes ``sgd`` and ``momentum`` steps
+(heavy ball and Nesterov) in O(nonzeros of the batch) through :meth:`lazy_stepper`
+(:mod:`mpigd.optim.lazy`), the L2 term included; Adam's steps stay O(n_params).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.update import adam_update
+from mpigd.optim import lazy
 from mpigd.optim.base import Closure, Optimizer
 from mpigd.optim.schedule import Schedule
 
@@ -38,6 +43,10 @@ class GradientDescent(Optimizer):
     def _update(self, params: np.ndarray, lr: float) -> None:
         params -= lr * self.grad
 
+    def lazy_stepper(self, params, reg_mask, l2):
+        """Scaled-weight O(nnz) steps (:class:`~mpigd.optim.lazy.LazySGD`)."""
+        return lazy.LazySGD(self, params, reg_mask, l2)
+
 
 class Momentum(GradientDescent):
     """SGD with momentum ``mu``; Nesterov's variant when ``nesterov``."""
@@ -58,6 +67,10 @@ class Momentum(GradientDescent):
         else:
             params -= lr * self.velocity
 
+    def lazy_stepper(self, params, reg_mask, l2):
+        """O(nnz) steps of heavy ball or Nesterov (:class:`~mpigd.optim.lazy.LazyMomentum`)."""
+        return lazy.LazyMomentum(self, params, reg_mask, l2)
+
 
 class Adam(GradientDescent):
     """Adam (Kingma & Ba) with bias correction."""
@@ -69,6 +82,10 @@ class Adam(GradientDescent):
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.m = np.zeros(n_params)
         self.v = np.zeros(n_params)
+
+    def lazy_stepper(self, params, reg_mask, l2):
+        """None: Adam's update is not linear in its state, so every step is O(n_params)."""
+        del params, reg_mask, l2
 
     def _update(self, params: np.ndarray, lr: float) -> None:
         t = self.steps + 1
