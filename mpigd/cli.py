@@ -16,7 +16,7 @@ from dataclasses import MISSING, fields
 
 from kernels import BACKENDS, DEFAULT_BACKEND
 from mpigd import __version__
-from mpigd.comm import collectively, run_guarded, world
+from mpigd.comm import collectively, gather_everywhere, run_guarded, world
 from mpigd.config import OPTION_GROUPS, TrainConfig, flag_of, read_toml
 from mpigd.errors import ConfigError
 
@@ -103,7 +103,10 @@ def _add_data_commands(commands) -> None:
         help="reuse task, classes, label values and feature count of an imported dataset",
     )
     imp.add_argument(
-        "--features", type=int, metavar="D", help="number of features (libsvm: pad up to D)"
+        "--features",
+        type=int,
+        metavar="D",
+        help="number of features (libsvm: a larger id is an error)",
     )
     imp.add_argument(
         "--header",
@@ -112,7 +115,18 @@ def _add_data_commands(commands) -> None:
         help="CSV: the first line is (not) a header; default: detected",
     )
     imp.add_argument(
-        "--zero-based", action="store_true", help="libsvm feature indices start at 0, not 1"
+        "--zero-based",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="libsvm: feature ids start at 0 (--no-zero-based: at 1); default: that of "
+        "--like, else detected over the whole file (1-based when no id is 0)",
+    )
+    imp.add_argument(
+        "--chunk-mb",
+        type=float,
+        metavar="MB",
+        help="libsvm: MiB parsed at a time, per rank (memory is a few times this; "
+        "default 64). Under mpirun every rank parses a part of the file",
     )
     imp.add_argument("--labels", help="idx: the IDX label file (class ids), plain or .gz")
     imp.add_argument(
@@ -425,24 +439,10 @@ def _run(args: argparse.Namespace, hooks=()) -> int:
         )
         print(json.dumps(summary, indent=2, default=str))
     elif args.action == "import":
-        summary = data.import_file(
-            args.file,
-            args.format,
-            args.out,
-            task=args.task,
-            n_classes=args.classes,
-            shards=args.shards,
-            dtype=args.dtype,
-            label_column=args.label_column,
-            label_values=args.label_values,
-            like=args.like,
-            n_features=args.features,
-            header=args.header,
-            zero_based=args.zero_based,
-            labels=args.labels,
-            scale=args.scale,
-        )
-        print(json.dumps(summary, indent=2, default=str))
+        ranks = world()
+        summary = collectively(ranks.comm, lambda: _import(args, ranks))
+        if ranks.is_root:
+            print(json.dumps(summary, indent=2, default=str))
     elif args.action == "digits":
         summary = data.write_digits(
             args.out,
@@ -455,6 +455,45 @@ def _run(args: argparse.Namespace, hooks=()) -> int:
     else:
         print(json.dumps(data.inspect_dataset(args.path), indent=2, default=str))
     return 0
+
+
+def _import(args: argparse.Namespace, ranks) -> dict | None:
+    """``data import`` on this rank: a libsvm file with every rank (each parses a part of
+    it), the other formats on rank 0 alone (the summary; None elsewhere)."""
+    from mpigd import data
+
+    if args.format != "libsvm" and not ranks.is_root:
+        return None
+    return data.import_file(
+        args.file,
+        args.format,
+        args.out,
+        task=args.task,
+        n_classes=args.classes,
+        shards=args.shards,
+        dtype=args.dtype,
+        label_column=args.label_column,
+        label_values=args.label_values,
+        like=args.like,
+        n_features=args.features,
+        header=args.header,
+        zero_based=args.zero_based,
+        labels=args.labels,
+        scale=args.scale,
+        chunk_mb=args.chunk_mb,
+        team=_ImportTeam(ranks) if args.format == "libsvm" else None,
+    )
+
+
+class _ImportTeam:
+    """The ranks of a libsvm import as :mod:`mpigd.data.libsvm` uses them (``rank``,
+    ``size``, collective ``gather``), through :mod:`mpigd.comm`."""
+
+    def __init__(self, ranks) -> None:
+        self.rank, self.size, self._comm = ranks.rank, ranks.size, ranks.comm
+
+    def gather(self, value) -> list:
+        return gather_everywhere(self._comm, value)
 
 
 def _trains(args: argparse.Namespace) -> bool:

@@ -25,9 +25,9 @@ def test_libsvm_binary_with_plus_minus_one_labels(tmp_path):
     summary = import_file(source, "libsvm", tmp_path / "a.h5")
     assert summary["task"] == "binary" and summary["label_values"] == [-1, 1]
     info, rows = read_all(tmp_path / "a.h5")
-    assert info.files == (str(tmp_path / "a.h5"),) and info.n_classes == 2
+    assert info.files == (str(tmp_path / "a.h5"),) and info.n_classes == 2 and info.sparse
     expected = [[0.5, 0, 2], [0, 1.5, 0], [-1, 0.25, 4], [0, 0, 0.1]]
-    np.testing.assert_array_equal(rows.X, expected)
+    np.testing.assert_array_equal(rows.X.toarray(), expected)
     np.testing.assert_array_equal(rows.y, [1, 0, 0, 1])
     with h5py.File(tmp_path / "a.h5", "r") as f:
         np.testing.assert_array_equal(f.attrs["label_values"], [-1, 1])
@@ -50,7 +50,7 @@ def test_libsvm_multiclass_one_based_labels_into_shards(tmp_path):
     info, rows = read_all(tmp_path / "m")
     assert info.rows_per_file == (4, 5) and info.dtype == np.float32
     np.testing.assert_array_equal(rows.y, [k % 3 for k in range(9)])
-    np.testing.assert_array_equal(rows.X[:, 0], np.arange(9))
+    np.testing.assert_array_equal(rows.X[:, 0].toarray().ravel(), np.arange(9))
 
 
 def test_csv_with_header_label_first(tmp_path):
@@ -233,7 +233,7 @@ def test_libsvm_feature_count_from_option_or_training_set(tmp_path):
         tmp_path / "te.svm", "libsvm", tmp_path / "te.h5", like=tmp_path / "tr.h5"
     )
     assert (summary["features"], summary["label_values"]) == (5, [-1, 1])
-    np.testing.assert_array_equal(read_all(tmp_path / "te.h5")[1].X, [[0, 0, 0, 3, 0]])
+    np.testing.assert_array_equal(read_all(tmp_path / "te.h5")[1].X.toarray(), [[0, 0, 0, 3, 0]])
     summary = import_file(
         tmp_path / "te.svm", "libsvm", tmp_path / "d7.h5", n_features=7, task="binary"
     )
@@ -242,12 +242,14 @@ def test_libsvm_feature_count_from_option_or_training_set(tmp_path):
         import_file(tmp_path / "tr.svm", "libsvm", tmp_path / "x.h5", n_features=4)
 
 
-def test_libsvm_indices_are_one_based_unless_told(tmp_path):
+def test_libsvm_indices_are_zero_based_when_an_id_is_0_unless_told(tmp_path):
     (tmp_path / "z.svm").write_text("1 0:1 2:2\n0 1:1\n")
-    with pytest.raises(DataError, match="Invalid index 0.*--zero-based"):
-        import_file(tmp_path / "z.svm", "libsvm", tmp_path / "z.h5")
-    import_file(tmp_path / "z.svm", "libsvm", tmp_path / "z.h5", zero_based=True)
-    np.testing.assert_array_equal(read_all(tmp_path / "z.h5")[1].X, [[1, 0, 2], [0, 1, 0]])
+    with pytest.raises(DataError, match="line 1: feature id 0, but ids start at 1"):
+        import_file(tmp_path / "z.svm", "libsvm", tmp_path / "z.h5", zero_based=False)
+    import_file(tmp_path / "z.svm", "libsvm", tmp_path / "z.h5")
+    np.testing.assert_array_equal(
+        read_all(tmp_path / "z.h5")[1].X.toarray(), [[1, 0, 2], [0, 1, 0]]
+    )
 
 
 # CSV: the first line is a header only when it is text; missing values are errors.

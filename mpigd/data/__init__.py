@@ -2,7 +2,8 @@
 
 A dataset is one HDF5 file or a directory of shards (docs/architecture.md, "Dataset format").
 :func:`open_dataset` validates the metadata, :func:`load_rank_rows` reads one rank's
-contiguous rows; nothing here uses MPI.
+contiguous rows; nothing here uses MPI (a parallel libsvm import gets its ranks'
+collective as a ``team`` object, :mod:`mpigd.data.libsvm`).
 
 =====================  ===========================================================
 module                 job
@@ -12,6 +13,7 @@ module                 job
 ``writer``             write dense or CSR shard files atomically (synth, import)
 ``synth``              synthetic data with a known true model
 ``importers``          libsvm / CSV / npz / IDX to HDF5
+``libsvm``             libsvm to sparse shards, in chunks, on every rank of a team
 ``csv_reader``         parse a numeric CSV table (for ``importers``)
 ``idx``                read MNIST-style IDX image and label files (for ``importers``)
 ``digits``             scikit-learn's 8x8 digits as train/test datasets

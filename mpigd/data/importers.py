@@ -1,8 +1,11 @@
 """Convert libsvm/svmlight, CSV, npz and IDX (MNIST) files into the HDF5 dataset format.
 
-The input is read whole into memory (these formats offer no row-range reads), checked
-(finite values, labels that fit the task), labels mapped to class ids ``0..C-1``, and
-written atomically with :func:`mpigd.data.writer.write_dataset`. The original label
+CSV, npz and IDX input is read whole into memory (these formats offer no row-range
+reads), checked (finite values, labels that fit the task), labels mapped to class ids
+``0..C-1``, and written atomically with :func:`mpigd.data.writer.write_dataset`. libsvm
+input becomes a sparse dataset, read in chunks and, under ``mpirun``, by every rank
+(:mod:`mpigd.data.libsvm`), with the same label rules decided over the whole file
+(:func:`decide_labels`). The original label
 values are kept as the root attribute ``label_values`` (``label_values[k]`` is class
 ``k``): integers, or strings for text labels (a CSV column of class names).
 
@@ -53,9 +56,11 @@ def import_file(
     like: str | os.PathLike | None = None,
     n_features: int | None = None,
     header: bool | None = None,
-    zero_based: bool = False,
+    zero_based: bool | None = None,
     labels: str | os.PathLike | None = None,
     scale: float | None = None,
+    chunk_mb: float | None = None,
+    team=None,
 ) -> dict:
     """Import ``path`` into a dataset at ``out``.
 
@@ -90,18 +95,29 @@ def import_file(
         error); CSV and npz must have exactly ``d`` feature columns.
     header : CSV only: ``True`` if the first line is a header, ``False`` if it is data,
         ``None`` to detect it (a header has text fields only, a data row numbers only).
-    zero_based : libsvm only: feature indices start at 0 (as written by scikit-learn)
-        instead of 1 (LIBSVM's convention).
+    zero_based : libsvm only: feature indices start at 0 (as written by scikit-learn,
+        ``True``) or at 1 (LIBSVM's convention, ``False``); ``None`` takes the base of
+        ``like`` when it was imported from libsvm, else detects it as scikit-learn does,
+        over the whole file: 1-based when no index is 0.
     labels : IDX only, required: the IDX label file matching the images in ``path``.
     scale : IDX only: pixel values are divided by it; ``None`` divides uint8 images by
         255 (pixels in [0, 1]) and keeps other types as they are.
+    chunk_mb : libsvm only: MiB of the file parsed at a time (default
+        :data:`mpigd.data.libsvm.CHUNK_MB`); memory stays a few times this.
+    team : libsvm only: the ranks importing together (``rank``, ``size``, collective
+        ``gather``, see :mod:`mpigd.data.libsvm`); default this process alone. Every
+        rank of it must call this function with the same arguments.
+
+    libsvm files become sparse datasets (``X`` in the CSR layout of
+    :mod:`mpigd.data.csr`), read in chunks and split over the ranks of ``team``
+    (:mod:`mpigd.data.libsvm`); the other formats are read whole and stay dense.
 
     Returns
     -------
     dict : JSON-serialisable summary (output path, rows, features, task and
         ``task_reason``, why it was chosen, label values; CSV: ``label_column`` (from 0),
         ``label_column_name`` and ``label_column_reason``; IDX: label file and pixel
-        scale).
+        scale; libsvm: ``nnz``, ``zero_based`` and ``zero_based_reason``, ``ranks``).
 
     Raises
     ------
@@ -125,6 +141,10 @@ def import_file(
         raise DataError("a label file and a pixel scale apply to format 'idx' only")
     if fmt != "csv" and (label_column is not None or header is not None):
         raise DataError("a label column and a header apply to format 'csv' only")
+    if fmt != "libsvm" and (zero_based is not None or chunk_mb is not None):
+        raise DataError("an index base and a chunk size apply to format 'libsvm' only")
+    if chunk_mb is not None and not chunk_mb > 0:
+        raise DataError(f"the chunk size must be > 0 MiB, got {chunk_mb}")
     label_values = _parse_label_values(label_values)
     task_reason = None if task is None else "given (--task)"
     if like is not None:
@@ -134,9 +154,12 @@ def import_file(
         task_reason = f"from the imported dataset {os.fspath(like)} (--like)"
     if fmt == "idx" and task is None:
         task, task_reason = "multiclass", "IDX labels are class ids"
-    X, y, provenance, notes = _load(
-        path, fmt, label_column, n_features, header, zero_based, labels, scale
-    )
+    if fmt == "libsvm":
+        return _import_libsvm(
+            path, out, shards, dtype, overwrite, task, task_reason, n_classes, label_values,
+            n_features, zero_based, like, chunk_mb, team,
+        )  # fmt: skip
+    X, y, provenance, notes = _load(path, fmt, label_column, n_features, header, labels, scale)
     if n_features is not None and X.shape[1] != n_features:
         raise DataError(f"{path} has {X.shape[1]} feature columns but {n_features} are expected")
     _check_table(path, X, y)
@@ -256,7 +279,6 @@ def _load(
     label_column: int | str | None,
     n_features: int | None,
     header: bool | None,
-    zero_based: bool,
     labels: str | os.PathLike | None,
     scale: float | None,
 ) -> tuple[np.ndarray, np.ndarray, dict, dict]:
@@ -266,8 +288,6 @@ def _load(
     if fmt == "idx":
         X, y, scale = read_idx_pair(path, labels, scale)
         return X, y, {"source_labels": os.path.abspath(labels), "pixel_scale": scale}, {}
-    if fmt == "libsvm":
-        return (*_load_libsvm(path, n_features, zero_based), {}, {})
     if fmt == "csv":
         table = read_csv(path, label_column, header)
         notes = {"label_column_name": table.label_name, "label_column_reason": table.label_reason}
@@ -275,24 +295,67 @@ def _load(
     return (*_load_npz(path), {}, {})
 
 
-def _load_libsvm(
-    path: str, n_features: int | None, zero_based: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_svmlight_file
+def _import_libsvm(
+    path: str,
+    out: str | os.PathLike,
+    shards: int,
+    dtype: str,
+    overwrite: bool,
+    task: str | None,
+    task_reason: str | None,
+    n_classes: int | None,
+    label_values: np.ndarray | None,
+    n_features: int | None,
+    zero_based: bool | None,
+    like: str | os.PathLike | None,
+    chunk_mb: float | None,
+    team,
+) -> dict:
+    """:func:`import_file` for libsvm: a sparse dataset (:mod:`mpigd.data.libsvm`)."""
+    from mpigd.data import libsvm
 
-    try:
-        X, y = load_svmlight_file(path, dtype=np.float64, zero_based=zero_based)
-    except (ValueError, OSError) as exc:
-        hint = "" if zero_based else " (indices start at 1; --zero-based if they start at 0)"
-        raise DataError(f"cannot parse {path} as libsvm/svmlight: {exc}{hint}") from exc
-    if n_features is not None:
-        if X.shape[1] > n_features:
+    base_reason = None
+    theirs = None if like is None else _stored_index_base(like)
+    if theirs is not None:
+        if zero_based is not None and zero_based != (theirs == 0):
+            flag = "--zero-based" if zero_based else "--no-zero-based"
             raise DataError(
-                f"{path} has feature index {X.shape[1] - zero_based} but only "
-                f"{n_features} features are expected"
+                f"{flag} contradicts {os.fspath(like)}, whose feature ids start at {theirs}"
             )
-        X.resize((X.shape[0], n_features))
-    return X.toarray(), y
+        zero_based = theirs == 0
+        base_reason = f"from the imported dataset {os.fspath(like)} (--like)"
+    chunk_bytes = max(1, int((libsvm.CHUNK_MB if chunk_mb is None else chunk_mb) * 2**20))
+    summary = libsvm.import_libsvm(
+        path,
+        os.path.abspath(os.fspath(out)),
+        shards=shards,
+        dtype=dtype,
+        task=task,
+        n_classes=n_classes,
+        label_values=label_values,
+        n_features=n_features,
+        zero_based=zero_based,
+        zero_based_reason=base_reason,
+        chunk_bytes=chunk_bytes,
+        attrs={"source": os.path.abspath(path), "source_format": "libsvm"},
+        overwrite=overwrite,
+        team=team,
+    )
+    values = summary.pop("label_values")
+    return {
+        "out": os.path.abspath(os.fspath(out)),
+        **summary,
+        "dtype": dtype,
+        "task_reason": task_reason or summary["task_reason"],
+        "label_values": None if values is None else values.tolist(),
+    }
+
+
+def _stored_index_base(like: str | os.PathLike) -> int | None:
+    """The ``feature_index_base`` attribute of a dataset imported from libsvm, else None."""
+    with h5py.File(open_dataset(like).files[0], "r") as f:
+        base = f.attrs.get("feature_index_base")
+    return None if base is None else int(base)
 
 
 def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -349,14 +412,43 @@ def _map_labels(
     inferred, ``None`` when ``task`` was given.
     """
     text = y.dtype.kind == "U"
+    fractional = np.flatnonzero(y != np.round(y)) if not text else np.array([], dtype=int)
+    first = (int(fractional[0]), float(y[fractional[0]])) if fractional.size else None
+    task, n_classes, label_values, reason = decide_labels(
+        path, np.unique(y), first, y[0], task, n_classes, label_values
+    )
+    if task == "regression":
+        return task, None, y, None, reason
+    return task, n_classes, class_ids(path, y, label_values), label_values, reason
+
+
+def decide_labels(
+    path: str,
+    values: np.ndarray | None,
+    fractional: tuple[int, float] | None,
+    example,
+    task: str | None,
+    n_classes: int | None,
+    label_values: np.ndarray | None,
+) -> tuple[str, int | None, np.ndarray | None, str | None]:
+    """The task, ``n_classes``, label values and why, from what the labels hold.
+
+    The decision needs only a summary of the labels, so that a file read in chunks
+    (:mod:`mpigd.data.libsvm`) decides as a file read whole: ``values`` the sorted
+    distinct labels (``None`` is allowed when ``fractional`` is set: they are not
+    needed then), ``fractional`` the first non-integer label as ``(data row, value)``
+    (``None`` if every label is an integer), ``example`` the first label (for messages).
+    Text labels (names) come as ``values`` of dtype str. Returns ``(task, n_classes,
+    label_values, reason)``, ``label_values`` ``None`` for regression; ``reason`` is
+    ``None`` when ``task`` was given.
+    """
+    text = values is not None and values.dtype.kind == "U"
     if label_values is not None and (label_values.dtype.kind == "U") != text:
         kinds = ("names", "numbers") if text else ("numbers", "names")
         raise DataError(
-            f"the labels of {path} are {kinds[0]} (e.g. {_shown(y[0])}) but the label "
+            f"the labels of {path} are {kinds[0]} (e.g. {_shown(example)}) but the label "
             f"values are {kinds[1]} ({_preview(label_values, 20)})"
         )
-    values = np.unique(y)
-    fractional = np.flatnonzero(y != np.round(y)) if not text else np.array([], dtype=int)
     reason = None
     if task is None:
         task, reason = _infer_task(path, values, text, fractional, n_classes, label_values)
@@ -368,11 +460,11 @@ def _map_labels(
             )
         if n_classes is not None or label_values is not None:
             raise DataError("n_classes and label values apply to classification, not regression")
-        return task, None, y, None, reason
-    if fractional.size:
-        i = fractional[0]
+        return task, None, None, reason
+    if fractional is not None:
+        row, value = fractional
         raise DataError(
-            f"task {task!r} needs integer labels but {path} has label {y[i]:g} at data row {i}"
+            f"task {task!r} needs integer labels but {path} has label {value:g} at data row {row}"
         )
     if label_values is None:
         label_values = _default_label_values(path, task, values, n_classes, text)
@@ -382,14 +474,14 @@ def _map_labels(
                 f"task {task!r} with {want} classes does not fit the "
                 f"{len(label_values)} label values {_preview(label_values, 20)}"
             )
-    return task, len(label_values), _class_ids(path, y, label_values), label_values, reason
+    return task, len(label_values), label_values, reason
 
 
 def _infer_task(
     path: str,
-    values: np.ndarray,
+    values: np.ndarray | None,
     text: bool,
-    fractional: np.ndarray,
+    fractional: tuple[int, float] | None,
     n_classes: int | None,
     label_values: np.ndarray | None,
 ) -> tuple[str, str]:
@@ -407,7 +499,7 @@ def _infer_task(
             )
         kind = "binary" if len(values) == 2 else "multiclass"
         return kind, f"the labels are text: {len(values)} class names, ids in sorted order"
-    if fractional.size:
+    if fractional is not None:
         return "regression", f"the labels have fractional values (data row {fractional[0]})"
     if len(values) == 2:
         return "binary", "the labels take exactly 2 distinct integer values"
@@ -464,8 +556,9 @@ def _default_label_values(
     return np.arange(n_classes or int(values[-1]) + 1, dtype=np.int64)
 
 
-def _class_ids(path: str, y: np.ndarray, label_values: np.ndarray) -> np.ndarray:
-    """Class id of each label: its position in ``label_values``."""
+def class_ids(path: str, y: np.ndarray, label_values: np.ndarray, first_row: int = 0) -> np.ndarray:
+    """Class id of each label: its position in ``label_values``. ``y[0]`` is data row
+    ``first_row`` (for messages)."""
     order = np.argsort(label_values, kind="stable")
     ordered = label_values[order]
     where = np.minimum(np.searchsorted(ordered, y), len(ordered) - 1)
@@ -473,8 +566,8 @@ def _class_ids(path: str, y: np.ndarray, label_values: np.ndarray) -> np.ndarray
     if missing.size:
         i = missing[0]
         raise DataError(
-            f"{path} has label {_shown(y[i])} at data row {i}, which is not one of the "
-            f"label values {_preview(label_values, 20)}"
+            f"{path} has label {_shown(y[i])} at data row {first_row + i}, which is not one "
+            f"of the label values {_preview(label_values, 20)}"
         )
     return order[where].astype(np.int64)
 
