@@ -88,6 +88,9 @@ class LocalObjective:
         self.model.loss_grad(self.X[head], self.y[head], weights, params, scratch)
         no_rows = np.zeros(0, dtype=np.int64)
         self.model.loss_grad(self.X, self.y, self.sample_weight, params, scratch, rows=no_rows)
+        if self.sparse:  # the sparse exchange's sums (the kernels' accumulating variant)
+            first = np.arange(head.stop, dtype=np.int64)
+            self.sparse_sums(params, first, self.touched(first))
         for X in (self.X[head], test_X):  # evaluation: unweighted loss, predictions
             if X is not None and X.shape[0]:
                 targets = np.zeros(X.shape[0], dtype=self.y.dtype)

@@ -18,7 +18,12 @@ from mpigd.objective import LocalObjective
 from mpigd.optim import Schedule
 from mpigd.optim.first_order import Adam, GradientDescent, Momentum
 from mpigd.optim.lazy import LazyMomentum, LazySGD
-from mpigd.strategies.sparse_exchange import Calibration, GradientExchange, sparse_is_cheaper
+from mpigd.strategies.sparse_exchange import (
+    Calibration,
+    GradientExchange,
+    calibrate,
+    sparse_is_cheaper,
+)
 from mpigd.timing import PhaseTimer
 
 N = 60  # parameters of the optimiser tests; the last 3 are intercepts (not penalised)
@@ -191,10 +196,12 @@ def test_sparse_sums_are_the_dense_sums_at_the_touched_indices(model_name, accum
 @pytest.mark.parametrize("mode", ["sparse", "dense", "auto"])
 def test_exchange_on_one_rank_returns_the_local_sums(mode):
     exchange = GradientExchange(MPI.COMM_SELF, 1000, mode, PhaseTimer())
+    if mode == "auto":  # one rank: the local work decides; three pairs are the fewer
+        exchange.calibration = Calibration(AlphaBeta(0, 0), AlphaBeta(0, 0), 1e-8, 1e-9, 0)
     indices, values = np.array([3, 10, 999]), np.array([1.5, -2.0, 0.25])
     dense_out = np.empty(1000)
     summed = exchange.sum(indices, values, 4.0, 7, dense_out)
-    assert summed.sparse == (mode != "dense")  # one rank, auto: the smaller message
+    assert summed.sparse == (mode != "dense")
     assert (summed.loss_sum, summed.rows) == (4.0, 7.0) and not summed.word.any()
     if summed.sparse:
         np.testing.assert_array_equal(summed.indices, indices)
@@ -221,15 +228,25 @@ def test_sparse_bytes_grow_with_the_pairs_not_with_d():
 
 
 def test_auto_prefers_sparse_below_the_crossover_only():
-    calibration = Calibration(AlphaBeta(1e-5, 1e-9), AlphaBeta(2e-5, 1e-9), 0.0)
-    dense = 8 * 100_000  # Allreduce on 4 ranks: 2e-5 + 1e-9 * 1.5 * 8e5 = 1.22 ms
-    assert sparse_is_cheaper(calibration, 4, 10_000, dense)
-    # Allgatherv: 4e-5 + 1e-9 * 0.75 * m; equal at m = 1.571e6 bytes
-    assert sparse_is_cheaper(calibration, 4, 1_560_000, dense)
-    assert not sparse_is_cheaper(calibration, 4, 1_580_000, dense)
-    free = Calibration(AlphaBeta(0.0, 0.0), AlphaBeta(0.0, 0.0), 0.0)
-    assert sparse_is_cheaper(free, 1, dense - 1, dense)
-    assert not sparse_is_cheaper(free, 1, dense, dense)
+    calibration = Calibration(AlphaBeta(1e-5, 1e-9), AlphaBeta(2e-5, 1e-9), 1e-8, 1e-9, 0.0)
+    d = 100_000  # dense on 4 ranks: 2e-5 + 1e-9 * 1.5 * 8e5 + 1e-9 * 1e5 = 1.32 ms
+    # sparse: 4e-5 + 1e-9 * 0.75 * 12 pairs + 1e-8 pairs, equal at 67,368 pairs
+    assert sparse_is_cheaper(calibration, 4, 12 * 67_300, 67_300, d)
+    assert not sparse_is_cheaper(calibration, 4, 12 * 67_400, 67_400, d)
+    local = Calibration(AlphaBeta(0.0, 0.0), AlphaBeta(0.0, 0.0), 1e-8, 1e-9, 0.0)
+    assert sparse_is_cheaper(local, 1, 12 * 9_999, 9_999, d)  # one rank: local work only
+    assert not sparse_is_cheaper(local, 1, 12 * 10_001, 10_001, d)
+    free = Calibration(AlphaBeta(0.0, 0.0), AlphaBeta(0.0, 0.0), 0.0, 0.0, 0.0)
+    assert sparse_is_cheaper(free, 1, 8 * d - 1, d, d)  # a tie: the smaller message
+    assert not sparse_is_cheaper(free, 1, 8 * d, d, d)
+
+
+def test_calibration_on_one_rank_measures_the_local_work_only():
+    scratch = np.zeros(5000)
+    calibration = calibrate(MPI.COMM_SELF, scratch, np.int32)
+    assert calibration.allreduce == calibration.allgather == AlphaBeta(0.0, 0.0)
+    assert calibration.pair_s > 0 and calibration.coordinate_s > 0
+    assert 0 < calibration.seconds < 1.0 and not scratch.any()
 
 
 def test_dense_rows_and_everything_touching_models_stay_dense():

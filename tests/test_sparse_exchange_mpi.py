@@ -57,9 +57,15 @@ def optimizer_for(name, n_params, options):
     return create_optimizer("momentum" if name == "nesterov" else name, n_params, schedule, config)
 
 
-def trained(X, y, model_name, optimizer_name, exchange, calibration=None, **options):
+def trained(X, y, model_name, optimizer_name, exchange, calibration=None, read_at=None,
+            resume=None, **options):  # fmt: skip
     """This rank's share of the rows trained by the allreduce strategy; (params,
-    strategy, per-step decisions ``(sparse?, total pairs)``, per-epoch fields)."""
+    strategy, per-step decisions ``(sparse?, total pairs)``, per-epoch fields).
+
+    ``read_at``: a global step before which the parameters and optimiser state are read
+    as a checkpoint reads them (kept in ``strategy.read``). ``resume``: such a read,
+    with its ``epoch`` and ``step_in_epoch``, to start from.
+    """
     options = {**SGD, **options}
     start, stop = row_range(X.shape[0], WORLD.rank, WORLD.size)
     task, n_classes = TASKS[model_name]
@@ -82,18 +88,35 @@ def trained(X, y, model_name, optimizer_name, exchange, calibration=None, **opti
         strategy.exchange.prefers_sparse = recorded
     optimizer = optimizer_for(optimizer_name, local.n_params, options)
     params = np.zeros(local.n_params)
+    first_epoch, first_step = 1, 0
+    if resume is not None:
+        params[:] = resume["params"]
+        optimizer.load_state_dict(resume["state"])
+        first_epoch, first_step = resume["epoch"], resume["step_in_epoch"]
+    steps_per_epoch = -(-X.shape[0] // options["batch_size"])
+
+    def before_step(i, epoch):
+        step_in_epoch = (first_step if epoch == first_epoch else 0) + i
+        if (epoch - 1) * steps_per_epoch + step_in_epoch == read_at:
+            strategy.read = {"params": strategy.full_vector(params).copy(),
+                             "state": optimizer.state_dict(), "epoch": epoch,
+                             "step_in_epoch": step_in_epoch}  # fmt: skip
+
     fields = []
-    for epoch in range(1, options["epochs"] + 1):
+    for epoch in range(first_epoch, options["epochs"] + 1):
         batches = epoch_batches(stop - start, WORLD.rank, WORLD.size, X.shape[0],
                                 options["batch_size"], options["seed"], epoch)  # fmt: skip
-        strategy.run_epoch(optimizer, params, batches, lambda i: None)
+        skip = first_step if epoch == first_epoch else 0
+        strategy.run_epoch(optimizer, params, batches[skip:],
+                           lambda i, epoch=epoch: before_step(i, epoch))  # fmt: skip
         fields.append(strategy.epoch_fields())
     return params, strategy, decisions, fields
 
 
-def serial_reference(X, y, model_name, optimizer_name, **options):
-    """The same steps on one process: each step's global batch (every rank's batch, in
-    rank order), its gradient from serial_reference.py, the dense optimiser."""
+def serial_reference(X, y, model_name, optimizer_name, steps=None, **options):
+    """The same steps on one process (the first ``steps``; None: all): each step's
+    global batch (every rank's batch, in rank order), its gradient from
+    serial_reference.py, the dense optimiser."""
     options = {**SGD, **options}
     task, n_classes = TASKS[model_name]
     n_params = (X.shape[1] + 1) * (1 if model_name == "logreg" else n_classes)
@@ -116,6 +139,8 @@ def serial_reference(X, y, model_name, optimizer_name, **options):
                 grad_out[:] = grad
                 return value
 
+            if optimizer.steps == steps:
+                return params
             optimizer.step(params, closure)
     return params
 
@@ -158,7 +183,7 @@ def test_auto_switching_step_by_step_agrees_on_every_rank_and_with_the_reference
     # alpha 0: sparse iff allgather beta 1 * (P-1)/P * 8 * 1.5 pairs < allreduce beta *
     # 2 (P-1)/P * 8 d; on one rank both are free and the smaller message wins.
     beta = 1.5 * (median + 0.5) / (2 * X.shape[1] + 2)
-    crossover = Calibration(AlphaBeta(0.0, beta), AlphaBeta(0.0, 1.0), 0.0)
+    crossover = Calibration(AlphaBeta(0.0, beta), AlphaBeta(0.0, 1.0), 0.0, 0.0, 0.0)
     params, _, decisions, fields = trained(X, y, "logreg", optimizer_name, "auto", crossover)
     assert same_on_every_rank(decisions)
     if WORLD.size > 1:
@@ -182,3 +207,20 @@ def test_sparse_messages_grow_with_the_nonzeros_not_with_d():
         counts = 40 * WORLD.size * len(decisions)
         assert counts + 8 * pairs < sent[name] <= counts + 8 * (1.5 * pairs + WORLD.size * 2)
     assert sent["narrow"] == sent["wide"] < sent["denser"]
+
+
+@pytest.mark.parametrize("optimizer_name", ["sgd", "momentum"])
+def test_a_checkpoint_mid_epoch_reads_the_true_state_and_resumes_bit_for_bit(optimizer_name):
+    """Before global step 13 (epoch 2) the parameters and optimiser state are read as a
+    checkpoint reads them: they equal the reference's after 13 steps, and a run started
+    from them ends on the very bits of the run that was read."""
+    X, y = csr_problem("logreg")
+    params, strategy, _, _ = trained(X, y, "logreg", optimizer_name, "sparse", read_at=13)
+    read = strategy.read
+    assert read["epoch"] == 2 and read["state"]["steps"] == 13
+    reference = serial_reference(X, y, "logreg", optimizer_name, steps=13)
+    np.testing.assert_allclose(read["params"], reference, rtol=1e-10, atol=1e-12)
+    resumed, _, _, _ = trained(X, y, "logreg", optimizer_name, "sparse", resume=read)
+    np.testing.assert_array_equal(resumed, params)
+    unread, _, _, _ = trained(X, y, "logreg", optimizer_name, "sparse")
+    np.testing.assert_allclose(unread, params, rtol=1e-10, atol=1e-12)

@@ -16,15 +16,18 @@ Both start with one small ``MPI_Allgather`` of five doubles per rank ``[pairs | 
 loss and row count of the step, and the stop vote and divergence flag
 (:mod:`mpigd.strategies.control`), so the vote costs no message of its own.
 
-**auto** (the default) chooses per step, from those globally known counts, whichever
-the alpha-beta model (:mod:`mpigd.alphabeta`, the form ``experiments.perfmodel`` fits)
-says is faster: ``allgather`` of the total pair bytes against ``allreduce`` of
-``8 n_params`` bytes (the small Allgather is common to both and left out; on one rank
-both cost nothing and the smaller message wins). Every rank takes the same decision
-from the same numbers. Alpha and beta of both collectives are measured on this
-communicator when training starts (:func:`calibrate`: a few timed calls at three sizes,
-well under a second; rank 0 fits the fastest and broadcasts the fit). The decision weighs
-communication only, not the local work either way.
+**auto** (the default) chooses per step, from those globally known counts, the exchange
+predicted to be faster: the alpha-beta model of the collectives (:mod:`mpigd.alphabeta`,
+the form ``experiments.perfmodel`` fits), ``allgather`` of the total pair bytes against
+``allreduce`` of ``8 n_params`` bytes, plus each exchange's local work, linear in the
+pairs gathered (unpack, add into the union) or in ``n_params`` (the d-vector zeroed
+before the pairs are scattered into it). The small Allgather is common to both and left
+out; on one rank the collectives cost nothing and the local work decides. Every rank
+takes the same decision from the same numbers. The costs are measured on this
+communicator when training starts (:func:`calibrate`: a few timed calls of each
+collective at three sizes and the local work once, well under a second; rank 0 fits
+the fastest and broadcasts its figures). The optimiser's own work after either
+exchange is not modelled.
 
 A pair is a float64 value and an int32 index (int64 when ``n_params`` >= 2**31), packed
 into one float64 buffer per rank: 12 (or 16) bytes per touched coordinate.
@@ -55,50 +58,98 @@ _COUNTS = 3 + control.SIZE
 
 @dataclass(frozen=True)
 class Calibration:
-    """Measured costs of the two exchanges on one communicator, the same on every rank:
-    ``allreduce`` and ``allgather`` fits and the seconds the measuring took."""
+    """Measured costs of the two exchanges on one communicator, the same on every rank.
+
+    ``allreduce``, ``allgather``: the collectives' alpha-beta fits. ``pair_s``: local
+    seconds per gathered pair (unpacking, adding into the union, reading it back);
+    ``coordinate_s``: local seconds per coordinate of the dense d-vector (zeroing it
+    before the pairs are scattered in). ``seconds``: what the measuring took.
+    """
 
     allreduce: AlphaBeta
     allgather: AlphaBeta
+    pair_s: float
+    coordinate_s: float
     seconds: float
 
+    def sparse_s(self, ranks: int, sparse_bytes: float, pairs: int) -> float:
+        """Predicted seconds of a sparse exchange of ``pairs`` pairs in all, packed in
+        ``sparse_bytes``, on ``ranks`` ranks."""
+        comm = float(self.allgather.time("allgather", ranks, sparse_bytes))
+        return comm + self.pair_s * pairs
+
+    def dense_s(self, ranks: int, n_params: int) -> float:
+        """Predicted seconds of a dense exchange of ``n_params`` values."""
+        return float(self.allreduce.time("allreduce", ranks, 8 * n_params)) + (
+            self.coordinate_s * n_params
+        )
+
     def fields(self) -> dict:
-        """The calibration as metrics fields (seconds, seconds per byte)."""
+        """The calibration as metrics fields (seconds, seconds per byte, pair, value)."""
         return {
             "exchange_allreduce_alpha_s": self.allreduce.alpha_s,
             "exchange_allreduce_beta_s": self.allreduce.beta_s,
             "exchange_allgatherv_alpha_s": self.allgather.alpha_s,
             "exchange_allgatherv_beta_s": self.allgather.beta_s,
+            "exchange_pair_s": self.pair_s,
+            "exchange_coordinate_s": self.coordinate_s,
             "exchange_calibration_s": self.seconds,
         }
 
 
-def calibrate(comm: MPI.Comm) -> Calibration:
+def calibrate(comm: MPI.Comm, scratch: np.ndarray, index_dtype) -> Calibration:
     """Collective: time Allreduce and Allgatherv at :data:`CALIBRATION_SIZES` on
-    ``comm``; rank 0 fits alpha and beta of each and every rank gets that fit.
+    ``comm`` and the local work of both exchanges; rank 0 fits and measures, and every
+    rank gets rank 0's figures.
 
-    The message bytes of an Allgatherv are the gathered total (every rank's part). On
-    one rank nothing is timed: both collectives cost nothing.
+    ``scratch``: the exchange's (n_params,) accumulator (left zero), on which the local
+    sum of pairs is timed as the steps will run it. The message bytes of an Allgatherv
+    are the gathered total (every rank's part). On one rank no collective is timed:
+    both cost nothing.
     """
     start = time.perf_counter()
     size = comm.Get_size()
-    if size == 1:
-        free = AlphaBeta(0.0, 0.0)
-        return Calibration(free, free, 0.0)
     timings = {"allreduce": [], "allgather": []}
-    for n in CALIBRATION_SIZES:
-        for op, seconds in _timed_calls(comm, n).items():
-            timings[op].append((8 * n * (size if op == "allgather" else 1), seconds))
-    fit = np.zeros(5)  # [allreduce alpha, beta | allgather alpha, beta | seconds]
+    if size > 1:
+        for n in CALIBRATION_SIZES:
+            for op, seconds in _timed_calls(comm, n).items():
+                timings[op].append((8 * n * (size if op == "allgather" else 1), seconds))
+    figures = np.zeros(7)  # allreduce alpha, beta | allgather alpha, beta | local | seconds
     if comm.Get_rank() == 0:
         for k, op in enumerate(("allreduce", "allgather")):
-            n_bytes, seconds = zip(*timings[op], strict=True)
-            found = fit_alpha_beta(op, [size] * len(n_bytes), n_bytes, seconds)
-            fit[2 * k : 2 * k + 2] = found.alpha_s, found.beta_s
-        fit[4] = time.perf_counter() - start
-    comm.Bcast(fit, root=0)
-    values = [float(value) for value in fit]
-    return Calibration(AlphaBeta(*values[0:2]), AlphaBeta(*values[2:4]), values[4])
+            if timings[op]:
+                n_bytes, seconds = zip(*timings[op], strict=True)
+                found = fit_alpha_beta(op, [size] * len(n_bytes), n_bytes, seconds)
+                figures[2 * k : 2 * k + 2] = found.alpha_s, found.beta_s
+        figures[4:6] = _local_costs(scratch, size, index_dtype)
+        figures[6] = time.perf_counter() - start
+    comm.Bcast(figures, root=0)
+    values = [float(value) for value in figures]
+    return Calibration(AlphaBeta(*values[0:2]), AlphaBeta(*values[2:4]), *values[4:])
+
+
+def _local_costs(scratch: np.ndarray, size: int, index_dtype) -> tuple[float, float]:
+    """(seconds per pair, seconds per coordinate) of the two exchanges' local work on
+    this rank: the sum of ``size`` ranks' messages of up to 2**14 random pairs each
+    into ``scratch``, and the zeroing of a d-vector (of up to 2**20 values), the
+    fastest of :data:`CALIBRATION_REPEATS`."""
+    rng = np.random.default_rng(0)
+    n_params = scratch.size
+    blocks = [sorted_union([rng.integers(0, n_params, min(n_params, 1 << 14))])
+              for _ in range(size)]  # fmt: skip
+    pairs = np.array([block.size for block in blocks])
+    gathered = np.concatenate([pack_pairs(block, np.ones(block.size), index_dtype)
+                               for block in blocks])  # fmt: skip
+    dense = np.empty(min(n_params, 1 << 20))
+    per_pair, per_coordinate = [], []
+    for _ in range(CALIBRATION_REPEATS):
+        begin = time.perf_counter()
+        add_pairs(scratch, gathered, pairs, index_dtype)
+        middle = time.perf_counter()
+        dense[:] = 0.0
+        per_pair.append((middle - begin) / pairs.sum())
+        per_coordinate.append((time.perf_counter() - middle) / dense.size)
+    return min(per_pair), min(per_coordinate)
 
 
 def _timed_calls(comm: MPI.Comm, n: int) -> dict[str, float]:
@@ -126,14 +177,50 @@ def _timed_calls(comm: MPI.Comm, n: int) -> dict[str, float]:
     return seconds
 
 
-def sparse_is_cheaper(
-    calibration: Calibration, ranks: int, sparse_bytes: int, dense_bytes: int
-) -> bool:
-    """``auto``'s choice: whether an Allgatherv of ``sparse_bytes`` in all costs less
-    than an Allreduce of ``dense_bytes`` on ``ranks`` ranks (a tie: the smaller message)."""
-    sparse_s = float(calibration.allgather.time("allgather", ranks, sparse_bytes))
-    dense_s = float(calibration.allreduce.time("allreduce", ranks, dense_bytes))
-    return sparse_s < dense_s or (sparse_s == dense_s and sparse_bytes < dense_bytes)
+def sparse_is_cheaper(calibration: Calibration, ranks: int, sparse_bytes: float, pairs: int,
+                      n_params: int) -> bool:  # fmt: skip
+    """``auto``'s choice: whether the sparse exchange of ``pairs`` pairs in all (packed
+    in ``sparse_bytes``) is predicted to cost less than the dense one of ``n_params``
+    values on ``ranks`` ranks (a tie: the smaller message)."""
+    sparse_s = calibration.sparse_s(ranks, sparse_bytes, pairs)
+    dense_s = calibration.dense_s(ranks, n_params)
+    return sparse_s < dense_s or (sparse_s == dense_s and sparse_bytes < 8 * n_params)
+
+
+def pair_doubles(pairs: int, index_dtype) -> int:
+    """float64 slots a message of ``pairs`` pairs takes: the values, then the indices
+    (two int32 to a slot, or one int64)."""
+    if index_dtype == np.int32:
+        return pairs + (pairs + 1) // 2
+    return 2 * pairs
+
+
+def pack_pairs(indices: np.ndarray, values: np.ndarray, index_dtype) -> np.ndarray:
+    """One rank's message: ``values``, then ``indices`` as ``index_dtype``, in float64
+    slots (the index bits travel untouched: MPI copies, never computes on them)."""
+    n = len(indices)
+    block = np.zeros(pair_doubles(n, index_dtype))
+    block[:n] = values
+    block[n:].view(index_dtype)[:n] = indices
+    return block
+
+
+def add_pairs(scratch, gathered, pairs, index_dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Sum the ranks' messages ``gathered`` back to back (rank r's holds ``pairs[r]``
+    pairs) into ``scratch`` (kept zero): the sorted union of their indices (int64) and
+    the sums there, added in rank order (the same numbers on every rank)."""
+    parts, offset = [], 0
+    for n in pairs:
+        width = pair_doubles(int(n), index_dtype)
+        part = gathered[offset : offset + width]
+        where = part[n:].view(index_dtype)[:n]
+        scratch[where] += part[:n]  # a rank's indices are unique
+        parts.append(where)
+        offset += width
+    union = sorted_union(parts)
+    sums = scratch[union]
+    scratch[union] = 0.0
+    return union, sums
 
 
 @dataclass
@@ -182,21 +269,16 @@ class GradientExchange:
         :meth:`sum` does it if no one did before)."""
         if self.mode == "auto" and self.calibration is None:
             with self.timer.phase("comm", "exchange calibration"):
-                self.calibration = calibrate(self.comm)
-
-    def pair_doubles(self, pairs: int) -> int:
-        """float64 slots one rank's message of ``pairs`` pairs takes (values, indices)."""
-        if self.index_dtype == np.int32:
-            return pairs + (pairs + 1) // 2
-        return 2 * pairs
+                self.calibration = calibrate(self.comm, self._scratch, self.index_dtype)
 
     def prefers_sparse(self, pairs: np.ndarray) -> bool:
         """Whether this step goes sparse, given every rank's pair count (the same
         answer on every rank: the same numbers in, the same calibration)."""
         if self.mode != "auto":
             return self.mode == "sparse"
-        sparse_bytes = 8 * sum(self.pair_doubles(int(n)) for n in pairs)
-        return sparse_is_cheaper(self.calibration, self.size, sparse_bytes, 8 * self.n_params)
+        sparse_bytes = 8 * sum(pair_doubles(int(n), self.index_dtype) for n in pairs)
+        return sparse_is_cheaper(self.calibration, self.size, sparse_bytes, int(pairs.sum()),
+                                 self.n_params)  # fmt: skip
 
     def sum(self, indices, values, loss_sum: float, rows: int, dense_out) -> Summed:
         """Collective: add up every rank's ``values`` at its sorted unique ``indices``,
@@ -233,26 +315,14 @@ class GradientExchange:
 
     def _sparse_sum(self, indices, values, pairs) -> tuple[np.ndarray, np.ndarray, int]:
         """The Allgatherv of the pairs and their sum: (union, sums, bytes sent)."""
-        doubles = np.array([self.pair_doubles(int(n)) for n in pairs])
+        doubles = [pair_doubles(int(n), self.index_dtype) for n in pairs]
         with self.timer.phase("compute"):
-            block = np.zeros(doubles[self.comm.Get_rank()])
-            n = len(indices)
-            block[:n] = values
-            block[n:].view(self.index_dtype)[:n] = indices
-            gathered = np.empty(int(doubles.sum()))
+            block = pack_pairs(indices, values, self.index_dtype)
+            gathered = np.empty(sum(doubles))
         with self.timer.phase("comm", "Allgatherv pairs", block.nbytes):
             self.comm.Allgatherv(block, [gathered, doubles, None, MPI.DOUBLE])
         with self.timer.phase("compute"):
-            scratch, parts, offset = self._scratch, [], 0
-            for n, width in zip(pairs, doubles, strict=True):
-                part = gathered[offset : offset + width]
-                where = part[n:].view(self.index_dtype)[:n]
-                scratch[where] += part[:n]  # a rank's indices are unique
-                parts.append(where)
-                offset += width
-            union = np.unique(np.concatenate(parts)).astype(np.int64, copy=False)
-            sums = scratch[union]
-            scratch[union] = 0.0
+            union, sums = add_pairs(self._scratch, gathered, pairs, self.index_dtype)
         return union, sums, int(gathered.nbytes)
 
     def epoch_fields(self) -> dict:
@@ -264,3 +334,16 @@ class GradientExchange:
         if self.calibration is not None:
             fields.update(self.calibration.fields())
         return fields
+
+
+def sorted_union(parts: list[np.ndarray]) -> np.ndarray:
+    """The sorted union (int64) of sorted index arrays: a stable sort, which merges the
+    sorted runs, and a pass dropping repeats (``np.unique`` hashes, and is many times
+    slower on the ~10^5 indices of a step)."""
+    merged = np.sort(np.concatenate(parts), kind="stable").astype(np.int64, copy=False)
+    if merged.size:
+        keep = np.empty(merged.size, dtype=bool)
+        keep[0] = True
+        np.not_equal(merged[1:], merged[:-1], out=keep[1:])
+        merged = merged[keep]
+    return merged
