@@ -13,6 +13,9 @@ layout              when                                   what each rank holds
 ``tensor-parallel`` ``--model-parallel M`` > 1             a block of every MLP layer
                                                            (:mod:`mpigd.models.mlp_split`)
                                                            and its model group's rows
+``sharded-servers`` ``ps-sync``/``ps-async`` with          servers 0..K-1: a key range of
+                    ``--servers K`` > 1                    the flat vector; workers: rows
+                                                           (:mod:`mpigd.strategies.sharded`)
 ==================  =====================================  ==============================
 
 A layout's life: :meth:`Layout.check` (the config fits ``size`` ranks; ConfigError
@@ -27,7 +30,9 @@ from __future__ import annotations
 from mpigd.errors import ConfigError
 from mpigd.models import create_model
 from mpigd.models.mlp_split import SplitMLP
-from mpigd.strategies import strategy_class
+from mpigd.strategies import sharded, strategy_class
+from mpigd.strategies.sharded_async import ShardedAsync
+from mpigd.strategies.sharded_sync import ShardedSync
 from mpigd.strategies.tensor_parallel import (
     GroupOps,
     TensorParallelAllreduce,
@@ -85,7 +90,7 @@ class DataParallel(Layout):
 
     @staticmethod
     def applies(config) -> bool:
-        return config.model_parallel == 1
+        return config.model_parallel == 1 and not ShardedServers.applies(config)
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -154,8 +159,47 @@ class TensorParallel(Layout):
                                        self.grid)  # fmt: skip
 
 
+class ShardedServers(Layout):
+    """``ps-sync``/``ps-async`` over K key-range servers (``--servers K``; K = 1 is the
+    data-parallel layout's single server). Built directly, it runs K = 1 too."""
+
+    name = "sharded-servers"
+    STRATEGIES = {cls.name: cls for cls in (ShardedSync, ShardedAsync)}
+
+    @staticmethod
+    def applies(config) -> bool:
+        return (config.model_parallel == 1 and config.servers > 1
+                and config.strategy in ShardedServers.STRATEGIES)  # fmt: skip
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.strategy_class = self.STRATEGIES[config.strategy]
+
+    def check(self, size: int) -> None:
+        sharded.check(self.config, size)
+
+    def data_share(self, rank: int, size: int) -> tuple[int, int]:
+        return sharded.data_share(rank, size, self.config.servers)
+
+    def model(self, backend, info, rank: int):
+        config = self.config
+
+        def make_model(n_features: int):
+            return create_model(config.model, backend, n_features, info.task, info.n_classes,
+                                svm_loss=config.svm_loss)  # fmt: skip
+
+        ranges = sharded.KeyRanges.split(make_model(info.n_features).n_params, config.servers)
+        return sharded.ModelShard(make_model, info.n_features, ranges, rank)
+
+    def strategy(self, ranks, objective, timer, hooks):
+        options = self.config.subset(self.strategy_class.OPTIONS)
+        return self.strategy_class(ranks, objective, timer, options, hooks)
+
+
 #: Every layout, by name.
-LAYOUTS: dict[str, type[Layout]] = {cls.name: cls for cls in (DataParallel, TensorParallel)}
+LAYOUTS: dict[str, type[Layout]] = {
+    cls.name: cls for cls in (DataParallel, TensorParallel, ShardedServers)
+}
 
 
 def layout_for(config) -> Layout:

@@ -46,7 +46,6 @@ import numpy as np
 from mpigd import comm as mpi
 from mpigd import preemption
 from mpigd.errors import CollectiveError, DivergenceError, MpigdError
-from mpigd.evaluate import evaluate
 from mpigd.preemption import Interrupted, Preempted
 from mpigd.record import CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE
 from mpigd.record.atomic import WRITE_ERRORS
@@ -244,7 +243,7 @@ def _epoch(run: Run, epoch: int) -> dict | None:
     eval_start = time.perf_counter()
     if data.test is not None:
         with run.timer.span("evaluation", epoch=epoch):
-            metrics = evaluate(parts.model, data.test_X, data.test.y, parts.params, run.ranks)
+            metrics = parts.strategy.evaluate(data.test_X, data.test.y, parts.params)
         row.update({f"test_{k}": v for k, v in metrics.items() if k != "rows"})
     end = time.perf_counter()
     time_s = end - start

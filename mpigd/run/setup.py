@@ -73,7 +73,7 @@ def _build_run(config, ranks, hooks, record) -> Run:
     )
     class_weights = _balance_classes(config, parts, data, backend, comm)
     warm_start = time.perf_counter()
-    parts.objective.warm_up(parts.params, data.test_X[:1] if data.test else None)
+    parts.strategy.warm_up(parts.params, data.test_X[:1] if data.test else None)
     warmup_s = time.perf_counter() - warm_start
     timer.take()  # the initial read is load_s in run.json, not epoch 1's io_s
     run = Run(

@@ -21,6 +21,7 @@ from mpi4py import MPI
 
 from mpigd.comm import RankInfo, sum_across
 from mpigd.errors import ConfigError
+from mpigd.evaluate import evaluate
 from mpigd.objective import LocalObjective
 from mpigd.optim import Closure, Optimizer
 from mpigd.strategies import control
@@ -195,6 +196,17 @@ class Strategy(ABC):
     def local_vector(self, full: np.ndarray) -> np.ndarray:
         """This rank's part of a whole flat vector (inverse of :meth:`full_vector`)."""
         return np.asarray(full)
+
+    def evaluate(self, X, y, params: np.ndarray) -> dict:
+        """Collective: the metrics of ``params`` over every rank's rows ``X``, ``y``
+        (:func:`mpigd.evaluate.evaluate` on this rank's model; a sharded model pulls the
+        weights its rows need first)."""
+        return evaluate(self.objective.model, X, y, params, self.ranks)
+
+    def warm_up(self, params: np.ndarray, test_X) -> None:
+        """Compile the kernels this rank's steps and evaluations call (no MPI; see
+        :meth:`mpigd.objective.LocalObjective.warm_up`)."""
+        self.objective.warm_up(params, test_X)
 
     def mean_and_max(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Element-wise mean and maximum over all ranks of a float64 array (untimed)."""
