@@ -13,6 +13,7 @@ from mpi4py import MPI
 
 import kernels.cpu
 from mpigd.alphabeta import AlphaBeta
+from mpigd.features import batch_features
 from mpigd.models import create_model
 from mpigd.objective import LocalObjective
 from mpigd.optim import Schedule
@@ -255,3 +256,13 @@ def test_dense_rows_and_everything_touching_models_stay_dense():
     model = SimpleNamespace(n_params=5, reg_mask=np.ones(5), touched_params=lambda f: np.arange(5))
     objective = LocalObjective(model, X, y, None, 0.0, PhaseTimer())
     assert not objective.sparse
+
+
+def test_batch_features_are_the_sorted_unique_columns_of_the_rows():
+    X, _ = csr_problem(n_rows=30, d=50, density=0.2)
+    for rows in (np.array([4, 4, 17, 0]), np.arange(0), None):
+        dense = X.toarray() if rows is None else X.toarray()[rows]
+        expected = np.flatnonzero(dense.any(axis=0))
+        features = batch_features(X, rows)
+        assert features.dtype == np.int64
+        np.testing.assert_array_equal(features, expected)

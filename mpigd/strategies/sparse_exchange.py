@@ -42,6 +42,7 @@ import numpy as np
 from mpi4py import MPI
 
 from mpigd.alphabeta import AlphaBeta, fit_alpha_beta
+from mpigd.features import sorted_unique
 from mpigd.strategies import control
 
 EXCHANGES = ("auto", "dense", "sparse")
@@ -135,7 +136,7 @@ def _local_costs(scratch: np.ndarray, size: int, index_dtype) -> tuple[float, fl
     fastest of :data:`CALIBRATION_REPEATS`."""
     rng = np.random.default_rng(0)
     n_params = scratch.size
-    blocks = [sorted_union([rng.integers(0, n_params, min(n_params, 1 << 14))])
+    blocks = [sorted_unique(rng.integers(0, n_params, min(n_params, 1 << 14)))
               for _ in range(size)]  # fmt: skip
     pairs = np.array([block.size for block in blocks])
     gathered = np.concatenate([pack_pairs(block, np.ones(block.size), index_dtype)
@@ -217,7 +218,7 @@ def add_pairs(scratch, gathered, pairs, index_dtype) -> tuple[np.ndarray, np.nda
         scratch[where] += part[:n]  # a rank's indices are unique
         parts.append(where)
         offset += width
-    union = sorted_union(parts)
+    union = sorted_unique(np.concatenate(parts), kind="stable")  # merges the sorted runs
     sums = scratch[union]
     scratch[union] = 0.0
     return union, sums
@@ -334,16 +335,3 @@ class GradientExchange:
         if self.calibration is not None:
             fields.update(self.calibration.fields())
         return fields
-
-
-def sorted_union(parts: list[np.ndarray]) -> np.ndarray:
-    """The sorted union (int64) of sorted index arrays: a stable sort, which merges the
-    sorted runs, and a pass dropping repeats (``np.unique`` hashes, and is many times
-    slower on the ~10^5 indices of a step)."""
-    merged = np.sort(np.concatenate(parts), kind="stable").astype(np.int64, copy=False)
-    if merged.size:
-        keep = np.empty(merged.size, dtype=bool)
-        keep[0] = True
-        np.not_equal(merged[1:], merged[:-1], out=keep[1:])
-        merged = merged[keep]
-    return merged
