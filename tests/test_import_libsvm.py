@@ -3,6 +3,8 @@ imports equal to the serial one byte for byte, and one clear error per bad line.
 
 import gzip
 import os
+import threading
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -219,6 +221,60 @@ def test_float32_overflow_and_empty_inputs(tmp_path):
     with pytest.raises(DataError, match="chunk size must be > 0"):
         import_file(source, "libsvm", tmp_path / "c.h5", chunk_mb=0)
     assert sorted(os.listdir(tmp_path)) == ["a.h5", "a.svm", "b.h5"]
+
+
+class ThreadTeam:
+    """``size`` threads of this process standing in for the ranks of mpirun (the
+    ``team`` of :mod:`mpigd.data.libsvm`): many rank counts, no launch cost."""
+
+    def __init__(self, size):
+        self.size, self.slots, self.barrier = size, [None] * size, threading.Barrier(size)
+
+    def run(self, work):
+        """``work(team_of_rank)`` on every rank: each rank's result or exception."""
+        results = [None] * self.size
+
+        def rank(r):
+            try:
+                results[r] = work(SimpleNamespace(rank=r, size=self.size, gather=self._gatherer(r)))
+            except Exception as exc:  # noqa: BLE001 - compared by the test
+                results[r] = exc
+
+        threads = [threading.Thread(target=rank, args=(r,)) for r in range(self.size)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        return results
+
+    def _gatherer(self, r):
+        def gather(value):
+            self.slots[r] = value
+            self.barrier.wait()
+            everyone = list(self.slots)
+            self.barrier.wait()
+            return everyone
+
+        return gather
+
+
+@pytest.mark.parametrize("ranks", [2, 3, 5, 8])
+def test_ranks_in_threads_equal_serial_and_fail_alike(tmp_path, ranks):
+    source = tmp_path / "a.svm"
+    source.write_text(varied_lines(12, seed=ranks, one_based=False) + "\n# " + "x" * 300)
+    import_file(source, "libsvm", tmp_path / "serial", shards=3, chunk_mb=TINY)
+    results = ThreadTeam(ranks).run(
+        lambda team: import_file(source, "libsvm", tmp_path / "par", shards=3, team=team)
+    )
+    assert all(r["rows"] == 12 and r["ranks"] == ranks for r in results), results
+    assert datasets(tmp_path / "par") == datasets(tmp_path / "serial")
+    source.write_text(source.read_text() + "\n1 1:1 2:x\n")
+    results = ThreadTeam(ranks).run(
+        lambda team: import_file(source, "libsvm", tmp_path / "bad", team=team, n_features=40)
+    )
+    assert {type(r) for r in results} == {DataError} and len({str(r) for r in results}) == 1
+    assert f"line {source.read_text().count(chr(10))}: feature 2 has value 'x'" in str(results[0])
+    assert sorted(os.listdir(tmp_path)) == ["a.svm", "par", "serial"]
 
 
 def test_parallel_import_equals_serial_byte_for_byte(tmp_path):
