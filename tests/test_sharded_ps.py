@@ -42,7 +42,7 @@ def shards(name: str, d: int, servers: int, n_classes=None):
         return create_model(name, BACKEND, n_features, task, n_classes)
 
     ranges = KeyRanges.split(make(d).n_params, servers)
-    return make(d), [ModelShard(make, d, ranges, rank) for rank in range(servers + 1)]
+    return make(d), [ModelShard(make, d, ranges, rank, True) for rank in range(servers + 1)]
 
 
 @pytest.mark.parametrize("name, classes", [("linreg", None), ("logreg", None), ("svm", None),

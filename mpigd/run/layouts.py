@@ -189,7 +189,7 @@ class ShardedServers(Layout):
                                 svm_loss=config.svm_loss)  # fmt: skip
 
         ranges = sharded.KeyRanges.split(make_model(info.n_features).n_params, config.servers)
-        return sharded.ModelShard(make_model, info.n_features, ranges, rank)
+        return sharded.ModelShard(make_model, info.n_features, ranges, rank, info.sparse)
 
     def strategy(self, ranks, objective, timer, hooks):
         options = self.config.subset(self.strategy_class.OPTIONS)

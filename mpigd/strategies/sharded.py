@@ -23,6 +23,7 @@ model.h5 (:meth:`ShardedServers.full_vector`).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,10 +81,14 @@ class ModelShard:
     columns (a batch's, for :class:`BatchWork`); ``whole`` is the one over every column
     (its methods allocate nothing of its size: the worker asks it which keys a batch
     touches). Convex models start at zero, so the shard's start needs no whole vector.
+    ``sparse``: whether the rows are CSR, so that a batch touches few of a range's keys
+    (and a server's ``sgd``/``momentum`` steps pay for those alone).
     """
 
-    def __init__(self, make_model, n_features: int, ranges: KeyRanges, rank: int) -> None:
+    def __init__(self, make_model, n_features: int, ranges: KeyRanges, rank: int,
+                 sparse: bool) -> None:  # fmt: skip
         self.make_model = make_model
+        self.sparse = sparse
         self.whole = make_model(n_features)
         self.ranges = ranges
         self.lo, self.hi = ranges.of(rank)
@@ -195,10 +200,12 @@ class BatchWork:
 class KeyExchange:
     """Collective pulls and pushes between the workers and the servers (every rank).
 
-    :meth:`pull`: one Alltoall of the key counts, one Alltoallv of the keys (worker to
-    owner) and one of their values (owner to worker). :meth:`push` then sends a value
-    per pulled key back to its owner (one Alltoallv). Every rank sends what it holds,
-    possibly nothing; workers send keys and gradients, servers values.
+    A pull is :meth:`request` (one Alltoall of the key counts, one Alltoallv of the
+    keys, worker to owner) then :meth:`answer` (one Alltoallv of their values, owner to
+    worker); :meth:`push` then sends a value per pulled key back to its owner (one
+    Alltoallv), and :meth:`summed` adds up what a server received. Every rank takes
+    part, sending what it holds, possibly nothing: workers send keys and gradients,
+    servers values.
     """
 
     def __init__(self, comm, ranges: KeyRanges, rank: int, timer) -> None:
@@ -210,9 +217,9 @@ class KeyExchange:
         #: Positions in this rank's range of the keys asked of it, by asker in rank order.
         self.requested = np.zeros(0, dtype=np.int64)
 
-    def pull(self, keys: np.ndarray, params: np.ndarray) -> np.ndarray:
-        """The values at ``keys`` (sorted; none on a server) from their owners;
-        ``params`` is this rank's range (empty on a worker)."""
+    def request(self, keys: np.ndarray) -> np.ndarray:
+        """Ask the owners of ``keys`` (sorted; none on a server) for them; the positions
+        in this rank's range that the workers asked for (:attr:`requested`)."""
         self.sent[:] = 0
         self.sent[: self.ranges.servers] = np.diff(self.ranges.cuts(keys))
         with self.timer.phase("comm", "Alltoall key counts", self.sent.nbytes):
@@ -220,25 +227,35 @@ class KeyExchange:
         asked = np.empty(int(self.received.sum()), dtype=np.int64)
         self._alltoallv(keys, self.sent, asked, self.received, MPI.INT64_T, "pull keys")
         self.requested = asked - self.lo
-        pulled = np.empty(len(keys))
-        self._alltoallv(params[self.requested], self.received, pulled, self.sent, MPI.DOUBLE,
-                        "pull values")  # fmt: skip
+        return self.requested
+
+    def answer(self, values: np.ndarray) -> np.ndarray:
+        """Send ``values`` (at :attr:`requested`; none on a worker) to the askers; the
+        values of the keys this rank asked for, in their order."""
+        pulled = np.empty(int(self.sent.sum()))
+        self._alltoallv(values, self.received, pulled, self.sent, MPI.DOUBLE, "pull values")
         return pulled
 
+    def pull(self, keys: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """:meth:`request` and :meth:`answer` from ``params``, this rank's range."""
+        return self.answer(params[self.request(keys)])
+
     def push(self, values: np.ndarray) -> np.ndarray:
-        """Send ``values`` (one per key of the last :meth:`pull`) to the keys' owners;
-        the values pushed to this rank, aligned with :attr:`requested`."""
+        """Send ``values`` (one per key of the last pull) to the keys' owners; the values
+        pushed to this rank, aligned with :attr:`requested`."""
         pushed = np.empty(int(self.received.sum()))
         self._alltoallv(values, self.sent, pushed, self.received, MPI.DOUBLE, "push")
         return pushed
 
-    def add_pushed(self, pushed: np.ndarray, total: np.ndarray) -> None:
-        """``total[requested] += pushed``, asker by asker in rank order (an asker's keys
-        are distinct; different askers' may repeat)."""
-        ends = np.cumsum(self.received)
-        for start, stop in zip(ends - self.received, ends, strict=True):
-            if stop > start:
-                total[self.requested[start:stop]] += pushed[start:stop]
+    def summed(self, pushed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions, sums)``: the sorted distinct positions pushed to, and the sum of
+        the values pushed to each, added in asker order (O(values pushed))."""
+        order = np.argsort(self.requested, kind="stable")  # keeps the askers' order
+        positions = self.requested[order]
+        if not len(positions):
+            return positions, pushed
+        starts = np.flatnonzero(np.concatenate(([True], positions[1:] != positions[:-1])))
+        return positions[starts], np.add.reduceat(pushed[order], starts)
 
     def _alltoallv(self, send, send_counts, recv, recv_counts, datatype, label) -> None:
         with self.timer.phase("comm", f"Alltoallv {label}", send.nbytes):
@@ -299,12 +316,38 @@ class ShardedServers(Strategy):
         self.is_server = ranks.rank < self.ranges.servers
         self.exchange = KeyExchange(self.comm, self.ranges, ranks.rank, timer)
         self.work = BatchWork(self.shard, objective)
+        #: A server's lazy stepper in the epoch under way (None: dense steps).
+        self.stepper = None
+
+    @contextmanager
+    def lazily(self, optimizer, params: np.ndarray):
+        """The epoch's steps inside: on a server with sparse rows whose optimiser has an
+        O(touched) stepper (sgd, momentum: :mod:`mpigd.optim.lazy`) it is
+        :attr:`stepper`, and the deferred work is done when the block ends."""
+        if self.is_server and self.shard.sparse:
+            objective = self.objective
+            self.stepper = optimizer.lazy_stepper(params, objective.reg_mask, objective.l2)
+        try:
+            yield
+        finally:
+            if self.stepper is not None:
+                with self.timer.phase("compute"):
+                    self.stepper.detach()
+                self.stepper = None
+
+    def values(self, params: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """A server's parameters at ``positions`` of its range (deferred work applied)."""
+        return params[positions] if self.stepper is None else self.stepper.values(positions)
 
     def agree_stop_reason(self, optimizer) -> None:
         optimizer.stop_reason = mpi.from_root(self.comm, optimizer.stop_reason)
 
     def full_vector(self, local: np.ndarray) -> np.ndarray | None:
-        """Collective: the ranges of the servers, one after the other, on rank 0."""
+        """Collective: the ranges of the servers, one after the other, on rank 0 (any
+        deferred lazy work done first: a checkpoint may read them mid-epoch)."""
+        if self.stepper is not None:
+            with self.timer.phase("compute"):
+                self.stepper.flush()
         counts = np.diff(self.ranges.bounds).tolist()
         counts += [0] * (self.ranks.size - len(counts))
         full = target = None

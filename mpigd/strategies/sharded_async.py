@@ -13,7 +13,9 @@ their batch touches (possibly none of a server's). Point-to-point messages:
 A server answers a request when ``--max-staleness S`` allows (the rule of ``ps-async``,
 for its own version and the workers computing on its values) and applies every push as
 it arrives: its range's part of the mean gradient plus the L2 term of its whole range
-(O(range) per gradient; :meth:`~mpigd.objective.LocalObjective.finish` on its part).
+(:meth:`~mpigd.objective.LocalObjective.finish` on its part, O(range); on sparse rows
+``sgd`` and ``momentum`` defer the untouched keys' part, :mod:`mpigd.optim.lazy`, and a
+push costs O(its keys), as in ``ps-sync --servers K``).
 Staleness is counted per server: an applied push's lag is that server's version at
 application minus the version it sent.
 
@@ -77,7 +79,8 @@ class ShardedAsync(ShardedServers):
         if self.is_server:
             for i in range(len(batches)):  # keep the loop's step count in step
                 before_step(i)
-            lags = self._serve(optimizer, params, len(batches))
+            with self.lazily(optimizer, params):
+                lags = self._serve(optimizer, params, len(batches))
         else:
             rates = self._work(batches, before_step)
         self.in_epoch = False
@@ -190,6 +193,16 @@ class ShardedAsync(ShardedServers):
     def _applied(self, optimizer, params, positions, message) -> bool:
         """Apply a push (its range's part of the mean gradient, plus the L2 term);
         whether it was. A non-finite one leaves ``params`` and marks the server diverged."""
+        if self.stepper is not None:
+            if not control.finite(message[0], message[_PUSH_HEAD:]):
+                self.diverged = True
+                return False
+            with self.timer.phase("compute"):
+                count = message[1]
+                mean = message[_PUSH_HEAD:] * (1.0 / count if count > 0 else 0.0)
+                self.stepper.step(positions, mean)
+            self.version += 1
+            return True
         n, sums = self.objective.n_params, self.packed
 
         def received(point: np.ndarray, grad_out: np.ndarray) -> float:
@@ -225,7 +238,7 @@ class ShardedAsync(ShardedServers):
             else:
                 reply = np.empty(_VALUES_HEAD + len(positions))
                 reply[:_VALUES_HEAD] = self.version, 0.0
-                reply[_VALUES_HEAD:] = params[positions]
+                reply[_VALUES_HEAD:] = self.values(params, positions)
                 computing[worker] = (self.version, positions)
             with self.timer.phase("comm", "Isend", reply.nbytes):
                 sending.append((self.comm.Isend(reply, dest=worker, tag=VALUES), reply))

@@ -17,10 +17,13 @@ step, on every rank:
    does for the whole vector (the summed pushes over the global batch's rows, plus
    ``l2 w`` on every key of the range, touched or not) and applies the optimiser to it.
 
-A full update: a server's step costs O(its range) (the L2 term and the optimiser touch
-every key), a worker's and every message O(the batch's nonzeros). With one server and
-dense rows this is ``ps-sync`` without ``--server-computes``: the same sums, reduced in
-worker order. Mini-batch first-order optimisers only (:func:`~mpigd.strategies.sharded.check`).
+Every message, and a worker's work, costs O(the batch's nonzeros). A server's step: on
+sparse rows ``sgd`` and ``momentum`` step lazily (:mod:`mpigd.optim.lazy`: the L2 shrink
+and momentum decay of the untouched keys deferred, done when a key is next pulled, at the
+end of the epoch and before a checkpoint), O(the keys pushed to it); ``adam`` and dense
+rows take the full update, O(its range). With one server and dense rows this is
+``ps-sync`` without ``--server-computes``: the same sums, added in worker order.
+Mini-batch first-order optimisers only (:func:`~mpigd.strategies.sharded.check`).
 """
 
 from __future__ import annotations
@@ -52,24 +55,39 @@ class ShardedSync(ShardedServers):
             step = partial(self._server_step, optimizer, params)
         else:
             step = self._worker_step
-        return take_steps(batches, before_step, step, lambda: self.stop_agreed)
+        with self.lazily(optimizer, params):
+            return take_steps(batches, before_step, step, lambda: self.stop_agreed)
 
     def _server_step(self, optimizer, params, rows) -> None:
         del rows  # a server holds none
-        n = self.objective.n_params
-        sums = self.packed  # [Σ gradient over the range | Σ loss | rows]
+        if self.stepper is not None:
+            positions, sums = self._served(params)
+            _, count = self._summarise()
+            with self.timer.phase("compute"):
+                self.stepper.step(positions, sums * (1.0 / count if count > 0 else 0.0))
+            return
+        n, packed = self.objective.n_params, self.packed  # [Σ gradient | Σ loss | rows]
 
         def closure(point: np.ndarray, grad_out: np.ndarray) -> float:
-            self.exchange.pull(np.zeros(0, dtype=np.int64), point)
-            sums[:n] = 0.0
-            self.exchange.add_pushed(self.exchange.push(np.zeros(0)), sums[:n])
-            control.fill(self.summary[_WORD], diverged=not control.finite(0.0, sums[:n]))
-            self.summary[: _WORD.start] = 0.0
-            sums[n:] = self._summarise()
-            return self.objective.finish(sums, point, grad_out)
+            positions, sums = self._served(point)
+            packed[:n] = 0.0
+            packed[positions] = sums
+            packed[n:] = self._summarise()
+            return self.objective.finish(packed, point, grad_out)
 
         with self.timer.phase("compute"):  # the update; the closure's comm nests inside
             optimizer.step(params, closure)
+
+    def _served(self, params) -> tuple[np.ndarray, np.ndarray]:
+        """A server's pull and push: the workers' keys answered from ``params``, their
+        pushes summed by position; the control word says whether the sums are finite."""
+        self.exchange.answer(self.values(params, self.exchange.request(np.zeros(0, np.int64))))
+        pushed = self.exchange.push(np.zeros(0))
+        with self.timer.phase("compute"):
+            positions, sums = self.exchange.summed(pushed)
+        control.fill(self.summary[_WORD], diverged=not control.finite(0.0, sums))
+        self.summary[: _WORD.start] = 0.0
+        return positions, sums
 
     def _worker_step(self, rows) -> None:
         keys, features = self.work.keys(self.objective.X, rows)
