@@ -6,27 +6,35 @@ module's functions and never branch on the backend.
 
 Every backend module exposes the same names:
 
-=========================================================  ==================================
-``name``, ``xp``                                           backend name; its array module
-``LINEAR_LOSSES``                                          ``squared``, ``logistic``,
-                                                           ``hinge``, ``squared_hinge``
-``linear_loss_grad(loss, X, y, s, params, g, rows=None)``  ``sum_i s_i loss_i``; ``g`` :=
-                                                           its gradient w.r.t. ``[w, b]``
-``softmax_loss_grad(X, y, s, params, g, rows=None)``       same for softmax cross-entropy,
-                                                           ``params = [W (C, d), b (C,)]``
-``linear_decision(X, params)``                             ``z = X @ w + b``, shape (n,)
-``softmax_decision(X, params)``                            ``Z = X @ W.T + b``, shape (n, C)
-``dense_forward``, ``dense_backward``, ``relu_forward``,      MLP layers and output losses
-``relu_backward``, ``softmax_xent``, ``half_squared_error``  (:mod:`kernels.dense`)
-``to_device(a)``, ``to_host(a, out=None)``                 move an array to the backend's
-                                                           memory and back (numpy: as is)
-=========================================================  ==================================
+=============================================================  ==============================
+``name``, ``xp``                                               backend name; its array
+                                                               module
+``LINEAR_LOSSES``                                              ``squared``, ``logistic``,
+                                                               ``hinge``, ``squared_hinge``
+``linear_loss_grad(loss, X, y, s, params, g, rows=None,``      ``sum_i s_i loss_i``; ``g`` :=
+``accumulate=False)``                                          its gradient w.r.t. ``[w, b]``
+``softmax_loss_grad(X, y, s, params, g, rows=None,``           same for softmax cross-
+``accumulate=False)``                                          entropy, ``params = [W (C, d),
+                                                               b (C,)]``
+``linear_decision(X, params)``                                 ``z = X @ w + b``, shape (n,)
+``softmax_decision(X, params)``                                ``Z = X @ W.T + b``, (n, C)
+``dense_forward``, ``dense_backward``, ``relu_forward``,          MLP layers and output losses
+``relu_backward``, ``softmax_xent``, ``half_squared_error``      (:mod:`kernels.dense`)
+``to_device(a)``, ``to_host(a, out=None)``                     move an array to the
+                                                               backend's memory and back
+                                                               (numpy: as is)
+=============================================================  ==============================
 
-Conventions: ``X`` is (n, d) float32 or float64, C-contiguous; everything else, and all
-arithmetic, is float64. ``y`` is float64 for the linear losses (0/1 labels for the
-classifiers; the hinges use ``t = 2y - 1``) and int64 class ids for softmax. ``s`` are
-per-row weights or None. ``g`` is overwritten. ``rows`` (int64, repeats allowed) restricts
-the call to those rows without copying ``X``. The sums are neither averaged nor
+Conventions: ``X`` is (n, d) float32 or float64, C-contiguous, or a canonical CSR matrix
+(``scipy.sparse``: sorted column indices, no duplicates, int32 or int64 indices; checked
+by :func:`kernels.reference.check_csr`) wherever a dense one is accepted, the MLP's first
+layer included; everything else, and all arithmetic, is float64. ``y`` is float64 for the
+linear losses (0/1 labels for the classifiers; the hinges use ``t = 2y - 1``) and int64
+class ids for softmax. ``s`` are per-row weights or None. ``g`` is overwritten, or with
+``accumulate=True`` added to: then a CSR call touches only the entries of its rows'
+columns and the intercepts, so a caller keeping ``g`` zero elsewhere pays O(nonzeros),
+not O(d). ``rows`` (int64, repeats allowed) restricts the call to those rows without
+copying ``X`` (the numpy reference gathers them). The sums are neither averaged nor
 regularised: the caller divides by the global row count and adds the L2 term. Per-row
 losses, with ``z`` the row's output: squared ``(z - y)^2 / 2``; logistic
 ``log(1 + e^z) - y z``; hinge ``max(0, 1 - t z)``; squared hinge ``max(0, 1 - t z)^2``;
@@ -38,12 +46,19 @@ Backends:
 name       module                     what it is
 =========  =========================  ================================================
 ``numba``  :mod:`kernels.cpu`         fused Numba kernels, one read of ``X`` per call
-                                      (the default)
-``numpy``  :mod:`kernels.reference`   plain numpy, the specification the tests use
+                                      (the default): :mod:`kernels.fused` for dense
+                                      rows, :mod:`kernels.sparse` for CSR rows (one
+                                      pass per row: dot product, then scatter-add)
+``numpy``  :mod:`kernels.reference`   plain numpy, the specification the tests use;
+                                      CSR through scipy.sparse's products
 ``cupy``   :mod:`kernels.gpu`         one GPU per rank: a single-pass CUDA kernel for
                                       the linear models, cuBLAS + fused kernels for
-                                      softmax and the MLP (needs CuPy and a GPU)
+                                      softmax and the MLP (needs CuPy and a GPU); CSR
+                                      through ``cupyx.scipy.sparse`` (cuSPARSE)
 =========  =========================  ================================================
+
+The MLP's first layer on CSR input (:mod:`kernels.dense`, and cuSPARSE on the GPU) is a
+sparse-times-dense product; ``X`` is never densified.
 
 With ``cupy`` the rows live on the GPU (the trainer moves them with ``to_device``) while
 ``params`` and ``grad_out`` stay host numpy float64; decision values and predictions

@@ -1,13 +1,16 @@
-"""The ``numba`` backend: the interface of :mod:`kernels`, computed by :mod:`kernels.fused`.
+"""The ``numba`` backend: the interface of :mod:`kernels`, computed by :mod:`kernels.fused`
+for a dense ``X`` and by :mod:`kernels.sparse` for a CSR one.
 
-This module only checks arguments (the compiled kernels do no bounds checking) and maps
-loss names to the kernels' integer codes; the work, one read of ``X`` per call, is in
-:mod:`kernels.fused`, whose docstring gives the design and the measurements behind it.
+This module only checks arguments (the compiled kernels do no bounds checking of their
+own, except the CSR kernels' column indices) and maps loss names to the kernels' integer
+codes; the work, one read of ``X`` per call, is in those two modules, whose docstrings
+give the design and the measurements behind it. The MLP layers (:mod:`kernels.dense`)
+take a CSR first-layer input through scipy.
 """
 
 import numpy
 
-from kernels import fused
+from kernels import fused, sparse
 from kernels.dense import (  # the MLP layer kernels, shared by the CPU backends
     dense_backward,
     dense_forward,
@@ -21,6 +24,7 @@ from kernels.reference import (
     check_arrays,
     check_linear_params,
     check_loss,
+    is_sparse,
     n_classes,
     to_device,
     to_host,
@@ -78,7 +82,7 @@ def _as_targets(y, n_rows, dtype):
     return y
 
 
-def linear_loss_grad(loss, X, y, sample_weight, params, grad_out, rows=None):
+def linear_loss_grad(loss, X, y, sample_weight, params, grad_out, rows=None, accumulate=False):
     """Weighted loss sum of a linear model and its gradient, one read of ``X``.
 
     Same contract as :func:`kernels.reference.linear_loss_grad`.
@@ -87,20 +91,29 @@ def linear_loss_grad(loss, X, y, sample_weight, params, grad_out, rows=None):
     check_arrays(X, params, grad_out)
     check_linear_params(X, params)
     n_rows = X.shape[0]
-    return float(
-        fused.linear_loss_grad(
+    y = _as_targets(y, n_rows, numpy.float64)
+    sample_weight, rows = _as_weights(sample_weight, n_rows), _as_rows(rows)
+    if is_sparse(X):
+        value = sparse.linear_loss_grad(
             _LOSS_CODES[loss],
-            X,
-            _as_targets(y, n_rows, numpy.float64),
-            _as_weights(sample_weight, n_rows),
+            X.indptr,
+            X.indices,
+            X.data,
+            y,
+            sample_weight,
             params,
             grad_out,
-            _as_rows(rows),
+            rows,
+            accumulate,
         )
-    )
+    else:
+        value = fused.linear_loss_grad(
+            _LOSS_CODES[loss], X, y, sample_weight, params, grad_out, rows, accumulate
+        )
+    return float(value)
 
 
-def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=None):
+def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=None, accumulate=False):
     """Weighted cross-entropy sum of a softmax model and its gradient, one read of ``X``.
 
     Same contract as :func:`kernels.reference.softmax_loss_grad`.
@@ -108,16 +121,24 @@ def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=None):
     check_arrays(X, params, grad_out)
     n_classes(params, X.shape[1])
     n_rows = X.shape[0]
-    return float(
-        fused.softmax_loss_grad(
-            X,
-            _as_targets(y, n_rows, numpy.int64),
-            _as_weights(sample_weight, n_rows),
+    y = _as_targets(y, n_rows, numpy.int64)
+    sample_weight, rows = _as_weights(sample_weight, n_rows), _as_rows(rows)
+    if is_sparse(X):
+        value = sparse.softmax_loss_grad(
+            X.indptr,
+            X.indices,
+            X.data,
+            y,
+            sample_weight,
             params,
             grad_out,
-            _as_rows(rows),
+            rows,
+            accumulate,
+            X.shape[1],
         )
-    )
+    else:
+        value = fused.softmax_loss_grad(X, y, sample_weight, params, grad_out, rows, accumulate)
+    return float(value)
 
 
 def linear_decision(X, params):
@@ -125,7 +146,10 @@ def linear_decision(X, params):
     check_arrays(X, params)
     check_linear_params(X, params)
     out = numpy.empty(X.shape[0])
-    fused.linear_decision(X, params, out)
+    if is_sparse(X):
+        sparse.linear_decision(X.indptr, X.indices, X.data, params, out)
+    else:
+        fused.linear_decision(X, params, out)
     return out
 
 
@@ -133,5 +157,8 @@ def softmax_decision(X, params):
     """``X @ W.T + b``, shape (n, C), float64. Same contract as the reference."""
     check_arrays(X, params)
     out = numpy.empty((X.shape[0], n_classes(params, X.shape[1])))
-    fused.softmax_decision(X, params, out)
+    if is_sparse(X):
+        sparse.softmax_decision(X.indptr, X.indices, X.data, params, X.shape[1], out)
+    else:
+        fused.softmax_decision(X, params, out)
     return out

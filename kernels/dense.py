@@ -19,14 +19,26 @@ row per output unit, the flat-vector layout), ``b`` (o,), ``Z``/``dZ`` (n, o).
 
 The two losses read ``Z`` and write ``dZ``, which may be ``Z`` itself (to save a buffer);
 they return float64 sums, neither averaged nor regularised, like the linear kernels.
+
+The first layer's input ``A`` may be a canonical CSR matrix (``scipy.sparse``, data in the
+compute dtype): ``dense_forward`` is then scipy's sparse-times-dense product ``A @ W.T``
+and ``dense_backward`` computes ``gW`` as ``(A.T @ dZ).T``, both over the nonzeros of
+``A``, which is never densified. scipy wants the dense operand row-major, so the forward
+copies ``W.T`` (o x i values) once per call; the backward's ``(i, o)`` product is written
+transposed into ``gW``. Both are of the order of the layer's gradient, which the backward
+writes anyway. ``dA`` is never asked of the input layer.
 """
 
 import numpy as np
+import scipy.sparse
 
 
 def dense_forward(A, W, b, out):
-    """``out = A @ W.T + b`` (one GEMM, then a broadcast add in place)."""
-    np.matmul(A, W.T, out=out)
+    """``out = A @ W.T + b`` (one GEMM, or scipy's CSR product, then a broadcast add)."""
+    if scipy.sparse.issparse(A):
+        out[...] = A @ W.T
+    else:
+        np.matmul(A, W.T, out=out)
     if b is not None:
         out += b
     return out
@@ -50,7 +62,10 @@ def relu_backward(dA, Z, mask, out):
 
 def dense_backward(dZ, A, W, gW, gb, dA=None):
     """Weight and bias gradients of one layer, and the gradient of its input."""
-    np.matmul(dZ.T, A, out=gW)
+    if scipy.sparse.issparse(A):
+        gW[...] = (A.T @ dZ).T
+    else:
+        np.matmul(dZ.T, A, out=gW)
     np.sum(dZ, axis=0, out=gb)
     if dA is not None:
         np.matmul(dZ, W, out=dA)

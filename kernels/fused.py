@@ -182,7 +182,7 @@ def _linear_row(loss_code, X, y, sample_weight, w, b, gw, i):
 
 
 @njit(**_COMPILE)
-def linear_loss_grad(loss_code, X, y, sample_weight, params, grad_out, rows):
+def linear_loss_grad(loss_code, X, y, sample_weight, params, grad_out, rows, accumulate):
     """Fused loss sum and gradient of a linear model, one read of ``X``.
 
     Parameters
@@ -193,17 +193,20 @@ def linear_loss_grad(loss_code, X, y, sample_weight, params, grad_out, rows):
     y : ndarray, shape (n,), float64
     sample_weight : ndarray, shape (n,), float64, or None
     params : ndarray, shape (d + 1,), float64
-    grad_out : ndarray, shape (d + 1,), float64, overwritten
+    grad_out : ndarray, shape (d + 1,), float64
+        Overwritten, or with ``accumulate`` added to.
     rows : ndarray of int64, or None for all rows
+    accumulate : bool
 
     Returns
     -------
     float
-        ``sum_i s_i loss_i``; ``grad_out`` holds ``sum_i s_i d loss_i / d params``.
+        ``sum_i s_i loss_i``; ``grad_out`` holds (or gained) ``sum_i s_i d loss_i / d params``.
     """
     n_rows, d = X.shape
     w, b, gw = params[:d], params[d], grad_out[:d]
-    grad_out[:] = 0.0
+    if not accumulate:
+        grad_out[:] = 0.0
     m = _n_selected(n_rows, rows)
     m4 = m - m % 4
     total = 0.0
@@ -219,7 +222,7 @@ def linear_loss_grad(loss_code, X, y, sample_weight, params, grad_out, rows):
         loss, slope = _linear_row(loss_code, X, y, sample_weight, w, b, gw, i)
         total += loss
         grad_b += slope
-    grad_out[d] = grad_b
+    grad_out[d] += grad_b
     return total
 
 
@@ -262,6 +265,43 @@ def _load_block_impl(X, rows, start, stop, buffer):
 
 
 @njit(**_COMPILE)
+def _softmax_row(z, label, s):
+    """One row's weighted cross-entropy; turns its logits into residuals in place.
+
+    Parameters
+    ----------
+    z : ndarray, shape (C,), float64
+        The row's logits ``W x + b`` on entry; ``s * (softmax(z) - onehot(label))`` on
+        return (stable: the row max is subtracted before ``exp``).
+    label : int
+        Class id, checked to lie in ``0 .. C-1``.
+    s : float
+        The row's weight.
+
+    Returns
+    -------
+    float
+        ``s * (-log softmax(z)[label])``.
+    """
+    C = z.shape[0]
+    if label < 0 or label >= C:
+        raise ValueError("softmax class ids must lie in 0 .. C-1")
+    z_max = -np.inf
+    for c in range(C):
+        z_max = max(z_max, z[c])
+    z_label = z[label]
+    norm = 0.0
+    for c in range(C):
+        z[c] = np.exp(z[c] - z_max)
+        norm += z[c]
+    scale = s / norm
+    for c in range(C):
+        z[c] *= scale
+    z[label] -= s
+    return s * (np.log(norm) + z_max - z_label)
+
+
+@njit(**_COMPILE)
 def _softmax_block(Z, b, y, sample_weight, n_rows, rows, start, grad_b):
     """Turn logits into weighted residuals in place; return the block's loss sum.
 
@@ -280,32 +320,17 @@ def _softmax_block(Z, b, y, sample_weight, n_rows, rows, start, grad_b):
     total = 0.0
     for k in range(Z.shape[0]):
         i = _row_index(n_rows, rows, start + k)
-        label = y[i]
-        if label < 0 or label >= C:
-            raise ValueError("softmax class ids must lie in 0 .. C-1")
         z = Z[k]
-        z_max = -np.inf
         for c in range(C):
             z[c] += b[c]
-            z_max = max(z_max, z[c])
-        z_label = z[label]
-        norm = 0.0
-        for c in range(C):
-            z[c] = np.exp(z[c] - z_max)
-            norm += z[c]
-        s = _weight(sample_weight, i)
-        total += s * (np.log(norm) + z_max - z_label)
-        scale = s / norm
-        for c in range(C):
-            z[c] *= scale
-        z[label] -= s
+        total += _softmax_row(z, y[i], _weight(sample_weight, i))
         for c in range(C):
             grad_b[c] += z[c]
     return total
 
 
 @njit(**_COMPILE)
-def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows):
+def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows, accumulate):
     """Fused cross-entropy sum and gradient of a softmax model, one read of ``X``.
 
     Parameters
@@ -314,8 +339,10 @@ def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows):
     y : ndarray, shape (n,), int64, class ids ``0 .. C-1``
     sample_weight : ndarray, shape (n,), float64, or None
     params : ndarray, shape (C * d + C,), float64, ``[W (C, d) row-major, b (C,)]``
-    grad_out : ndarray, shape (C * d + C,), float64, overwritten (same layout)
+    grad_out : ndarray, shape (C * d + C,), float64
+        Overwritten, or with ``accumulate`` added to (same layout).
     rows : ndarray of int64, or None for all rows
+    accumulate : bool
 
     Returns
     -------
@@ -326,7 +353,8 @@ def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows):
     C = params.shape[0] // (d + 1)
     W, b = params[: C * d].reshape((C, d)), params[C * d :]
     G, grad_b = grad_out[: C * d].reshape((C, d)), grad_out[C * d :]
-    grad_out[:] = 0.0
+    if not accumulate:
+        grad_out[:] = 0.0
     Z = np.empty((SOFTMAX_BLOCK_ROWS, C))
     G_block = np.empty((C, d))
     buffer = np.empty((SOFTMAX_BLOCK_ROWS, d))

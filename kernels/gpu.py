@@ -30,10 +30,22 @@ dense layers (MLP)       cuBLAS GEMMs (``cupy.matmul``) in the data's dtype; ReL
                          cross-entropy with :file:`softmax_rows.cu`.
 =======================  ==================================================================
 
+A CSR ``X`` (``scipy.sparse``; :func:`to_device` makes it a ``cupyx.scipy.sparse``
+``csr_matrix``) goes through cuSPARSE instead, by ``cupyx.scipy.sparse``'s products:
+the selected rows (``X[rows]``, a device gather of their entries) are widened to float64
+when stored as float32 (cuSPARSE multiplies in one dtype), then ``z = Xs @ w + b``
+(SpMV), the loss and ``r`` by ``linear_rows``, ``g = Xs.T @ r`` (transposed SpMV); for
+softmax ``Z = Xs @ W.T`` (SpMM; ``W.T`` of the row-major ``W`` is already the
+column-major operand cuSPARSE wants), the fused softmax kernel, ``G = (Xs.T @ R).T``.
+Two reads of the rows' entries instead of one, and an O(d) gradient vector on the device
+and through the copy to the host even with ``accumulate``. The MLP's first layer on CSR
+input is ``A @ W.T`` and ``(A.T @ dZ).T`` the same way, in the data's dtype.
+
 Every function also accepts host arrays (it copies them to the device), so evaluation
 code written for numpy works unchanged, at the cost of a copy per call. Results are
 bitwise reproducible for a given GPU model and problem (no atomics: fixed reduction
-orders), but not bitwise equal to the CPU backends' (other summation orders).
+orders), but not bitwise equal to the CPU backends' (other summation orders). The CSR
+path is not promised reproducible: cuSPARSE's transposed products may sum in any order.
 """
 
 from __future__ import annotations
@@ -43,13 +55,16 @@ from pathlib import Path
 
 import cupy
 import cupyx
+import cupyx.scipy.sparse
 import numpy
 
 from kernels.reference import (
     LINEAR_LOSSES,
     check_arrays,
+    check_csr,
     check_linear_params,
     check_loss,
+    is_sparse,
     n_classes,
 )
 
@@ -118,11 +133,44 @@ def use_device(index: int) -> dict:
 def to_device(array):
     """``array`` as a C-contiguous array on the current device (no copy if it is one).
 
-    ``None`` stays ``None``. The trainer calls this once per array after loading.
+    ``None`` stays ``None``; a canonical CSR matrix (``scipy.sparse``) becomes a
+    ``cupyx.scipy.sparse.csr_matrix`` (one already on the device is returned as is). The
+    trainer calls this once per array after loading.
     """
     if array is None:
         return None
+    if is_sparse(array):
+        return _csr_to_device(array)
     return cupy.ascontiguousarray(cupy.asarray(array))
+
+
+def _csr_to_device(X):
+    """A canonical CSR matrix as a ``cupyx.scipy.sparse.csr_matrix`` on the current device."""
+    if isinstance(X, cupyx.scipy.sparse.spmatrix):
+        return X
+    check_csr(X)
+    device = cupyx.scipy.sparse.csr_matrix(X)
+    device.has_canonical_format = True  # checked on the host: spares a device scan
+    return device
+
+
+def _selected_csr(X, rows):
+    """The selected rows of the device CSR ``X`` (all when ``rows`` is None), as float64.
+
+    cuSPARSE multiplies in one dtype, so float32 entries are widened (a copy of the
+    selected entries); a row selection gathers the rows' entries (``X[rows]``). Rows of
+    a canonical matrix are canonical: the flag is set, so no product rescans them. The
+    column indices are range-checked (one reduction): cuSPARSE does not check them.
+    """
+    selected = X if rows is None else X[rows]
+    if selected.dtype != numpy.float64:
+        selected = selected.astype(numpy.float64)
+    if selected.nnz:
+        low, high = cupy.stack((selected.indices.min(), selected.indices.max())).get().tolist()
+        if low < 0 or high >= X.shape[1]:
+            raise ValueError("CSR column index outside 0 .. d-1")
+    selected.has_canonical_format = True
+    return selected
 
 
 def to_host(array, out=None):
@@ -255,11 +303,12 @@ def _float64_chunks(X, rows):
 # -- linear models ---------------------------------------------------------------------------
 
 
-def linear_loss_grad(loss, X, y, sample_weight, params, grad_out, rows=None):
+def linear_loss_grad(loss, X, y, sample_weight, params, grad_out, rows=None, accumulate=False):
     """Weighted loss sum of a linear model and its gradient, one read of ``X``.
 
     Same contract as :func:`kernels.reference.linear_loss_grad`; ``X`` (and ``y``,
     ``sample_weight``, ``rows``) on the device, ``params`` and ``grad_out`` on the host.
+    A CSR ``X`` takes the cuSPARSE path (module docstring).
     """
     check_loss(loss)
     check_arrays(X, params, grad_out)
@@ -271,17 +320,28 @@ def linear_loss_grad(loss, X, y, sample_weight, params, grad_out, rows=None):
     rows = _rows(rows, n_rows)
     m = n_rows if rows is None else rows.size
     if m == 0:
-        grad_out[:] = 0.0
+        if not accumulate:
+            grad_out[:] = 0.0
         return 0.0
     device_params = cupy.asarray(params)
     warps = min(_MAX_WARPS, _SHARED_BYTES // (8 * (d + 2)))
-    if warps >= 1:
+    if is_sparse(X):
+        sums = _linear_sparse(loss, X, y, weight, rows, device_params)
+    elif warps >= 1:
         sums = _linear_single_pass(loss, X, y, weight, rows, device_params, m, warps)
     else:
         sums = _linear_two_gemms(loss, X, y, weight, rows, device_params)
     host = _fetch_new(sums)
-    grad_out[:] = host[: d + 1]
+    _store(host[: d + 1], grad_out, accumulate)
     return float(host[d + 1])
+
+
+def _store(values, grad_out, accumulate):
+    """``grad_out := values``, or ``grad_out += values`` with ``accumulate`` (host arrays)."""
+    if accumulate:
+        grad_out += values
+    else:
+        grad_out[:] = values
 
 
 def _linear_single_pass(loss, X, y, weight, rows, params, m, warps):
@@ -349,11 +409,48 @@ def _linear_two_gemms(loss, X, y, weight, rows, params):
     return sums
 
 
+def _linear_sparse(loss, X, y, weight, rows, params):
+    """``[gradient of w | of b | loss]`` (d + 2,) on the device for a CSR ``X``: cuSPARSE
+    ``z = Xs @ w + b``, linear_rows.cu for the loss and ``r``, cuSPARSE ``Xs.T @ r``."""
+    d = X.shape[1]
+    selected = _selected_csr(X, rows)
+    m = selected.shape[0]
+    z = selected @ params[:d] if selected.nnz else cupy.zeros(m)
+    z += params[d]
+    row_loss = cupy.empty(m)
+    kernel = _function("linear_grad.cu", "linear_rows", _device_id())
+    kernel(
+        (_row_grid(m),),
+        (_ROW_THREADS,),
+        (
+            z,
+            row_loss,
+            y,
+            y if weight is None else weight,  # not read without weights
+            y if rows is None else rows,  # not read without rows
+            numpy.int64(m),
+            numpy.int32(_LOSS_CODES[loss]),
+            numpy.int32(weight is not None),
+            numpy.int32(rows is not None),
+        ),
+    )
+    sums = cupy.zeros(d + 2)
+    if selected.nnz:
+        sums[:d] = selected.T @ z
+    sums[d] = z.sum()
+    sums[d + 1] = row_loss.sum()
+    return sums
+
+
 def linear_decision(X, params):
     """``X @ w + b``, shape (n,), float64, as a host array. Same contract as the reference."""
     check_arrays(X, params)
     check_linear_params(X, params)
     device_params = cupy.asarray(params)
+    if is_sparse(X):
+        selected = _selected_csr(to_device(X), None)
+        z = selected @ device_params[:-1] if selected.nnz else cupy.zeros(X.shape[0])
+        return cupy.asnumpy(z + device_params[-1])
     out = cupy.empty(X.shape[0])
     for lo, hi, block in _float64_chunks(to_device(X), None):
         out[lo:hi] = block @ device_params[:-1]
@@ -364,11 +461,12 @@ def linear_decision(X, params):
 # -- softmax regression ----------------------------------------------------------------------
 
 
-def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=None):
+def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=None, accumulate=False):
     """Weighted cross-entropy sum of a softmax model and its gradient.
 
     Same contract as :func:`kernels.reference.softmax_loss_grad`; see the module
-    docstring for the chunked GEMM + fused kernel + GEMM scheme.
+    docstring for the chunked GEMM + fused kernel + GEMM scheme, and for the cuSPARSE one
+    of a CSR ``X`` (one chunk: all the selected rows).
     """
     check_arrays(X, params, grad_out)
     n_rows, d = X.shape
@@ -382,7 +480,8 @@ def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=None):
         weight = None if weight is None else weight[rows]
     m = y.size
     if m == 0:
-        grad_out[:] = 0.0
+        if not accumulate:
+            grad_out[:] = 0.0
         return 0.0
     device_params = cupy.asarray(params)
     W, b = device_params[: C * d].reshape(C, d), device_params[C * d :]
@@ -391,19 +490,27 @@ def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=None):
     G, grad_b = sums[: C * d].reshape(C, d), sums[C * d : C * d + C]
     bad_label = cupy.zeros(1, dtype=numpy.int32)
     kernel = _function("softmax_rows.cu", "softmax_xent_rows_f64", _device_id())
-    for lo, hi, block in _float64_chunks(X, rows):
-        Z = cupy.ascontiguousarray(block @ W.T)
+    sparse_rows = _selected_csr(X, rows) if is_sparse(X) else None
+    chunks = _float64_chunks(X, rows) if sparse_rows is None else [(0, m, sparse_rows)]
+    for lo, hi, block in chunks:
+        if sparse_rows is not None and not block.nnz:
+            Z = cupy.zeros((hi - lo, C))
+        else:
+            Z = cupy.ascontiguousarray(block @ W.T)
         row_loss = cupy.empty(hi - lo)
         _softmax_rows(kernel, Z, Z, b, y[lo:hi], None if weight is None else weight[lo:hi],
                       row_loss, bad_label)  # fmt: skip
         grad_b += Z.sum(axis=0)
-        G += Z.T @ block
+        if sparse_rows is None:
+            G += Z.T @ block
+        elif block.nnz:
+            G += (block.T @ Z).T
         sums[C * d + C] += row_loss.sum()
     sums[C * d + C + 1] = bad_label[0]
     host = _fetch_new(sums)
     if host[-1]:
         raise ValueError("softmax class ids must lie in 0 .. C-1")
-    grad_out[:] = host[: C * d + C]
+    _store(host[: C * d + C], grad_out, accumulate)
     return float(host[C * d + C])
 
 
@@ -436,6 +543,10 @@ def softmax_decision(X, params):
     C = n_classes(params, d)
     device_params = cupy.asarray(params)
     W = device_params[: C * d].reshape(C, d)
+    if is_sparse(X):
+        selected = _selected_csr(to_device(X), None)
+        Z = selected @ W.T if selected.nnz else cupy.zeros((X.shape[0], C))
+        return cupy.asnumpy(Z + device_params[C * d :])
     out = cupy.empty((X.shape[0], C))
     for lo, hi, block in _float64_chunks(to_device(X), None):
         out[lo:hi] = block @ W.T
@@ -462,8 +573,12 @@ _relu_grad_masked = cupy.ElementwiseKernel(
 
 
 def dense_forward(A, W, b, out):
-    """``out = A @ W.T + b`` (one cuBLAS GEMM, then a broadcast add in place)."""
-    cupy.matmul(A, W.T, out=out)
+    """``out = A @ W.T + b`` (one cuBLAS GEMM, or cuSPARSE SpMM for a CSR ``A``, then a
+    broadcast add in place)."""
+    if is_sparse(A):
+        out[...] = _csr_to_device(A) @ W.T if A.nnz else 0
+    else:
+        cupy.matmul(A, W.T, out=out)
     if b is not None:
         out += b
     return out
@@ -484,8 +599,14 @@ def relu_backward(dA, Z, mask, out):
 
 
 def dense_backward(dZ, A, W, gW, gb, dA=None):
-    """``gW = dZ.T @ A``, ``gb = Σ_rows dZ``, ``dA = dZ @ W`` (cuBLAS; ``dA`` optional)."""
-    cupy.matmul(dZ.T, A, out=gW)
+    """``gW = dZ.T @ A``, ``gb = Σ_rows dZ``, ``dA = dZ @ W`` (cuBLAS; ``dA`` optional).
+
+    For a CSR ``A`` (the first layer's input), ``gW = (A.T @ dZ).T`` by cuSPARSE.
+    """
+    if is_sparse(A):
+        gW[...] = (_csr_to_device(A).T @ dZ).T if A.nnz else 0
+    else:
+        cupy.matmul(dZ.T, A, out=gW)
     cupy.sum(dZ, axis=0, out=gb)
     if dA is not None:
         cupy.matmul(dZ, W, out=dA)

@@ -5,11 +5,16 @@ also a usable backend (``--backend numpy``): it reads ``X`` twice per gradient (
 for ``X @ w``, once for ``X.T @ r``) and converts a float32 ``X`` to float64 with a full
 temporary copy, so it is simple rather than fast. See :mod:`kernels` for the interface.
 
+A CSR ``X`` (``scipy.sparse``) goes through the same two products, which scipy computes
+on the nonzeros (``X @ w`` and ``X.T @ r``; for softmax ``X @ W.T`` and ``X.T @ R``); a
+``rows=`` selection is gathered with ``X[rows]``, which stays sparse.
+
 The argument checks (:func:`check_loss`, :func:`check_arrays`, :func:`n_classes`) live
 here too and are shared by every backend, so all backends reject bad input alike.
 """
 
 import numpy
+import scipy.sparse
 
 from kernels.dense import (  # the MLP layer kernels, shared by the CPU backends
     dense_backward,
@@ -63,12 +68,57 @@ def check_loss(loss):
         raise ValueError(f"unknown linear loss {loss!r}; choose one of {', '.join(LINEAR_LOSSES)}")
 
 
+def is_sparse(X) -> bool:
+    """Whether ``X`` is a sparse matrix: ``scipy.sparse`` on the host, ``cupyx.scipy.sparse``
+    on a GPU (recognised by its module, so this needs no CuPy)."""
+    return scipy.sparse.issparse(X) or type(X).__module__.startswith("cupyx.scipy.sparse")
+
+
+def check_csr(X):
+    """Check a sparse ``X`` the way :func:`check_arrays` checks a dense one.
+
+    ``X`` must be canonical CSR: format ``csr``, data float32 or float64, indices and
+    indptr int32 or int64 of matching lengths, column indices sorted within each row and
+    no duplicates. Canonical form costs one O(nnz) scan per matrix, which scipy caches
+    (``has_canonical_format``); it also guarantees a non-decreasing ``indptr``. Column
+    indices are not range-checked here (that would be O(nnz) per call): the compiled
+    kernels check each one as they read it, the reference the rows it multiplies.
+
+    Raises
+    ------
+    ValueError
+        Naming what is wrong, and for a non-canonical matrix, how to make it canonical.
+    """
+    if X.format != "csr":
+        raise ValueError(
+            f"a sparse X must be CSR, got {X.format.upper()}: convert it with X.tocsr()"
+        )
+    if len(X.shape) != 2 or X.dtype not in (numpy.float32, numpy.float64):
+        raise ValueError(f"X must be 2-D float32 or float64, got {len(X.shape)}-D {X.dtype}")
+    for label, array in (("indices", X.indices), ("indptr", X.indptr)):
+        if array.ndim != 1 or array.dtype not in (numpy.int32, numpy.int64):
+            raise ValueError(f"CSR {label} must be 1-D int32 or int64, got {array.dtype}")
+    if X.indptr.shape[0] != X.shape[0] + 1 or X.indices.shape != X.data.shape:
+        raise ValueError(
+            f"CSR arrays do not match a ({X.shape[0]}, {X.shape[1]}) matrix: indptr has "
+            f"{X.indptr.shape[0]} entries, indices {X.indices.shape[0]}, data {X.data.shape[0]}"
+        )
+    if X.shape[0] and (int(X.indptr[0]) != 0 or int(X.indptr[-1]) != X.data.shape[0]):
+        raise ValueError("CSR indptr must start at 0 and end at the number of stored entries")
+    if not X.has_canonical_format:
+        raise ValueError(
+            "X must be canonical CSR (column indices sorted within each row, no duplicates); "
+            "X.sum_duplicates() makes it so"
+        )
+
+
 def check_arrays(X, params, grad_out=None):
     """Check the shapes and dtypes every kernel relies on.
 
     Parameters
     ----------
-    X : ndarray, shape (n, d), float32 or float64, C-contiguous
+    X : ndarray, shape (n, d), float32 or float64, C-contiguous; or canonical CSR
+        (see :func:`check_csr`)
     params : ndarray, shape (p,), float64
     grad_out : ndarray, shape (p,), float64, or None
 
@@ -78,9 +128,11 @@ def check_arrays(X, params, grad_out=None):
         On a wrong rank, dtype, layout or length. The compiled kernels do no bounds
         checking of their own, so these checks guard memory safety, not only style.
     """
-    if X.ndim != 2 or X.dtype not in (numpy.float32, numpy.float64):
+    if is_sparse(X):
+        check_csr(X)
+    elif X.ndim != 2 or X.dtype not in (numpy.float32, numpy.float64):
         raise ValueError(f"X must be 2-D float32 or float64, got {X.ndim}-D {X.dtype}")
-    if not X.flags.c_contiguous:
+    elif not X.flags.c_contiguous:
         raise ValueError("X must be C-contiguous (row-major)")
     if params.ndim != 1 or params.dtype != numpy.float64:
         raise ValueError(f"params must be 1-D float64, got {params.ndim}-D {params.dtype}")
@@ -109,14 +161,23 @@ def check_linear_params(X, params):
 
 
 def _select(X, y, sample_weight, rows):
-    """The rows the call uses: all of them, or copies of ``X[rows]`` etc."""
-    if rows is None:
-        return X, y, sample_weight
-    rows = numpy.asarray(rows, dtype=numpy.int64)
-    if rows.size and (rows.min() < 0 or rows.max() >= X.shape[0]):
-        raise IndexError("rows holds an index outside 0 .. n-1")
-    weight = None if sample_weight is None else sample_weight[rows]
-    return X[rows], y[rows], weight
+    """The rows the call uses: all of them, or copies of ``X[rows]`` etc. (CSR stays CSR,
+    its column indices checked: scipy's products would read out of bounds)."""
+    if rows is not None:
+        rows = numpy.asarray(rows, dtype=numpy.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= X.shape[0]):
+            raise IndexError("rows holds an index outside 0 .. n-1")
+        X, y = X[rows], y[rows]
+        sample_weight = None if sample_weight is None else sample_weight[rows]
+    _check_columns(X)
+    return X, y, sample_weight
+
+
+def _check_columns(X):
+    """Raise ``ValueError`` when a CSR ``X`` names a column outside ``0 .. d-1``: scipy's
+    products do not check, and would read out of bounds. O(nnz); dense X passes."""
+    if is_sparse(X) and X.nnz and (X.indices.min() < 0 or X.indices.max() >= X.shape[1]):
+        raise ValueError("CSR column index outside 0 .. d-1")
 
 
 def _weighted_sum(values, sample_weight):
@@ -140,6 +201,7 @@ def linear_decision(X, params):
     """
     check_arrays(X, params)
     check_linear_params(X, params)
+    _check_columns(X)
     return X @ params[:-1] + params[-1]
 
 
@@ -175,14 +237,14 @@ def linear_losses(loss, z, y):
     return margin**2, -2.0 * t * margin
 
 
-def linear_loss_grad(loss, X, y, sample_weight, params, grad_out, rows=None):
+def linear_loss_grad(loss, X, y, sample_weight, params, grad_out, rows=None, accumulate=False):
     """Weighted loss sum of a linear model and its gradient.
 
     Parameters
     ----------
     loss : str
         One of :data:`LINEAR_LOSSES`.
-    X : ndarray, shape (n, d), float32 or float64, C-contiguous
+    X : ndarray, shape (n, d), float32 or float64, C-contiguous; or canonical CSR
     y : ndarray, shape (n,), float64
     sample_weight : ndarray, shape (n,), float64, or None for all ones
     params : ndarray, shape (d + 1,), float64, ``[w, b]``
@@ -190,6 +252,8 @@ def linear_loss_grad(loss, X, y, sample_weight, params, grad_out, rows=None):
         Overwritten with ``sum_i s_i * d loss_i / d params``.
     rows : ndarray of int64, optional
         Only these rows (repeats allowed) are used.
+    accumulate : bool
+        Add the gradient to ``grad_out`` instead of overwriting it.
 
     Returns
     -------
@@ -201,8 +265,10 @@ def linear_loss_grad(loss, X, y, sample_weight, params, grad_out, rows=None):
     X, y, sample_weight = _select(X, y, sample_weight, rows)
     loss_i, slope = linear_losses(loss, linear_decision(X, params), y)
     r = slope if sample_weight is None else sample_weight * slope
-    grad_out[:-1] = X.T @ r
-    grad_out[-1] = r.sum()
+    if not accumulate:
+        grad_out[:] = 0.0
+    grad_out[:-1] += X.T @ r
+    grad_out[-1] += r.sum()
     return float(_weighted_sum(loss_i, sample_weight))
 
 
@@ -220,18 +286,19 @@ def softmax_decision(X, params):
     ndarray, shape (n, C), float64
     """
     check_arrays(X, params)
+    _check_columns(X)
     n_features = X.shape[1]
     C = n_classes(params, n_features)
     W = params[: C * n_features].reshape(C, n_features)
     return X @ W.T + params[C * n_features :]
 
 
-def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=None):
+def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=None, accumulate=False):
     """Weighted cross-entropy sum of a softmax model and its gradient.
 
     Parameters
     ----------
-    X : ndarray, shape (n, d), float32 or float64, C-contiguous
+    X : ndarray, shape (n, d), float32 or float64, C-contiguous; or canonical CSR
     y : ndarray, shape (n,), int64
         Class ids ``0 .. C-1``.
     sample_weight : ndarray, shape (n,), float64, or None for all ones
@@ -240,6 +307,8 @@ def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=None):
         Overwritten with ``sum_i s_i * d loss_i / d params`` in the same layout.
     rows : ndarray of int64, optional
         Only these rows (repeats allowed) are used.
+    accumulate : bool
+        Add the gradient to ``grad_out`` instead of overwriting it.
 
     Returns
     -------
@@ -259,7 +328,10 @@ def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=None):
     R[picked] -= 1.0  # P - onehot(y)
     if sample_weight is not None:
         R *= sample_weight[:, None]
-    C = R.shape[1]
-    grad_out[: C * X.shape[1]] = (R.T @ X).ravel()
-    grad_out[C * X.shape[1] :] = R.sum(axis=0)
+    C, d = R.shape[1], X.shape[1]
+    if not accumulate:
+        grad_out[:] = 0.0
+    G = grad_out[: C * d].reshape(C, d)
+    G += (X.T @ R).T if is_sparse(X) else R.T @ X
+    grad_out[C * d :] += R.sum(axis=0)
     return float(_weighted_sum(loss_i, sample_weight))

@@ -56,11 +56,15 @@ class Model(ABC):
 
     @abstractmethod
     def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
-                  train=True) -> float:  # fmt: skip
+                  train=True, accumulate=False) -> float:  # fmt: skip
         """Sum over rows of (weighted) per-row loss; ``grad_out`` gets the summed gradient.
 
-        X : (n, d) local rows; y : output of :meth:`targets`; sample_weight : (n,) or None;
+        X : (n, d) local rows, a dense array or a canonical CSR matrix (count its rows with
+        ``X.shape[0]``); y : output of :meth:`targets`; sample_weight : (n,) or None;
         params, grad_out : (n_params,) float64; rows : optional int64 row indices.
+        accumulate : add the gradient to ``grad_out`` instead of overwriting it. The linear
+        models then touch only :meth:`touched_params` of the batch, so that a caller
+        keeping ``grad_out`` zero elsewhere pays O(nonzeros of the batch), not O(d).
         ``grad_out`` None asks for the loss alone: models that can skip the backward
         pass then do (the MLP); the others need not accept None.
         on_ready : optional ``on_ready(lo, hi)``, called as soon as ``grad_out[lo:hi]`` is

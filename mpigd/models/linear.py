@@ -51,9 +51,9 @@ class LinearModel(Model):
         return np.append(np.asarray(features, dtype=np.int64), self.n_features)
 
     def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
-                  train=True) -> float:  # fmt: skip
+                  train=True, accumulate=False) -> float:  # fmt: skip
         loss = self.backend.linear_loss_grad(
-            self.loss, X, y, sample_weight, params, grad_out, rows=rows
+            self.loss, X, y, sample_weight, params, grad_out, rows=rows, accumulate=accumulate
         )
         if on_ready is not None:
             on_ready(0, self.n_params)

@@ -12,6 +12,14 @@ first; :meth:`MLP.loss_grad` reports each finished range of the flat vector thro
 are still being computed. Computation runs in the data's dtype (float32 data: float32
 GEMMs); the flat parameters and gradient stay float64.
 
+Sparse input: ``X`` may be a canonical CSR matrix (``scipy.sparse``, or
+``cupyx.scipy.sparse`` on the GPU). Only the first layer sees it: its forward is the
+backend's sparse-times-dense product ``X @ W_0.T`` and its weight gradient
+``(X.T @ dZ_0).T``, over the nonzeros (:mod:`kernels.dense`); a ``rows=`` batch is
+gathered as CSR (``X[rows]``); the layers after it are dense as before. ``X`` is never
+densified. This is the fastText-style text classifier: a bag of words into a dense
+hidden layer.
+
 Dropout (``--dropout p``, inverted: kept units scaled by 1/(1−p)) draws its masks from
 a generator of its own per rank, seeded from (seed, rank), so runs are reproducible;
 it is active in training passes only, never in evaluation.
@@ -128,7 +136,8 @@ class MLP(Model):
         kernels, dtype, xp = self.backend, X.dtype, self.backend.xp
         activations, pre, masks = [X], [], []
         for layer, (W, b) in enumerate(layers[:-1]):
-            Z = kernels.dense_forward(activations[-1], W, b, xp.empty((len(X), W.shape[0]), dtype))
+            out = xp.empty((X.shape[0], W.shape[0]), dtype)
+            Z = kernels.dense_forward(activations[-1], W, b, out)
             pre.append(Z)
             mask = None
             if train and self.dropout > 0:
@@ -148,7 +157,7 @@ class MLP(Model):
 
     def _logits(self, A, W, b):
         """The output layer's pre-activations, given its input ``A`` and its (W, b)."""
-        out = self.backend.xp.empty((len(A), W.shape[0]), A.dtype)
+        out = self.backend.xp.empty((A.shape[0], W.shape[0]), A.dtype)
         return self.backend.dense_forward(A, W, b, out)
 
     def _activation_grad(self, layer: int, dA):
@@ -159,18 +168,21 @@ class MLP(Model):
         return dA
 
     def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
-                  train=True) -> float:  # fmt: skip
+                  train=True, accumulate=False) -> float:  # fmt: skip
+        """See :meth:`Model.loss_grad`. With ``accumulate`` each layer's gradient is
+        added to ``grad_out``: the MLP's gradient is dense, so that costs O(n_params)
+        either way."""
         to_device, xp = self.backend.to_device, self.backend.xp
         X, y, sample_weight = to_device(X), to_device(y), to_device(sample_weight)
         if rows is not None:
             rows = to_device(rows)
-            X, y = X[rows], y[rows]
+            X, y = X[rows], y[rows]  # a CSR X stays CSR: the batch's rows only
             sample_weight = None if sample_weight is None else sample_weight[rows]
-        if len(X) == 0:
+        if X.shape[0] == 0:
             # No rows, no pass. A SplitMLP thereby skips its model group's collectives,
             # which is safe: the ranks of a model group hold the same rows and take the
             # same batches, so the batch is empty on all of them at once.
-            if grad_out is not None:
+            if grad_out is not None and not accumulate:
                 grad_out[:] = 0.0
             if on_ready is not None:
                 on_ready(0, self.n_params)
@@ -193,14 +205,22 @@ class MLP(Model):
             gb = xp.empty_like(b)
             dA = xp.empty_like(activations[layer]) if layer else None
             kernels.dense_backward(dZ, activations[layer], W, gW, gb, dA)
-            kernels.to_host(gW.ravel(), out=grad_out[w_start:b_start])
-            kernels.to_host(gb, out=grad_out[b_start:end])
+            self._store(gW.ravel(), grad_out[w_start:b_start], accumulate)
+            self._store(gb, grad_out[b_start:end], accumulate)
             if on_ready is not None:
                 on_ready(w_start, end)
             if layer:
                 dA = self._activation_grad(layer - 1, dA)
                 dZ = kernels.relu_backward(dA, pre[layer - 1], masks[layer - 1], out=dA)
         return loss
+
+    def _store(self, values, out: np.ndarray, accumulate: bool) -> None:
+        """A finished gradient block (backend array) into the host ``out``, copied, or
+        with ``accumulate`` added."""
+        if accumulate:
+            out += self.backend.to_host(values)
+        else:
+            self.backend.to_host(values, out=out)
 
     def predict(self, X, params) -> np.ndarray:
         """Predictions as a host array (class ids or values)."""

@@ -112,7 +112,7 @@ class SplitMLP(MLP):
         summed over the group, plus the replicated bias."""
         to_device, to_host = self.backend.to_device, self.backend.to_host
         partial = self.backend.dense_forward(
-            A, W, None, self.backend.xp.empty((len(A), W.shape[0]), A.dtype)
+            A, W, None, self.backend.xp.empty((A.shape[0], W.shape[0]), A.dtype)
         )
         logits = to_device(self.ops.sum(to_host(partial)))
         logits += b

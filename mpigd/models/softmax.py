@@ -40,8 +40,10 @@ class Softmax(Model):
         return np.concatenate((weights, np.arange(c * d, c * (d + 1), dtype=np.int64)))
 
     def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
-                  train=True) -> float:  # fmt: skip
-        loss = self.backend.softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=rows)
+                  train=True, accumulate=False) -> float:  # fmt: skip
+        loss = self.backend.softmax_loss_grad(
+            X, y, sample_weight, params, grad_out, rows=rows, accumulate=accumulate
+        )
         if on_ready is not None:
             on_ready(0, self.n_params)
         return loss

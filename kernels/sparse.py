@@ -1,0 +1,189 @@
+"""Single-pass Numba kernels on CSR rows, behind the ``numba`` backend (:mod:`kernels.cpu`).
+
+The kernels take the three CSR arrays of ``X`` (``indptr``, ``indices`` int32 or int64,
+``data`` float32 or float64; canonical, as :func:`kernels.reference.check_csr` requires)
+and compute in float64. One pass per row: the row's entries are read from memory once,
+for the dot product(s) ``z = x . w + b``, and again from L1 for the scatter-add
+``g[j] += r x_j`` once the row's slope ``r`` is known. The per-row losses, slopes and
+the softmax are :mod:`kernels.fused`'s own helpers, so both layouts compute the same
+numbers. Nothing proportional to ``n`` or ``d`` is allocated; ``accumulate=True`` skips
+the zeroing of ``grad_out``, so a call then touches only the entries of its rows'
+columns (and the intercepts): O(nonzeros of the batch), however large ``d``.
+
+Every column index is bounds-checked as the dot product reads it (one unsigned
+comparison), and every row's ``indptr`` span as it is opened, so a corrupt matrix raises
+``ValueError`` rather than reading or writing out of bounds. Positions are uint64 inside
+the loops, which also spares Numba's negative-index wraparound code there.
+
+Numba's on-disk cache checks only the timestamp of the file holding a compiled function:
+after editing the helpers this module imports from :mod:`kernels.fused`, touch this file
+too (or clear ``kernels/__pycache__``), or the cached sparse kernels keep the old ones.
+"""
+
+import numpy as np
+from numba import njit, uint64
+
+from kernels.fused import (  # the per-row helpers, shared with the dense kernels
+    _COMPILE,
+    _loss_slope,
+    _n_selected,
+    _row_index,
+    _softmax_row,
+    _weight,
+)
+
+
+@njit(**_COMPILE)
+def _row_span(indptr, nnz, i):
+    """``(start, stop)`` of row ``i``'s entries in ``indices``/``data``, checked, as uint64."""
+    start, stop = indptr[i], indptr[i + 1]
+    if start < 0 or start > stop or stop > nnz:
+        raise ValueError("CSR indptr is not non-decreasing within 0 .. nnz")
+    return uint64(start), uint64(stop)
+
+
+@njit(**_COMPILE)
+def _sparse_dot(indices, data, start, stop, w, offset, d, z):
+    """``z + sum_k data[k] * w[offset + indices[k]]`` over ``start <= k < stop``.
+
+    Each column index is checked to lie in ``0 .. d-1`` before it is used: the kernels
+    read a row here first, so the scatter that follows needs no check. All positions are
+    uint64 (a negative int32 index wraps to a huge one, so one comparison checks both
+    ends), which also spares Numba's negative-index wraparound code in the loop.
+    """
+    for k in range(start, stop):
+        j = uint64(indices[k])
+        if j >= d:
+            raise ValueError("CSR column index outside 0 .. d-1")
+        z += data[k] * w[offset + j]
+    return z
+
+
+@njit(**_COMPILE)
+def _sparse_axpy(r, indices, data, start, stop, g, offset):
+    """``g[offset + indices[k]] += r * data[k]`` over ``start <= k < stop`` (checked by
+    :func:`_sparse_dot`)."""
+    for k in range(start, stop):
+        g[offset + uint64(indices[k])] += r * data[k]
+
+
+@njit(**_COMPILE)
+def linear_loss_grad(loss_code, indptr, indices, data, y, sample_weight, params, grad_out,
+                     rows, accumulate):  # fmt: skip
+    """Fused loss sum and gradient of a linear model on CSR rows, one read of each row.
+
+    Parameters
+    ----------
+    loss_code : int
+        :data:`kernels.fused.SQUARED`, ``LOGISTIC``, ``HINGE`` or ``SQUARED_HINGE``.
+    indptr, indices, data : ndarray
+        The CSR arrays of ``X`` (n, d): ``indptr`` (n + 1,) and ``indices`` (nnz,) int32 or
+        int64, ``data`` (nnz,) float32 or float64.
+    y : ndarray, shape (n,), float64
+    sample_weight : ndarray, shape (n,), float64, or None
+    params : ndarray, shape (d + 1,), float64
+    grad_out : ndarray, shape (d + 1,), float64
+        Overwritten, or with ``accumulate`` added to (then only the entries of the
+        selected rows' columns and the intercept are touched).
+    rows : ndarray of int64, or None for all rows
+    accumulate : bool
+
+    Returns
+    -------
+    float
+        ``sum_i s_i loss_i``; ``grad_out`` holds (or gained) ``sum_i s_i d loss_i / d params``.
+    """
+    n_rows = indptr.shape[0] - 1
+    nnz = data.shape[0]
+    d = uint64(params.shape[0] - 1)
+    b = params[-1]
+    if not accumulate:
+        grad_out[:] = 0.0
+    total = 0.0
+    grad_b = 0.0
+    for q in range(_n_selected(n_rows, rows)):
+        i = _row_index(n_rows, rows, q)
+        start, stop = _row_span(indptr, nnz, i)
+        z = _sparse_dot(indices, data, start, stop, params, uint64(0), d, b)
+        loss, slope = _loss_slope(loss_code, z, y[i])
+        s = _weight(sample_weight, i)
+        r = s * slope
+        if r != 0.0:  # hinges: rows past the margin add nothing
+            _sparse_axpy(r, indices, data, start, stop, grad_out, uint64(0))
+        total += s * loss
+        grad_b += r
+    grad_out[-1] += grad_b
+    return total
+
+
+@njit(**_COMPILE)
+def softmax_loss_grad(indptr, indices, data, y, sample_weight, params, grad_out, rows,
+                      accumulate, n_features):  # fmt: skip
+    """Fused cross-entropy sum and gradient of a softmax model on CSR rows.
+
+    Per row: the C dot products with the rows of ``W`` (the row's entries read from
+    memory once, then from L1), the residuals ``s (softmax - onehot)`` by
+    :func:`kernels.fused._softmax_row`, and the C scatter-adds into ``G``.
+
+    Parameters
+    ----------
+    indptr, indices, data : ndarray
+        The CSR arrays of ``X`` (n, d), as in :func:`linear_loss_grad`.
+    y : ndarray, shape (n,), int64, class ids ``0 .. C-1``
+    sample_weight : ndarray, shape (n,), float64, or None
+    params : ndarray, shape (C * d + C,), float64, ``[W (C, d) row-major, b (C,)]``
+    grad_out : ndarray, shape (C * d + C,), float64
+        Overwritten, or with ``accumulate`` added to (same layout).
+    rows : ndarray of int64, or None for all rows
+    accumulate : bool
+    n_features : int
+        ``d``.
+
+    Returns
+    -------
+    float
+        ``sum_i s_i * (-log softmax(z_i)[y_i])``.
+    """
+    n_rows = indptr.shape[0] - 1
+    nnz = data.shape[0]
+    C = params.shape[0] // (n_features + 1)
+    d = uint64(n_features)
+    b, grad_b = params[C * n_features :], grad_out[C * n_features :]
+    if not accumulate:
+        grad_out[:] = 0.0
+    z = np.empty(C)
+    total = 0.0
+    for q in range(_n_selected(n_rows, rows)):
+        i = _row_index(n_rows, rows, q)
+        start, stop = _row_span(indptr, nnz, i)
+        for c in range(C):
+            z[c] = _sparse_dot(indices, data, start, stop, params, uint64(c) * d, d, b[c])
+        total += _softmax_row(z, y[i], _weight(sample_weight, i))
+        for c in range(C):
+            grad_b[c] += z[c]
+            if z[c] != 0.0:
+                _sparse_axpy(z[c], indices, data, start, stop, grad_out, uint64(c) * d)
+    return total
+
+
+@njit(**_COMPILE)
+def linear_decision(indptr, indices, data, params, out):
+    """``out = X @ w + b`` for CSR ``X`` (n, d); ``params`` (d + 1,), ``out`` (n,) float64."""
+    nnz = data.shape[0]
+    d = uint64(params.shape[0] - 1)
+    for i in range(indptr.shape[0] - 1):
+        start, stop = _row_span(indptr, nnz, i)
+        out[i] = _sparse_dot(indices, data, start, stop, params, uint64(0), d, params[-1])
+
+
+@njit(**_COMPILE)
+def softmax_decision(indptr, indices, data, params, n_features, out):
+    """``out = X @ W.T + b`` for CSR ``X`` (n, d); ``out`` (n, C) float64."""
+    nnz = data.shape[0]
+    C = out.shape[1]
+    d = uint64(n_features)
+    b = params[C * n_features :]
+    for i in range(indptr.shape[0] - 1):
+        start, stop = _row_span(indptr, nnz, i)
+        for c in range(C):
+            out[i, c] = _sparse_dot(indices, data, start, stop, params, uint64(c) * d, d, b[c])
