@@ -144,32 +144,9 @@ def csr_problem(n_rows=50, d=40, density=0.1, seed=0):
     return X, y
 
 
-class _Accumulating:
-    """Temporary shim until the kernels accept CSR with ``accumulate``: the model's
-    ``loss_grad`` on the densified rows, added into ``grad_out``."""
-
-    def __init__(self, model):
-        self.model = model
-        self.n_params, self.reg_mask = model.n_params, model.reg_mask
-        self.touched_params, self.layer_ranges = model.touched_params, model.layer_ranges
-        self.loss_without_gradient = False
-
-    def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
-                  train=True, accumulate=False):  # fmt: skip
-        dense = X.toarray()
-        if not accumulate:
-            return self.model.loss_grad(dense, y, sample_weight, params, grad_out, rows=rows,
-                                        on_ready=on_ready)  # fmt: skip
-        partial = np.empty_like(grad_out)
-        loss = self.model.loss_grad(dense, y, sample_weight, params, partial, rows=rows)
-        grad_out += partial
-        return loss
-
-
 def objective_of(model_name, X, y, accumulate=1, l2=0.1):
     model = create_model(model_name, kernels.cpu, X.shape[1], "binary", 2)
-    shimmed = _Accumulating(model)
-    return LocalObjective(shimmed, X, model.targets(y), None, l2, PhaseTimer(), accumulate)
+    return LocalObjective(model, X, model.targets(y), None, l2, PhaseTimer(), accumulate)
 
 
 @pytest.mark.parametrize("model_name", ["logreg", "softmax"])
