@@ -24,6 +24,7 @@ from serial_reference import objective
 from mpigd.comm import RankInfo
 from mpigd.config import TrainConfig
 from mpigd.data import DatasetInfo, LocalRows, row_range
+from mpigd.errors import DivergenceError
 from mpigd.models import load_backend
 from mpigd.preemption import Preempted
 from mpigd.run import train
@@ -184,6 +185,19 @@ def test_asynchronous_staleness_bound_holds_on_every_server(servers):
         assert bound is None or fields["staleness_max"] <= bound
         assert len(fields["staleness_mean_per_worker"]) == WORLD.size - servers
         assert np.isfinite(trained).all() and np.any(trained != 0)
+
+
+@pytest.mark.parametrize("strategy, bound", [("ps-sync", None), ("ps-async", None),
+                                             ("ps-async", 0)])  # fmt: skip
+def test_a_divergence_stops_every_rank_with_the_same_error(strategy, bound):
+    needs(2)
+    X, y = problem("logreg", sparse=True)
+    options = {} if bound is None else {"max_staleness": bound}
+    cfg = config(strategy=strategy, servers=min(2, WORLD.size - 1), lr=1e308, epochs=4,
+                 **options)  # fmt: skip
+    run = Built(cfg, ShardedServers(cfg), X, y, WORLD)
+    with pytest.raises(DivergenceError, match="not finite"):
+        run.train()
 
 
 def wide_rows(n_rows: int, d: int, per_row: int, seed: int) -> sp.csr_matrix:

@@ -14,6 +14,12 @@ local-sgd      ``--sync-every H`` local steps, then one         fewer messages w
                row-weighted Allreduce average of parameters     latency dominates
 =============  ===============================================  ======================
 
+``ps-sync`` and ``ps-async`` with ``--servers K`` > 1 shard the parameters over K
+key-range servers, ranks 0..K-1 (:mod:`mpigd.strategies.sharded`, ``sharded_sync``,
+``sharded_async``): a worker pulls only the weights its batch touches and pushes a
+sparse gradient, for sparse, high-dimensional data. The ``sharded-servers`` layout
+builds them (:mod:`mpigd.run.layouts`); ``--servers 1`` is the single server above.
+
 Each is one module subclassing :class:`~mpigd.strategies.base.Strategy` and writing its
 :meth:`~mpigd.strategies.base.Strategy.run_epoch`; its own options (``OPTIONS``) reach
 it as a small options object. The tensor-parallel grid's communication

@@ -31,7 +31,8 @@ an epoch. A non-finite gradient stops the server from applying more: it collects
 gradients still in flight, answers every waiting worker with ``halt``, and the
 epoch's Bcast marks the divergence, so every rank raises the same DivergenceError
 there. The server never computes (``--server-computes`` is refused) and the optimiser
-must be a first-order one.
+must be a first-order one. ``--servers K`` > 1 runs this protocol on each of K key-range
+servers (:mod:`mpigd.strategies.sharded_async`).
 """
 
 from __future__ import annotations

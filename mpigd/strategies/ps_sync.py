@@ -15,7 +15,8 @@ reduces again. A non-finite objective is marked in the broadcast control word, s
 workers raise the same DivergenceError as the server instead of waiting. The server is
 the bottleneck by design: it receives P−1 gradients and sends P−1 parameter vectors
 per step (as a tree, inside MPI), which is what the scaling studies measure against
-``allreduce``.
+``allreduce``. ``--servers K`` > 1 spreads the parameters over K servers instead
+(:mod:`mpigd.strategies.sharded_sync`).
 """
 
 from __future__ import annotations

@@ -197,7 +197,8 @@ class ShardedAsync(ShardedServers):
             if not control.finite(message[0], message[_PUSH_HEAD:]):
                 self.diverged = True
                 return False
-            with self.timer.phase("compute"):
+            # a diverging run may overflow in the step; the next numbers report it
+            with self.timer.phase("compute"), np.errstate(over="ignore", invalid="ignore"):
                 count = message[1]
                 mean = message[_PUSH_HEAD:] * (1.0 / count if count > 0 else 0.0)
                 self.stepper.step(positions, mean)

@@ -63,7 +63,8 @@ class ShardedSync(ShardedServers):
         if self.stepper is not None:
             positions, sums = self._served(params)
             _, count = self._summarise()
-            with self.timer.phase("compute"):
+            # a diverging run may overflow in the step; the next step's numbers report it
+            with self.timer.phase("compute"), np.errstate(over="ignore", invalid="ignore"):
                 self.stepper.step(positions, sums * (1.0 / count if count > 0 else 0.0))
             return
         n, packed = self.objective.n_params, self.packed  # [Σ gradient | Σ loss | rows]
