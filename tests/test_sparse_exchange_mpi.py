@@ -3,19 +3,23 @@
 Sparse, dense and auto exchange against each other and against a serial reference (the
 global mini-batch's gradient from tests/serial_reference.py on the densified rows, the
 same optimiser), to 1e-10 relative in float64; auto's per-step choice is the same on
-every rank; the sparse messages grow with the batch's nonzeros, not with d. The
-strategy is built directly on in-memory CSR rows (no files).
+every rank; the sparse messages grow with the batch's nonzeros, not with d; a
+checkpoint mid-epoch reads the true state. The strategy is built directly on in-memory
+CSR rows (no files), but for one ``mpigd train`` on CSR files at the end.
 """
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from helpers import write_csr_h5
 from mpi4py import MPI
 from serial_reference import objective as reference_objective
+from test_train_mpi import run
 
 import kernels.cpu
 from mpigd.alphabeta import AlphaBeta
@@ -223,3 +227,31 @@ def test_a_checkpoint_mid_epoch_reads_the_true_state_and_resumes_bit_for_bit(opt
     np.testing.assert_array_equal(resumed, params)
     unread, _, _, _ = trained(X, y, "logreg", optimizer_name, "sparse")
     np.testing.assert_allclose(unread, params, rtol=1e-10, atol=1e-12)
+
+
+def test_train_on_csr_files_with_each_exchange_and_a_resume(mpi_tmp_path):
+    """``mpigd train`` on two CSR shards: auto, and sparse cut after 2 epochs then
+    resumed (step checkpoints on the way), give the serial reference's model; the epoch
+    lines count the steps each way and the bytes."""
+    X, y = csr_problem("logreg")
+    data = mpi_tmp_path / "data"
+    if WORLD.rank == 0:
+        write_csr_h5(data / "part-00000.h5", X[:90], y[:90], "binary", 2)
+        write_csr_h5(data / "part-00001.h5", X[90:], y[90:], "binary", 2)
+    WORLD.Barrier()
+    options = {"model": "logreg", "optimizer": "momentum", "lr": 0.5, "l2": 0.01,
+               "batch_size": 16, "epochs": 3, "lr_schedule": "invsqrt", "seed": 4,
+               "checkpoint_every_steps": 7}  # fmt: skip
+    reference = serial_reference(X, y, "logreg", "momentum")  # the same batches and steps
+    auto = run(str(data), mpi_tmp_path / "auto", exchange="auto", **options)
+    np.testing.assert_allclose(auto, reference, rtol=1e-10, atol=1e-12)
+    cut = {**options, "epochs": 2}
+    run(str(data), mpi_tmp_path / "sparse", exchange="sparse", **cut)
+    resumed = run(str(data), mpi_tmp_path / "sparse", exchange="sparse", resume=True, **options)
+    np.testing.assert_allclose(resumed, reference, rtol=1e-10, atol=1e-12)
+    for name in ("auto", "sparse"):
+        lines = [json.loads(line) for line in open(mpi_tmp_path / name / "metrics.jsonl")]
+        for line in lines:
+            assert line["exchange_sparse_steps"] + line["exchange_dense_steps"] == line["steps"]
+            assert line["exchange_bytes"] > 0
+        assert ("exchange_allreduce_beta_s" in lines[0]) == (name == "auto")
