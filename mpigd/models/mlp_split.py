@@ -60,6 +60,14 @@ class SplitMLP(MLP):
     def reg_mask(self) -> np.ndarray:
         return super().reg_mask[self.index]
 
+    def touched_params(self, features: np.ndarray) -> np.ndarray:
+        """This rank's first-layer block ``W_0[lo:hi, features]`` and all of its part
+        after it (the local vector starts with that block, row-major)."""
+        lo, hi = self.units[0]
+        width, d = hi - lo, self.n_features
+        weights = (np.arange(width, dtype=np.int64)[:, None] * d + features).ravel()
+        return np.concatenate((weights, np.arange(width * d, self.n_params, dtype=np.int64)))
+
     def init_params(self, rng: np.random.Generator) -> np.ndarray:
         """The unsplit MLP's initial parameters, this rank's part of them."""
         return super().init_params(rng)[self.index]
