@@ -70,6 +70,10 @@ class LocalObjective:
         #: (n_params,) zero outside :meth:`sparse_sums`, which adds a batch's gradient
         #: into it and zeroes the touched entries again (allocated on first use).
         self._scratch = None
+        #: Whether the model's ``loss_grad`` can add into its gradient (``accumulate``).
+        self._accumulates = self.sparse and (
+            "accumulate" in inspect.signature(model.loss_grad).parameters
+        )
 
     def packed_buffer(self) -> np.ndarray:
         """A fresh (n_params + 2,) float64 buffer for :meth:`local_sums`."""
@@ -145,7 +149,7 @@ class LocalObjective:
         with the same result. Returns ``(values, loss_sum, rows)``, ``values`` a new
         (len(touched),) float64 array.
         """
-        if not _accumulates(self.model):
+        if not self._accumulates:
             packed = self.packed_buffer()
             self.local_sums(params, rows, packed)
             return packed[touched], float(packed[-2]), int(packed[-1])
@@ -230,11 +234,6 @@ class LocalObjective:
         penalised entries of ``params`` (intercepts zeroed), in a scratch buffer."""
         weights = np.multiply(params, self.reg_mask, out=self._weights)
         return self.penalty_sum(l2_term(weights, self.l2)), weights
-
-
-def _accumulates(model) -> bool:
-    """Whether ``model.loss_grad`` takes ``accumulate`` (adds into its gradient)."""
-    return "accumulate" in inspect.signature(model.loss_grad).parameters
 
 
 def l2_term(weights: np.ndarray, l2: float) -> float:

@@ -65,17 +65,17 @@ class LazySGD:
         self.flushes = 0
         optimizer.deferred = self
 
-    def _scales(self, indices: np.ndarray) -> np.ndarray:
-        return np.where(self.penalised[indices], self.scale, 1.0)
-
     def values(self, indices: np.ndarray) -> np.ndarray:
         """The true parameters at ``indices`` (O(len))."""
-        return self.params[indices] * self._scales(indices)
+        return self.params[indices] * np.where(self.penalised[indices], self.scale, 1.0)
 
     @contextmanager
     def materialised(self, indices: np.ndarray):
         """``params[indices]`` holds the true values inside the block (a batch's loss and
         gradient read nothing else), the deferred ones again after it."""
+        if self.scale == 1.0:  # nothing deferred: stored and true values agree
+            yield
+            return
         stored = self.params[indices]
         self.params[indices] = self.values(indices)
         try:
@@ -94,10 +94,11 @@ class LazySGD:
             if not self._inside(shrink):  # lr l2 near 1 or above 2: no deferral possible
                 self._dense_step(indices, grad, lr)
                 return
-        w = self.values(indices)
+        penalised = self.penalised[indices]
+        w = self.params[indices] * np.where(penalised, self.scale, 1.0)
         w -= lr * (grad + (w * self.reg_mask[indices]) * self.l2)  # the dense formula
         self.scale *= shrink
-        self.params[indices] = w / self._scales(indices)
+        self.params[indices] = w / np.where(penalised, self.scale, 1.0)
         optimizer.steps += 1
 
     def _inside(self, scale: float) -> bool:
@@ -165,6 +166,9 @@ class LazyMomentum:
     @contextmanager
     def materialised(self, indices: np.ndarray):
         """``params[indices]`` holds the true values inside the block."""
+        if self.t == 0:  # nothing deferred
+            yield
+            return
         stored = self.params[indices]
         self.params[indices] = self.values(indices)
         try:
