@@ -60,6 +60,8 @@ def test_shards_hold_their_range_of_the_vector_and_of_its_penalty_mask(name, cla
     features = np.array([1, 3])
     moved = np.concatenate([shard.lo + shard.touched_params(features) for shard in on_servers])
     np.testing.assert_array_equal(moved, whole.touched_params(features))
+    with pytest.raises(TypeError, match="key range"):  # batches run on pulled weights
+        on_servers[0].loss_grad(None, None, None, np.zeros(0), np.zeros(0))
     for shard in parts:
         assert shard.full_size == whole.n_params and shard.layout() == whole.layout()
         assert np.array_equal(shard.init_params(np.random.default_rng(0)), np.zeros(shard.n_params))

@@ -119,6 +119,13 @@ class ModelShard:
     def layout(self) -> dict:
         return self.whole.layout()
 
+    def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
+                  train=True, accumulate=False) -> float:  # fmt: skip
+        """Refused: a range of keys is not the weights a batch reads. The sharded
+        strategies compute batches on pulled weights (:class:`BatchWork`); the method
+        exists so that code inspecting a model's ``loss_grad`` sees the usual one."""
+        raise TypeError("a ModelShard holds a key range; compute batches with BatchWork")
+
     def targets(self, y: np.ndarray) -> np.ndarray:
         return self.whole.targets(y)
 
