@@ -232,6 +232,15 @@ class TrainConfig:
         valid=AT_LEAST_1,
         applies=when("optimizer", "lbfgs"),
     )
+    lbfgs_precondition: str = option(
+        "diagonal",
+        help="lbfgs: initial inverse Hessian: none (a multiple of I) or diagonal (per "
+        "weight 1 / (mean x_j^2 + l2) of its column: for features of very different scales)",
+        group="optimiser",
+        trajectory=True,
+        choices=("none", "diagonal"),
+        applies=when("optimizer", "lbfgs"),
+    )
     l2: float = option(
         0.0,
         help="L2 coefficient: + (l2/2)·||w||², intercepts unregularised",

@@ -48,6 +48,15 @@ def sorted_unique(values: np.ndarray, kind: str = "quicksort") -> np.ndarray:
     return ordered
 
 
+def column_square_sums(X) -> np.ndarray:
+    """Σ_i x_ij² of every column j of ``X`` (dense (n, d), or CSR), float64 (d,); one
+    pass over the values (L-BFGS's diagonal preconditioner, summed over the ranks)."""
+    if sp.issparse(X):
+        squares = np.square(X.data, dtype=np.float64)
+        return np.bincount(X.indices, weights=squares, minlength=X.shape[1])
+    return np.einsum("ij,ij->j", X, X, dtype=np.float64)
+
+
 def compact_rows(X: sp.csr_matrix, rows: np.ndarray | None, features: np.ndarray) -> sp.csr_matrix:
     """The rows ``rows`` of ``X`` (None: all) as a CSR matrix of ``len(features)`` columns,
     column ``j`` of the result being column ``features[j]`` of ``X``.

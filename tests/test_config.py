@@ -26,6 +26,7 @@ REQUIRED = {"data": "train.h5", "out": "runs/x", "model": "logreg"}
 TRAJECTORY = {
     "model", "svm_loss", "hidden", "dropout", "strategy", "optimizer", "lr", "lr_schedule",
     "lr_step_epochs", "lr_gamma", "momentum", "nesterov", "batch_size", "lbfgs_memory", "l2",
+    "lbfgs_precondition",
     "class_weight", "seed", "sync_every", "max_staleness", "server_computes", "accumulate",
 }  # fmt: skip
 
@@ -40,7 +41,7 @@ OTHER_VALUES = {
     "overwrite": True, "hidden": [64, 32], "dropout": 0.5, "overlap": False, "bucket_mb": 2.0,
     "accumulate": 2, "model_parallel": 2, "server_computes": True, "sync_every": 2,
     "max_staleness": 1, "timeline": True, "progress_every": 5.0, "exchange": "sparse",
-    "servers": 2,
+    "servers": 2, "lbfgs_precondition": "none",
 }  # fmt: skip
 
 

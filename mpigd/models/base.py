@@ -83,6 +83,13 @@ class Model(ABC):
         del features
         return np.arange(self.n_params, dtype=np.int64)
 
+    def weights_of_columns(self, values: np.ndarray, fill: float) -> np.ndarray:
+        """A flat (n_params,) vector holding ``values[j]`` ((d,) per input column) at
+        every weight that multiplies column j and ``fill`` elsewhere (intercepts, deeper
+        layers). The default has no per-column weights: ``fill`` everywhere."""
+        del values
+        return np.full(self.n_params, float(fill))
+
     @property
     def full_size(self) -> int:
         """Length of the whole model's flat vector (``n_params`` unless it is split)."""

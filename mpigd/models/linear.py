@@ -47,6 +47,9 @@ class LinearModel(Model):
     def targets(self, y: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(y, dtype=np.float64)
 
+    def weights_of_columns(self, values: np.ndarray, fill: float) -> np.ndarray:
+        return np.append(np.asarray(values, dtype=np.float64), float(fill))
+
     def touched_params(self, features: np.ndarray) -> np.ndarray:
         return np.append(np.asarray(features, dtype=np.int64), self.n_features)
 

@@ -89,6 +89,13 @@ class MLP(Model):
             layout[f"b{layer}"] = [b_start, [n_out]]
         return layout
 
+    def weights_of_columns(self, values: np.ndarray, fill: float) -> np.ndarray:
+        """The first layer's weights of column j get ``values[j]``; the rest ``fill``."""
+        out = np.full(self.n_params, float(fill))
+        width, d = self.sizes[1], self.n_features
+        out[: width * d] = np.tile(np.asarray(values, dtype=np.float64), width)
+        return out
+
     def touched_params(self, features: np.ndarray) -> np.ndarray:
         """The first layer's weights of ``features`` and everything from ``b_0`` on."""
         width, d = self.sizes[1], self.n_features

@@ -34,6 +34,10 @@ class Softmax(Model):
     def targets(self, y: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(y, dtype=np.int64)
 
+    def weights_of_columns(self, values: np.ndarray, fill: float) -> np.ndarray:
+        weights = np.tile(np.asarray(values, dtype=np.float64), self.n_classes)
+        return np.concatenate((weights, np.full(self.n_classes, float(fill))))
+
     def touched_params(self, features: np.ndarray) -> np.ndarray:
         c, d = self.n_classes, self.n_features
         weights = (np.arange(c, dtype=np.int64)[:, None] * d + features).ravel()

@@ -23,6 +23,7 @@ import numpy as np
 from mpigd import comm as mpi
 from mpigd import device
 from mpigd.errors import ConfigError, DataError, MpigdError
+from mpigd.features import column_square_sums
 from mpigd.models import load_backend
 from mpigd.record import RunRecord
 from mpigd.record.atomic import WRITE_ERRORS
@@ -72,6 +73,7 @@ def _build_run(config, ranks, hooks, record) -> Run:
         ),  # fmt: skip
     )
     class_weights = _balance_classes(config, parts, data, backend, comm)
+    _precondition(config, parts, data)
     warm_start = time.perf_counter()
     parts.strategy.warm_up(parts.params, data.test_X[:1] if data.test else None)
     warmup_s = time.perf_counter() - warm_start
@@ -166,6 +168,19 @@ def _balance_classes(config, parts, data, backend, comm) -> list | None:
 
     parts.objective.sample_weight = mpi.collectively(comm, row_weights)
     return class_weights(counts, info.n_rows).tolist()
+
+
+def _precondition(config, parts, data) -> None:
+    """Collective: with ``--lbfgs-precondition diagonal``, give L-BFGS the inverse of
+    mean x_j² + l2 per weight of column j (1 for the other parameters), from the
+    column sums of squares over all training rows (see :mod:`mpigd.optim.lbfgs`)."""
+    if config.optimizer != "lbfgs" or config.lbfgs_precondition == "none":
+        return
+    X = data.rows.X
+    sums = parts.strategy.sum_over_data(np.append(column_square_sums(X), X.shape[0]))
+    curvature = parts.model.weights_of_columns(sums[:-1] / sums[-1] + config.l2, fill=1.0)
+    curvature[curvature <= 0] = 1.0  # a column no row uses, without an L2 term
+    parts.optimizer.precondition(1.0 / curvature)
 
 
 def class_weights(counts: np.ndarray, n_rows: int) -> np.ndarray:
