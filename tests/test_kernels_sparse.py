@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 from test_gpu import require_gpu
 
-from kernels import get_backend, reference
+from kernels import get_backend, reference, sparse
 
 LOSSES = reference.LINEAR_LOSSES
 numba_backend = get_backend("numba")
@@ -145,6 +145,31 @@ def test_softmax_matches_reference_and_dense(dtype, weighted, rows_name, accumul
         untouched = ~touched(X, rows, params.size)
         assert untouched.any()
         np.testing.assert_array_equal(grad[untouched], start[untouched])
+
+
+@pytest.mark.parametrize("rows_name", ["all", "repeats"])
+def test_wide_rows_take_the_prefetching_path(rows_name):
+    """From ``PREFETCH_MIN_FEATURES`` columns on the linear kernel prefetches rows ahead
+    (empty rows skipped, the end of the selection reached): the same sums."""
+    d = sparse.PREFETCH_MIN_FEATURES
+    rng = np.random.default_rng(17)
+    lengths = rng.integers(0, 9, 41)
+    lengths[[3, 10, 11, 12]] = 0
+    indices = np.concatenate([np.sort(rng.choice(d, k, replace=False)) for k in lengths])
+    indptr = np.concatenate(([0], np.cumsum(lengths)))
+    X = sp.csr_matrix((rng.standard_normal(indices.size), indices.astype(np.int32),
+                       indptr.astype(np.int32)), shape=(41, d))  # fmt: skip
+    y, weight = linear_targets("logistic", 41)
+    rows = selection(rows_name, 41)
+    params = rng.standard_normal(d + 1)
+    expected, grad = np.empty(d + 1), np.full(d + 1, np.nan)
+    value = reference.linear_loss_grad("logistic", X, y, weight, params, expected, rows=rows)
+    assert numba_backend.linear_loss_grad("logistic", X, y, weight, params, grad,
+                                          rows=rows) == pytest.approx(value, rel=1e-12)  # fmt: skip
+    assert_close(grad, expected)
+    with pytest.raises(IndexError):  # a bad row far ahead is still reported
+        numba_backend.linear_loss_grad("logistic", X, y, None, params, grad,
+                                       rows=np.array([0, 1, 2, 3, 4, 5, 6, 41]))  # fmt: skip
 
 
 def test_int64_indices_give_the_same_sums():
