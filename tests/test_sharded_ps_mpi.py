@@ -32,6 +32,7 @@ from mpigd.run.batching import epoch_batches
 from mpigd.run.builder import build_parts
 from mpigd.run.hooks import Hook, Hooks
 from mpigd.run.layouts import DataParallel, ShardedServers
+from mpigd.strategies import sharded
 from mpigd.timing import PhaseTimer
 
 pytestmark = [pytest.mark.mpi, pytest.mark.timeout(120)]
@@ -131,6 +132,21 @@ def test_one_server_on_dense_rows_is_todays_ps_sync(optimizer):
     sharded = Built(cfg, ShardedServers(cfg), X, y, WORLD).train()
     today = Built(cfg, DataParallel(cfg), X, y, WORLD).train()
     np.testing.assert_allclose(sharded, today, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_the_train_loss_pass_in_rounds_is_the_objective_at_the_servers_parameters(
+    sparse, monkeypatch
+):
+    needs(2)
+    monkeypatch.setattr(sharded, "PASS_NONZEROS", 7)  # a round of a row or two
+    X, y = problem("softmax", sparse)
+    cfg = config(model="softmax", strategy="ps-sync", servers=min(3, WORLD.size - 1), epochs=1)
+    run = Built(cfg, ShardedServers(cfg), X, y, WORLD)
+    trained = run.train()
+    value = run.parts_.strategy.full_loss(run.parts_.params)
+    dense = X.toarray() if sparse else X
+    assert value == pytest.approx(objective("softmax", trained, dense, y, cfg.l2)[0], rel=1e-12)
 
 
 class Order(Hook):

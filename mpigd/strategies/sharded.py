@@ -40,6 +40,8 @@ from mpigd.strategies.base import Strategy
 
 #: The models whose keys can be sharded: one weight per column (per class), intercepts last.
 SHARDABLE_MODELS = ("linreg", "logreg", "svm", "softmax")
+#: The most nonzeros a worker's chunk of rows holds in one round of the full loss pass.
+PASS_NONZEROS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -184,9 +186,9 @@ class BatchWork:
         objective, rows = self.objective_of(rows, features)
         objective.local_sums(pulled, rows, packed)
 
-    def loss_sums(self, features, pulled: np.ndarray) -> np.ndarray:
-        """``[Σ loss, rows]`` over all this worker's rows."""
-        objective, _ = self.objective_of(None, features)
+    def loss_sums(self, rows, features, pulled: np.ndarray) -> np.ndarray:
+        """``[Σ loss, rows]`` over ``rows`` of this worker's rows (dense: over all)."""
+        objective, _ = self.objective_of(None if features is None else rows, features)
         return objective.local_loss(pulled)
 
     def warm_up(self, test_X) -> None:
@@ -368,24 +370,33 @@ class ShardedServers(Strategy):
         return np.array(np.asarray(full)[self.shard.lo : self.shard.hi])
 
     def full_loss(self, params: np.ndarray) -> float:
-        """Collective: f at the servers' parameters over all training rows. One pull of
-        the keys each worker's rows touch; one Allreduce of ``[Σ loss, rows, penalty]``
-        (each server adds the L2 term of its range)."""
-        sums = np.zeros(3)
-        keys, features = self._keys(self.objective.X)
-        pulled = self.exchange.pull(keys, params)
+        """Collective: f at the servers' parameters over all training rows.
+
+        In rounds of at most :data:`PASS_NONZEROS` nonzeros a worker (as many rounds on
+        every rank: the most any worker needs), each pulling the keys its chunk of rows
+        touches, so no worker holds more weights than such a chunk reads; then one
+        Allreduce of ``[Σ loss, rows, penalty]`` (each server adds its range's L2 term).
+        """
+        X, sums = self.objective.X, np.zeros(3)
+        rounds = -(-int(X.nnz) // PASS_NONZEROS) if sp.issparse(X) else 1
+        with self.timer.phase("comm", "Allreduce rounds", 8):
+            rounds = max(self.comm.allreduce(rounds, op=MPI.MAX), 1)
+        for rows in np.array_split(np.arange(X.shape[0]), rounds):
+            keys, features = self._keys(X, rows)
+            pulled = self.exchange.pull(keys, params)
+            if not self.is_server:
+                sums[:2] += self.work.loss_sums(rows, features, pulled)
         if self.is_server:
             sums[2] = self.objective.loss_value(np.zeros(2), params)  # no rows: its L2 term
-        else:
-            sums[:2] = self.work.loss_sums(features, pulled)
         self.objective.full_passes += 1
         sums = self.sum_over_data(sums)
         data_loss = float(sums[0] / sums[1]) if sums[1] > 0 else 0.0
         return control.check_finite(data_loss + float(sums[2]))
 
     def evaluate(self, X, y, params) -> dict:
-        """Collective: the test metrics, each worker's rows on the weights they touch."""
-        keys, features = self._keys(X)
+        """Collective: the test metrics, each worker's test rows on the weights they
+        touch (pulled in one round: a worker's test rows are one chunk)."""
+        keys, features = self._keys(X, None)
         model, X, _ = self.work.problem(X, None, features)
         return evaluate(model, X, y, self.exchange.pull(keys, params), self.ranks)
 
@@ -394,8 +405,9 @@ class ShardedServers(Strategy):
         if not self.is_server:
             self.work.warm_up(test_X)
 
-    def _keys(self, X) -> tuple[np.ndarray, np.ndarray | None]:
-        """The keys all of ``X``'s rows touch and their features (none on a server)."""
+    def _keys(self, X, rows) -> tuple[np.ndarray, np.ndarray | None]:
+        """The keys ``rows`` of ``X`` (None: all) touch and their features (none on a
+        server)."""
         if self.is_server:
             return np.zeros(0, dtype=np.int64), None
-        return self.work.keys(X, None)
+        return self.work.keys(X, rows)
