@@ -100,10 +100,11 @@ def linear_loss_grad(loss, X, y, sample_weight, params, grad_out, rows=None, acc
             X.indices,
             X.data,
             y,
-            sample_weight,
+            sparse.NO_WEIGHTS if sample_weight is None else sample_weight,
             params,
             grad_out,
-            rows,
+            sparse.NO_ROWS if rows is None else rows,
+            rows is None,
             accumulate,
         )
     else:
@@ -129,10 +130,11 @@ def softmax_loss_grad(X, y, sample_weight, params, grad_out, rows=None, accumula
             X.indices,
             X.data,
             y,
-            sample_weight,
+            sparse.NO_WEIGHTS if sample_weight is None else sample_weight,
             params,
             grad_out,
-            rows,
+            sparse.NO_ROWS if rows is None else rows,
+            rows is None,
             accumulate,
             X.shape[1],
         )

@@ -29,11 +29,13 @@ from numba.extending import intrinsic
 from kernels.fused import (  # the per-row helpers, shared with the dense kernels
     _COMPILE,
     _loss_slope,
-    _n_selected,
     _row_index,
     _softmax_row,
-    _weight,
 )
+
+#: ``rows`` and ``sample_weight`` of a call that has none (see :func:`linear_loss_grad`).
+NO_ROWS = np.empty(0, dtype=np.int64)
+NO_WEIGHTS = np.empty(0)
 
 #: How far ahead of the row being computed the linear kernel prefetches, in selected rows.
 PREFETCH_ROWS = 3
@@ -80,6 +82,19 @@ def _prefetch_read(typingctx, array, index):
 
 
 @njit(**_COMPILE)
+def _selected_row(n_rows, rows, all_rows, q):
+    """Index of the ``q``-th selected row: ``q`` itself with ``all_rows``, else ``rows[q]``,
+    bounds-checked by :func:`kernels.fused._row_index`."""
+    return q if all_rows else _row_index(n_rows, rows, q)
+
+
+@njit(**_COMPILE)
+def _row_weight(sample_weight, i):
+    """Weight of row ``i``; 1 when ``sample_weight`` is empty (:data:`NO_WEIGHTS`)."""
+    return 1.0 if sample_weight.shape[0] == 0 else sample_weight[i]
+
+
+@njit(**_COMPILE)
 def _row_span(indptr, nnz, i):
     """``(start, stop)`` of row ``i``'s entries in ``indices``/``data``, checked, as uint64."""
     start, stop = indptr[i], indptr[i + 1]
@@ -106,27 +121,27 @@ def _sparse_dot(indices, data, start, stop, w, offset, d, z):
 
 
 @njit(**_COMPILE)
-def _next_row_with_entries(indptr, nnz, rows, m, q):
+def _next_row_with_entries(indptr, nnz, rows, all_rows, m, q):
     """``(q', start, stop)``: the first selected row after position ``q`` that has entries,
     and its span; ``(m, 0, 0)`` when there is none."""
     n_rows = indptr.shape[0] - 1
     while q + 1 < m:
         q += 1
-        start, stop = _row_span(indptr, nnz, _row_index(n_rows, rows, q))
+        start, stop = _row_span(indptr, nnz, _selected_row(n_rows, rows, all_rows, q))
         if start < stop:
             return q, start, stop
     return m, uint64(0), uint64(0)
 
 
 @njit(**_COMPILE)
-def _prefetch_selected_rows(indptr, indices, data, rows, m, q):
+def _prefetch_selected_rows(indptr, indices, data, rows, all_rows, m, q):
     """With ``rows``, whose entries lie anywhere in memory, prefetch for later rows what the
     cursor of :func:`_sparse_dot_prefetching` will read: the ``indptr`` entries of the row
     3 :data:`PREFETCH_ROWS` positions after ``q``, and the ``indices`` and ``data`` lines of
     the row 2 :data:`PREFETCH_ROWS` after (its ``indptr`` now cached). Invalid positions
-    are skipped here; the loops that read them raise. Nothing to do without ``rows``: the
+    are skipped here; the loops that read them raise. Nothing to do with ``all_rows``: the
     entries are then read in order and the hardware prefetches them."""
-    if rows is None:
+    if all_rows:
         return
     n_rows, nnz = indptr.shape[0] - 1, data.shape[0]
     ahead = q + 3 * PREFETCH_ROWS
@@ -142,7 +157,8 @@ def _prefetch_selected_rows(indptr, indices, data, rows, m, q):
 
 
 @njit(**_COMPILE)
-def _sparse_dot_prefetching(indices, data, start, stop, w, g, d, z, cursor, indptr, rows, m):
+def _sparse_dot_prefetching(indices, data, start, stop, w, g, d, z, cursor, indptr, rows,
+                            all_rows, m):  # fmt: skip
     """:func:`_sparse_dot` (``offset`` 0) that also prefetches, per entry it reads, the
     lines of ``w`` and ``g`` of one entry further on: the next entry of the cursor, a
     position ``(q, k, stop)`` among the selected rows that starts :data:`PREFETCH_ROWS`
@@ -151,7 +167,8 @@ def _sparse_dot_prefetching(indices, data, start, stop, w, g, d, z, cursor, indp
     nnz = data.shape[0]
     for k in range(start, stop):
         if k_ahead == stop_ahead:
-            q_ahead, k_ahead, stop_ahead = _next_row_with_entries(indptr, nnz, rows, m, q_ahead)
+            q_ahead, k_ahead, stop_ahead = _next_row_with_entries(indptr, nnz, rows, all_rows,
+                                                                  m, q_ahead)  # fmt: skip
         if k_ahead < stop_ahead:
             j_ahead = uint64(indices[k_ahead])
             if j_ahead < d:
@@ -175,7 +192,7 @@ def _sparse_axpy(r, indices, data, start, stop, g, offset):
 
 @njit(**_COMPILE)
 def linear_loss_grad(loss_code, indptr, indices, data, y, sample_weight, params, grad_out,
-                     rows, accumulate):  # fmt: skip
+                     rows, all_rows, accumulate):  # fmt: skip
     """Fused loss sum and gradient of a linear model on CSR rows, one read of each row.
 
     Parameters
@@ -186,13 +203,19 @@ def linear_loss_grad(loss_code, indptr, indices, data, y, sample_weight, params,
         The CSR arrays of ``X`` (n, d): ``indptr`` (n + 1,) and ``indices`` (nnz,) int32 or
         int64, ``data`` (nnz,) float32 or float64.
     y : ndarray, shape (n,), float64
-    sample_weight : ndarray, shape (n,), float64, or None
+    sample_weight : ndarray, shape (n,), float64, or :data:`NO_WEIGHTS` (empty) for none
     params : ndarray, shape (d + 1,), float64
     grad_out : ndarray, shape (d + 1,), float64
         Overwritten, or with ``accumulate`` added to (then only the entries of the
         selected rows' columns and the intercept are touched).
-    rows : ndarray of int64, or None for all rows
+    rows : ndarray of int64
+        The selected rows (repeats allowed); ignored with ``all_rows`` (pass
+        :data:`NO_ROWS`).
+    all_rows : bool
     accumulate : bool
+
+    "No weights" and "all rows" are values, not None as in :mod:`kernels.fused`, so that
+    one compiled version serves all four combinations (fewer signatures to compile).
 
     Returns
     -------
@@ -207,20 +230,22 @@ def linear_loss_grad(loss_code, indptr, indices, data, y, sample_weight, params,
         grad_out[:] = 0.0
     total = 0.0
     grad_b = 0.0
-    m = _n_selected(n_rows, rows)
+    m = n_rows if all_rows else rows.shape[0]
     prefetching = d >= PREFETCH_MIN_FEATURES
-    cursor = _next_row_with_entries(indptr, nnz, rows, m, min(PREFETCH_ROWS, m) - 1)
+    cursor = _next_row_with_entries(indptr, nnz, rows, all_rows, m, min(PREFETCH_ROWS, m) - 1)
     for q in range(m):
-        i = _row_index(n_rows, rows, q)
+        i = _selected_row(n_rows, rows, all_rows, q)
         start, stop = _row_span(indptr, nnz, i)
         if prefetching:
-            _prefetch_selected_rows(indptr, indices, data, rows, m, q)
-            z, cursor = _sparse_dot_prefetching(indices, data, start, stop, params, grad_out,
-                                                d, b, cursor, indptr, rows, m)  # fmt: skip
+            _prefetch_selected_rows(indptr, indices, data, rows, all_rows, m, q)
+            z, cursor = _sparse_dot_prefetching(
+                indices, data, start, stop, params, grad_out, d, b, cursor, indptr, rows,
+                all_rows, m,
+            )  # fmt: skip
         else:
             z = _sparse_dot(indices, data, start, stop, params, uint64(0), d, b)
         loss, slope = _loss_slope(loss_code, z, y[i])
-        s = _weight(sample_weight, i)
+        s = _row_weight(sample_weight, i)
         r = s * slope
         if r != 0.0:  # hinges: rows past the margin add nothing
             _sparse_axpy(r, indices, data, start, stop, grad_out, uint64(0))
@@ -232,7 +257,7 @@ def linear_loss_grad(loss_code, indptr, indices, data, y, sample_weight, params,
 
 @njit(**_COMPILE)
 def softmax_loss_grad(indptr, indices, data, y, sample_weight, params, grad_out, rows,
-                      accumulate, n_features):  # fmt: skip
+                      all_rows, accumulate, n_features):  # fmt: skip
     """Fused cross-entropy sum and gradient of a softmax model on CSR rows.
 
     Per row: the C dot products with the rows of ``W`` (the row's entries read from
@@ -244,12 +269,10 @@ def softmax_loss_grad(indptr, indices, data, y, sample_weight, params, grad_out,
     indptr, indices, data : ndarray
         The CSR arrays of ``X`` (n, d), as in :func:`linear_loss_grad`.
     y : ndarray, shape (n,), int64, class ids ``0 .. C-1``
-    sample_weight : ndarray, shape (n,), float64, or None
+    sample_weight, rows, all_rows, accumulate : as in :func:`linear_loss_grad`
     params : ndarray, shape (C * d + C,), float64, ``[W (C, d) row-major, b (C,)]``
     grad_out : ndarray, shape (C * d + C,), float64
         Overwritten, or with ``accumulate`` added to (same layout).
-    rows : ndarray of int64, or None for all rows
-    accumulate : bool
     n_features : int
         ``d``.
 
@@ -267,12 +290,12 @@ def softmax_loss_grad(indptr, indices, data, y, sample_weight, params, grad_out,
         grad_out[:] = 0.0
     z = np.empty(C)
     total = 0.0
-    for q in range(_n_selected(n_rows, rows)):
-        i = _row_index(n_rows, rows, q)
+    for q in range(n_rows if all_rows else rows.shape[0]):
+        i = _selected_row(n_rows, rows, all_rows, q)
         start, stop = _row_span(indptr, nnz, i)
         for c in range(C):
             z[c] = _sparse_dot(indices, data, start, stop, params, uint64(c) * d, d, b[c])
-        total += _softmax_row(z, y[i], _weight(sample_weight, i))
+        total += _softmax_row(z, y[i], _row_weight(sample_weight, i))
         for c in range(C):
             grad_b[c] += z[c]
             if z[c] != 0.0:
