@@ -120,7 +120,7 @@ def test_synchronous_sgd_on_k_servers_equals_allreduce_on_the_workers(servers, m
     X, y = problem(model, sparse)
     cfg = config(model=model, strategy="ps-sync", servers=servers)
     sharded = Built(cfg, ShardedServers(cfg), X, y, WORLD).train()
-    reference = on_workers(config(model=model), X, y, servers)
+    reference = on_workers(config(model=model, exchange="sparse"), X, y, servers)  # no calibration
     np.testing.assert_allclose(sharded, reference, rtol=1e-10, atol=1e-13)
 
 
@@ -288,7 +288,8 @@ def test_a_run_through_train_evaluates_records_and_resumes_like_allreduce(mpi_tm
     workers = WORLD.Split(0 if WORLD.rank >= servers else MPI.UNDEFINED, WORLD.rank)
     reference = None
     if workers != MPI.COMM_NULL:
-        reference = trained_run(data, test, mpi_tmp_path / "allreduce", comm=workers)
+        reference = trained_run(data, test, mpi_tmp_path / "allreduce", comm=workers,
+                                exchange="sparse")  # fmt: skip
         workers.Free()
     reference_params, reference_lines = WORLD.bcast(reference, root=servers)
     np.testing.assert_allclose(params, reference_params, rtol=1e-10, atol=1e-13)
