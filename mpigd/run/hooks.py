@@ -152,7 +152,8 @@ class Progress(Hook):
         self.counts_gradients = not run.parts.strategy.steps_in_lockstep
         total, unit = steps, "steps"
         if self.counts_gradients:
-            total, unit = steps * (run.ranks.size - 1), "gradients"
+            workers = run.ranks.size - run.config.servers  # their gradients, applied by the servers
+            total, unit = steps * workers, "gradients"
         stderr, stdout = self.streams
         self.meter = progress.EpochMeter(
             run.config.epochs, total, run.data.info.n_rows, unit, every_s,
