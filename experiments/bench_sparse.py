@@ -44,11 +44,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # as a script, too
+from experiments.bench_kernels import time_calls  # noqa: E402
+from experiments.launch import mpirun, one_thread_env, total_rows  # noqa: E402
+
 CACHE = REPO / "build" / "bench-sparse"
 #: The objective gap the comparison (c) times: f* + GAP.
 GAP = 1e-3
 #: Target of (a): kernel time / floor; of (c): scikit-learn's time / mpigd's.
 TARGET_FLOOR_RATIO, TARGET_SPEEDUP = 2.0, 2.0
+#: The test split of the synthetic data (unused but for its rows' share).
+TEST_FRACTION = 0.01
 #: Global batch sizes of (b).
 BATCH_SIZES = (16, 64, 256, 1024, 4096, 16384, 65536)
 
@@ -89,27 +95,17 @@ def parse_args(argv=None):
     return args
 
 
-def python() -> str:
-    """The interpreter running this script (the project's virtual environment)."""
-    return sys.executable
-
-
-def mpirun() -> str:
-    """The ``mpirun`` beside this Python (the MPICH wheel's), else the one on PATH."""
-    beside = Path(sys.executable).with_name("mpirun")
-    return str(beside) if beside.exists() else "mpirun"
-
-
 def dataset(args) -> Path:
-    """The training shards of the benchmark problem, made on first use."""
+    """The training shards of the benchmark problem (``--rows`` of them; 1% more rows
+    make the test split), made on first use."""
     out = CACHE / f"{args.rows}x{args.features}-k{args.nnz_per_row}-s{args.seed}"
     if not (out / "train").is_dir():
         subprocess.run(
-            [python(), "-m", "mpigd", "data", "synth", "--sparse", "--task", "binary",
-             "--rows", str(args.rows), "--features", str(args.features),
-             "--nnz-per-row", str(args.nnz_per_row), "--test-fraction", "0.01",
-             "--shards", "4", "--seed", str(args.seed), "--out", str(out)],
-            check=True,
+            [sys.executable, "-m", "mpigd", "data", "synth", "--sparse", "--task", "binary",
+             "--rows", str(total_rows(args.rows, TEST_FRACTION)), "--features",
+             str(args.features), "--nnz-per-row", str(args.nnz_per_row), "--test-fraction",
+             str(TEST_FRACTION), "--shards", "4", "--seed", str(args.seed), "--out", str(out)],
+            check=True, env=one_thread_env(),
         )  # fmt: skip
     return out / "train"
 
@@ -123,19 +119,6 @@ def load_all(train: Path):
     info = open_dataset(train)
     rows = read_rows(info, 0, info.n_rows)
     return rows.X, rows.y.astype(np.float64)
-
-
-def time_calls(function, repeats: int) -> dict:
-    """Seconds per call: median, min and max of ``repeats`` calls after one warm-up."""
-    import numpy as np
-
-    function()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        seconds.append(time.perf_counter() - start)
-    return {"median_s": float(np.median(seconds)), "min_s": min(seconds), "max_s": max(seconds)}
 
 
 # -- (a) kernel ----------------------------------------------------------------------
@@ -243,9 +226,9 @@ def exchange_worker(train: Path, args) -> None:
 def part_exchange(train: Path, args) -> dict:
     """(b): launch :func:`exchange_worker` on ``args.ranks`` ranks; the crossovers."""
     out = CACHE / f"exchange-P{args.ranks}.json"
-    subprocess.run([mpirun(), "-n", str(args.ranks), python(), __file__, "--exchange-worker",
+    subprocess.run([mpirun(), "-n", str(args.ranks), sys.executable, __file__, "--exchange-worker",
                     "--exchange-out", str(out), "--repeats", str(args.repeats),
-                    *_data_flags(args)], check=True)  # fmt: skip
+                    *_data_flags(args)], check=True, env=one_thread_env())  # fmt: skip
     result = json.loads(out.read_text())
     rows = result["rows"]
     result["measured_crossover_batch"] = _crossover(rows, "sparse_s", "dense_s")
@@ -295,12 +278,12 @@ def logistic_objective(X, y, params, l2: float) -> float:
 
 def train_mpigd(train: Path, args, out: Path) -> tuple[list[dict], dict]:
     """mpigd's L-BFGS on ``args.ranks`` ranks: (metrics lines, run.json)."""
-    command = [mpirun(), "-n", str(args.ranks), python(), "-m", "mpigd", "train",
+    command = [mpirun(), "-n", str(args.ranks), sys.executable, "-m", "mpigd", "train",
                "--data", str(train), "--model", "logreg", "--optimizer", "lbfgs",
                "--l2", str(args.l2), "--epochs", str(args.epochs), "--progress", "quiet",
                "--lbfgs-precondition", args.lbfgs_precondition,
                "--overwrite", "--out", str(out)]  # fmt: skip
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, env=one_thread_env())
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return lines, json.loads((out / "run.json").read_text())
 

@@ -17,17 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 def write_h5(path, X, y, task, n_classes=None, **attrs) -> Path:
     """One dataset file in the format of docs/architecture.md (no validation: tests write
     bad ones too)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as handle:
-        handle.create_dataset("X", data=X)
-        handle.create_dataset("y", data=y)
-        handle.attrs["task"] = task
-        if n_classes is not None:
-            handle.attrs["n_classes"] = n_classes
-        for key, value in attrs.items():
-            handle.attrs[key] = value
-    return path
+    return _write_dataset_file(path, lambda handle: handle.create_dataset("X", data=X), y,
+                               task, n_classes, attrs)  # fmt: skip
 
 
 def write_csr_h5(path, X, y, task, n_classes=None, **attrs) -> Path:
@@ -35,10 +26,16 @@ def write_csr_h5(path, X, y, task, n_classes=None, **attrs) -> Path:
     CSR group layout of :mod:`mpigd.data.csr`; no validation, as :func:`write_h5`."""
     from mpigd.data.csr import write_csr
 
+    return _write_dataset_file(path, lambda handle: write_csr(handle, "X", X), y, task,
+                               n_classes, attrs)  # fmt: skip
+
+
+def _write_dataset_file(path, write_X, y, task, n_classes, attrs) -> Path:
+    """``write_X(handle)``, then ``y`` and the root attributes, into a new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as handle:
-        write_csr(handle, "X", X)
+        write_X(handle)
         handle.create_dataset("y", data=y)
         handle.attrs["task"] = task
         if n_classes is not None:

@@ -60,3 +60,23 @@ def diverged(what: str = "loss or gradient", loss: float | None = None) -> Diver
     finite; ``loss`` its value, where known)."""
     value = "" if loss is None else f" (loss={loss})"
     return DivergenceError(f"the {what} is not finite{value}")
+
+
+def step_unless_diverged(optimizer, params: np.ndarray, finish, timer) -> bool:
+    """One optimiser step on a gradient that arrived from another rank (an asynchronous
+    server's update); whether it was taken. ``finish(point, grad_out)`` returns the loss
+    and writes the gradient. A non-finite one leaves ``params`` as they were (False):
+    the server then marks the run diverged for the epoch's end to report."""
+
+    def received(point: np.ndarray, grad_out: np.ndarray) -> float:
+        loss = finish(point, grad_out)
+        if not finite(loss, grad_out):
+            raise diverged()
+        return loss
+
+    with timer.phase("compute"):
+        try:
+            optimizer.step(params, received)
+        except DivergenceError:
+            return False
+    return True

@@ -43,7 +43,7 @@ from collections import deque
 import numpy as np
 from mpi4py import MPI
 
-from mpigd.errors import ConfigError, DivergenceError
+from mpigd.errors import ConfigError
 from mpigd.strategies import control
 from mpigd.strategies.server import SERVER, ServerStrategy
 
@@ -157,18 +157,12 @@ class ParameterServerAsync(ServerStrategy):
         A non-finite one leaves ``params`` as they were and marks the run diverged."""
         packed = self.gradient[: self.n_params + 2]
 
-        def received(point: np.ndarray, grad_out: np.ndarray) -> float:
-            loss = self.objective.finish(packed, point, grad_out)
-            if not control.finite(loss, grad_out):
-                raise control.diverged()
-            return loss
+        def finish(point: np.ndarray, grad_out: np.ndarray) -> float:
+            return self.objective.finish(packed, point, grad_out)
 
-        with self.timer.phase("compute"):
-            try:
-                optimizer.step(params, received)
-            except DivergenceError:
-                self.diverged = True
-                return False
+        if not control.step_unless_diverged(optimizer, params, finish, self.timer):
+            self.diverged = True
+            return False
         self.version += 1
         return True
 

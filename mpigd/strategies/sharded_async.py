@@ -44,7 +44,6 @@ from collections import deque
 import numpy as np
 from mpi4py import MPI
 
-from mpigd.errors import DivergenceError
 from mpigd.strategies import control
 from mpigd.strategies.sharded import ShardedServers
 
@@ -206,21 +205,15 @@ class ShardedAsync(ShardedServers):
             return True
         n, sums = self.objective.n_params, self.packed
 
-        def received(point: np.ndarray, grad_out: np.ndarray) -> float:
+        def finish(point: np.ndarray, grad_out: np.ndarray) -> float:
             sums[:n] = 0.0
             sums[positions] = message[_PUSH_HEAD:]
             sums[n : n + 2] = message[:2]
-            loss = self.objective.finish(sums, point, grad_out)
-            if not control.finite(loss, grad_out):
-                raise control.diverged()
-            return loss
+            return self.objective.finish(sums, point, grad_out)
 
-        with self.timer.phase("compute"):
-            try:
-                optimizer.step(params, received)
-            except DivergenceError:
-                self.diverged = True
-                return False
+        if not control.step_unless_diverged(optimizer, params, finish, self.timer):
+            self.diverged = True
+            return False
         self.version += 1
         return True
 
