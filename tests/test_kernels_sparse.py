@@ -147,10 +147,11 @@ def test_softmax_matches_reference_and_dense(dtype, weighted, rows_name, accumul
         np.testing.assert_array_equal(grad[untouched], start[untouched])
 
 
+@pytest.mark.parametrize("loss", ["logistic", "hinge"])  # hinge: rows that add nothing
 @pytest.mark.parametrize("rows_name", ["all", "repeats"])
-def test_wide_rows_take_the_prefetching_path(rows_name):
-    """From ``PREFETCH_MIN_FEATURES`` columns on the linear kernel prefetches rows ahead
-    (empty rows skipped, the end of the selection reached): the same sums."""
+def test_wide_rows_take_the_prefetching_path(loss, rows_name):
+    """From ``PREFETCH_MIN_FEATURES`` columns on, the linear kernel works in blocks of rows
+    and prefetches a block ahead (empty rows, a last partial block): the same sums."""
     d = sparse.PREFETCH_MIN_FEATURES
     rng = np.random.default_rng(17)
     lengths = rng.integers(0, 9, 41)
@@ -159,12 +160,12 @@ def test_wide_rows_take_the_prefetching_path(rows_name):
     indptr = np.concatenate(([0], np.cumsum(lengths)))
     X = sp.csr_matrix((rng.standard_normal(indices.size), indices.astype(np.int32),
                        indptr.astype(np.int32)), shape=(41, d))  # fmt: skip
-    y, weight = linear_targets("logistic", 41)
+    y, weight = linear_targets(loss, 41)
     rows = selection(rows_name, 41)
     params = rng.standard_normal(d + 1)
     expected, grad = np.empty(d + 1), np.full(d + 1, np.nan)
-    value = reference.linear_loss_grad("logistic", X, y, weight, params, expected, rows=rows)
-    assert numba_backend.linear_loss_grad("logistic", X, y, weight, params, grad,
+    value = reference.linear_loss_grad(loss, X, y, weight, params, expected, rows=rows)
+    assert numba_backend.linear_loss_grad(loss, X, y, weight, params, grad,
                                           rows=rows) == pytest.approx(value, rel=1e-12)  # fmt: skip
     assert_close(grad, expected)
     with pytest.raises(IndexError):  # a bad row far ahead is still reported
