@@ -175,7 +175,7 @@ def _prefetch_selected_rows(indptr, indices, data, rows, all_rows, m, q):
     if ahead < m and 0 <= rows[ahead] < n_rows:
         start, stop = indptr[rows[ahead]], indptr[rows[ahead] + 1]
         if 0 <= start <= stop <= nnz:
-            for k in range(start, stop, 8):  # 8 entries: at most one 64-byte line of each
+            for k in range(start, stop, 8):  # one per 64 bytes of data (a hint: the ends may miss)
                 _prefetch_read(indices, k)
                 _prefetch_read(data, k)
 
