@@ -26,7 +26,8 @@ CHANGED = {
     "model": "svm", "svm_loss": "squared-hinge", "hidden": [64], "dropout": 0.1,
     "strategy": "local-sgd", "optimizer": "momentum", "lr": 0.2, "lr_schedule": "step",
     "lr_step_epochs": 5, "lr_gamma": 0.5, "momentum": 0.5, "nesterov": True,
-    "batch_size": 100, "lbfgs_memory": 5, "l2": 0.01, "class_weight": "balanced",
+    "batch_size": 100, "lbfgs_memory": 5, "lbfgs_precondition": "none", "l2": 0.01,
+    "class_weight": "balanced",
     "seed": 7, "sync_every": 4, "max_staleness": 2, "server_computes": True,
     "accumulate": 2, "epochs": 3,
 }  # fmt: skip
