@@ -100,7 +100,7 @@ def test_preempted_training_checkpoints_requeues_and_resumes(slurm_env, dataset,
     """USR1 (as --signal sends it) stops the ranks with a checkpoint; the job requeues
     itself and the second start resumes where the first stopped."""
     out = tmp_path / "run"
-    variables = dict(DATA=str(dataset[0]), OPTIMIZER="gd", EPOCHS="2000", OUT=str(out))
+    variables = dict(DATA=str(dataset[0]), OPTIMIZER="gd", EPOCHS="800", OUT=str(out))
     env = dict(slurm_env, **variables, EXTRA="--lr 0.5 --quiet")
     command = ["sbatch", "--wait", "--ntasks=2", f"--output={tmp_path}/slurm-%j.out"]
     waiting = subprocess.Popen(
@@ -130,7 +130,7 @@ def test_preempted_training_checkpoints_requeues_and_resumes(slurm_env, dataset,
     assert "requeueing job" in log and "start 1" in log
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "completed" and run["resumed_from"]["epoch"] >= 5
-    assert [row["epoch"] for row in metrics(out)] == list(range(1, 2001))
+    assert [row["epoch"] for row in metrics(out)] == list(range(1, 801))
 
 
 def _job_state(env, job_id: str) -> str:
