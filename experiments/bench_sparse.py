@@ -13,7 +13,8 @@ nonzeros per row with power-law feature frequencies, made once by ``mpigd data s
 (b) exchange: for global batch sizes B and ``--ranks`` P, the time of the sparse
     (Allgatherv of the batch's (index, value) pairs) and the dense (Allreduce of d+1
     doubles) exchange of one real mini-batch gradient, against what the alpha-beta
-    model calibrated at start-up predicts, and the crossover batch size of each;
+    model calibrated at start-up predicts, the crossover batch size of each, and how
+    much slower auto's pick is than the faster of the two;
 (c) time to f* + 1e-3 of the L2 logistic objective (``--l2``, 1e-6 by default):
     mpigd's L-BFGS with its defaults on P ranks, run to its ``--tol`` (cumulative epoch
     ``time_s`` from metrics.jsonl; data loading and start-up excluded and reported
@@ -243,8 +244,13 @@ def part_exchange(train: Path, args) -> dict:
               f"{1e3 * row['dense_s']:>10.2f}{1e3 * row['predicted_sparse_s']:>13.2f}"
               f"{1e3 * row['predicted_dense_s']:>12.2f}"
               f"{'sparse' if row['auto_sparse'] else 'dense':>8}")  # fmt: skip
+    for row in rows:  # auto's pick against the faster of the two, as measured
+        chosen = row["sparse_s"] if row["auto_sparse"] else row["dense_s"]
+        row["auto_over_best"] = chosen / min(row["sparse_s"], row["dense_s"])
+    result["auto_over_best_max"] = max(row["auto_over_best"] for row in rows)
     print(f"    dense is faster from batch {result['measured_crossover_batch']} (measured), "
-          f"{result['predicted_crossover_batch']} (predicted)", flush=True)  # fmt: skip
+          f"{result['predicted_crossover_batch']} (predicted); auto's pick is at most "
+          f"{result['auto_over_best_max']:.2f}x the faster exchange", flush=True)  # fmt: skip
     return result
 
 
