@@ -17,8 +17,6 @@ O(nonzeros of the batch), for the sparse gradient exchange
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import scipy.sparse as sp
 
@@ -70,10 +68,6 @@ class LocalObjective:
         #: (n_params,) zero outside :meth:`sparse_sums`, which adds a batch's gradient
         #: into it and zeroes the touched entries again (allocated on first use).
         self._scratch = None
-        #: Whether the model's ``loss_grad`` can add into its gradient (``accumulate``).
-        self._accumulates = self.sparse and (
-            "accumulate" in inspect.signature(model.loss_grad).parameters
-        )
 
     def packed_buffer(self) -> np.ndarray:
         """A fresh (n_params + 2,) float64 buffer for :meth:`local_sums`."""
@@ -141,18 +135,13 @@ class LocalObjective:
     ) -> tuple[np.ndarray, float, int]:
         """This rank's gradient sum at ``touched`` (from :meth:`touched`), loss sum and
         row count over ``rows`` (None: all its rows), as :meth:`local_sums` computes
-        them but in O(nonzeros of the rows) when the model accumulates: the gradient is
-        added into a scratch vector kept zero, read at ``touched`` and zeroed there.
+        them but in O(nonzeros of the rows) where the model's gradient is (the MLP's
+        deeper layers are dense): the model adds the gradient (``accumulate=True``) into
+        a scratch vector kept zero, which is read at ``touched`` and zeroed there.
 
-        Reads ``params`` only where ``touched`` says. A model whose ``loss_grad`` has no
-        ``accumulate`` keyword (it writes the whole gradient) costs O(n_params) here,
-        with the same result. Returns ``(values, loss_sum, rows)``, ``values`` a new
-        (len(touched),) float64 array.
+        Reads ``params`` only where ``touched`` says. Returns ``(values, loss_sum,
+        rows)``, ``values`` a new (len(touched),) float64 array.
         """
-        if not self._accumulates:
-            packed = self.packed_buffer()
-            self.local_sums(params, rows, packed)
-            return packed[touched], float(packed[-2]), int(packed[-1])
         if self._scratch is None:
             self._scratch = np.zeros(self.n_params)
         scratch = self._scratch

@@ -124,8 +124,8 @@ class ModelShard:
     def loss_grad(self, X, y, sample_weight, params, grad_out, rows=None, on_ready=None,
                   train=True, accumulate=False) -> float:  # fmt: skip
         """Refused: a range of keys is not the weights a batch reads. The sharded
-        strategies compute batches on pulled weights (:class:`BatchWork`); the method
-        exists so that code inspecting a model's ``loss_grad`` sees the usual one."""
+        strategies compute batches on pulled weights (:class:`BatchWork`), and a call
+        here by mistake is a clear error rather than wrong numbers."""
         raise TypeError("a ModelShard holds a key range; compute batches with BatchWork")
 
     def targets(self, y: np.ndarray) -> np.ndarray:
