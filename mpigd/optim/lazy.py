@@ -42,7 +42,49 @@ import numpy as np
 _CHUNK = 1 << 16
 
 
-class LazySGD:
+class _Stepper:
+    """What both steppers share: the true parameters at a batch's indices while the batch
+    reads them, and detaching. A subclass says whether work is deferred
+    (:attr:`deferring`), gives the true values (:meth:`values`) and materialises all of
+    them (:meth:`flush`)."""
+
+    optimizer: object
+    params: np.ndarray
+
+    @property
+    def deferring(self) -> bool:
+        """Whether any stored value differs from the true one."""
+        raise NotImplementedError
+
+    def values(self, indices: np.ndarray) -> np.ndarray:
+        """The true parameters at ``indices`` (O(len))."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Materialise every coordinate (O(d)); a no-op when nothing is deferred."""
+        raise NotImplementedError
+
+    @contextmanager
+    def materialised(self, indices: np.ndarray):
+        """``params[indices]`` holds the true values inside the block (a batch's loss and
+        gradient read nothing else), the deferred ones again after it."""
+        if not self.deferring:  # stored and true values agree
+            yield
+            return
+        stored = self.params[indices]
+        self.params[indices] = self.values(indices)
+        try:
+            yield
+        finally:
+            self.params[indices] = stored
+
+    def detach(self) -> None:
+        """Flush, and leave the optimiser and the parameters to the dense steps."""
+        self.flush()
+        self.optimizer.deferred = None
+
+
+class LazySGD(_Stepper):
     """O(nnz) steps of :class:`~mpigd.optim.first_order.GradientDescent` (mini-batches).
 
     Parameters
@@ -65,23 +107,12 @@ class LazySGD:
         self.flushes = 0
         optimizer.deferred = self
 
-    def values(self, indices: np.ndarray) -> np.ndarray:
-        """The true parameters at ``indices`` (O(len))."""
-        return self.params[indices] * np.where(self.penalised[indices], self.scale, 1.0)
+    @property
+    def deferring(self) -> bool:
+        return self.scale != 1.0
 
-    @contextmanager
-    def materialised(self, indices: np.ndarray):
-        """``params[indices]`` holds the true values inside the block (a batch's loss and
-        gradient read nothing else), the deferred ones again after it."""
-        if self.scale == 1.0:  # nothing deferred: stored and true values agree
-            yield
-            return
-        stored = self.params[indices]
-        self.params[indices] = self.values(indices)
-        try:
-            yield
-        finally:
-            self.params[indices] = stored
+    def values(self, indices: np.ndarray) -> np.ndarray:
+        return self.params[indices] * np.where(self.penalised[indices], self.scale, 1.0)
 
     def step(self, indices: np.ndarray, grad: np.ndarray) -> None:
         """One step: ``grad`` is the mean data gradient (no L2) at the sorted unique
@@ -113,8 +144,7 @@ class LazySGD:
         self.optimizer.steps += 1
 
     def flush(self) -> None:
-        """Materialise every coordinate (O(d)); a no-op when nothing is deferred."""
-        if self.scale == 1.0:
+        if not self.deferring:
             return
         for lo in range(0, self.params.size, _CHUNK):
             part = slice(lo, lo + _CHUNK)
@@ -122,13 +152,8 @@ class LazySGD:
         self.scale = 1.0
         self.flushes += 1
 
-    def detach(self) -> None:
-        """Flush, and leave the optimiser and the parameters to the dense steps."""
-        self.flush()
-        self.optimizer.deferred = None
 
-
-class LazyMomentum:
+class LazyMomentum(_Stepper):
     """O(nnz) steps of :class:`~mpigd.optim.first_order.Momentum` (heavy ball, or
     Nesterov), mini-batches.
 
@@ -159,22 +184,12 @@ class LazyMomentum:
         w, v = self.params[indices], self.velocity[indices]
         return move[:, 0, 0] * w + move[:, 0, 1] * v, move[:, 1, 0] * w + move[:, 1, 1] * v
 
-    def values(self, indices: np.ndarray) -> np.ndarray:
-        """The true parameters at ``indices`` (O(len))."""
-        return self._state(indices)[0]
+    @property
+    def deferring(self) -> bool:
+        return self.t != 0
 
-    @contextmanager
-    def materialised(self, indices: np.ndarray):
-        """``params[indices]`` holds the true values inside the block."""
-        if self.t == 0:  # nothing deferred
-            yield
-            return
-        stored = self.params[indices]
-        self.params[indices] = self.values(indices)
-        try:
-            yield
-        finally:
-            self.params[indices] = stored
+    def values(self, indices: np.ndarray) -> np.ndarray:
+        return self._state(indices)[0]
 
     def _update(self, w, v, grad, mask, lr: float):
         """The dense optimiser's update of ``(w, v)`` for data gradient ``grad``."""
@@ -205,8 +220,7 @@ class LazyMomentum:
         self.optimizer.steps += 1
 
     def flush(self) -> None:
-        """Materialise every coordinate (O(d)); a no-op when nothing is deferred."""
-        if self.t == 0:
+        if not self.deferring:
             return
         for lo in range(0, self.params.size, _CHUNK):
             part = np.arange(lo, min(lo + _CHUNK, self.params.size))
@@ -215,8 +229,3 @@ class LazyMomentum:
         self.products[:, 0] = np.eye(2)
         self.t = 0
         self.flushes += 1
-
-    def detach(self) -> None:
-        """Flush, and leave the optimiser and the parameters to the dense steps."""
-        self.flush()
-        self.optimizer.deferred = None
