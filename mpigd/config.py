@@ -395,7 +395,8 @@ class TrainConfig:
     exchange: str = option(
         "auto",
         help="allreduce: how gradients travel; sparse sends the (index, value) pairs of the "
-        "touched coordinates, auto picks per step by the alpha-beta cost of each",
+        "touched coordinates, auto picks per step by each one's measured alpha-beta cost "
+        "and local work",
         group="strategy",
         choices=("auto", "dense", "sparse"),
         applies=when("strategy", "allreduce"),
