@@ -1,0 +1,2 @@
+"""Tree ensembles: random forests and gradient-boosted trees grown from histograms combined over
+MPI."""
