@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 from mpi4py import MPI
 
 from mpigd.errors import AgreedError, CollectiveError, MpigdError
@@ -228,6 +229,14 @@ def sum_across(comm: MPI.Comm, values):
     """Collective: element-wise sum of a float64 or int64 numpy array over ranks, in place."""
     comm.Allreduce(MPI.IN_PLACE, values, op=MPI.SUM)
     return values
+
+
+def mean_and_max(comm: MPI.Comm, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Element-wise mean and maximum over all ranks of a float64 array (every rank)."""
+    total, largest = values.copy(), values.copy()
+    comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+    comm.Allreduce(MPI.IN_PLACE, largest, op=MPI.MAX)
+    return total / comm.Get_size(), largest
 
 
 def barrier(comm: MPI.Comm) -> None:

@@ -19,7 +19,7 @@ from functools import cached_property
 import numpy as np
 from mpi4py import MPI
 
-from mpigd.comm import RankInfo, sum_across
+from mpigd.comm import RankInfo, mean_and_max, sum_across
 from mpigd.errors import ConfigError
 from mpigd.evaluate import evaluate
 from mpigd.objective import LocalObjective
@@ -210,10 +210,7 @@ class Strategy(ABC):
 
     def mean_and_max(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Element-wise mean and maximum over all ranks of a float64 array (untimed)."""
-        total, largest = values.copy(), values.copy()
-        self.comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
-        self.comm.Allreduce(MPI.IN_PLACE, largest, op=MPI.MAX)
-        return total / self.ranks.size, largest
+        return mean_and_max(self.comm, values)
 
 
 def take_steps(batches: list, before_step: BeforeStep, step, done: Callable[[], bool]) -> int:
