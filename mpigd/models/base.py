@@ -103,6 +103,16 @@ class Model(ABC):
         """State of the model's own random generator (dropout), or None if it has none."""
         return None
 
+    def saved_arrays(self) -> dict | None:
+        """The arrays model.h5 and checkpoint.h5 keep besides the flat parameters (a tree
+        ensemble's trees, :mod:`mpigd.trees.ensemble`), by name; None: the parameters
+        are the whole model. Replicated: every rank returns the same."""
+        return None
+
+    def load_saved_arrays(self, arrays: dict | None) -> None:
+        """Restore what :meth:`saved_arrays` returned (on resume: the checkpoint's)."""
+        del arrays
+
     def set_rng_state(self, state: dict) -> None:
         """Restore what :meth:`rng_state` returned."""
         del state

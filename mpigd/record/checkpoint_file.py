@@ -2,7 +2,9 @@
 
 Layout (one HDF5 file, replaced by rename so a crash leaves the old or the new one):
 
-- ``params``: the flat parameter vector (float64).
+- ``params``: the flat parameter vector (float64; empty for a tree ensemble).
+- group ``model``: the model's arrays besides ``params`` (a tree ensemble's trees, laid
+  out as in model.h5; :meth:`mpigd.models.Model.saved_arrays`), absent when it has none.
 - group ``optimizer``: the optimiser's state arrays as datasets, scalars as attributes.
 - attributes ``epoch`` (epochs completed), ``step_in_epoch`` (steps already taken in the
   next epoch; 0 at an epoch boundary), ``global_step`` (steps taken in all),
@@ -29,7 +31,7 @@ from mpigd.data import DatasetInfo
 from mpigd.data.fingerprint import content_hash
 from mpigd.errors import DataError
 from mpigd.record.atomic import replace_atomically
-from mpigd.record.run_dir import CHECKPOINT_FILE
+from mpigd.record.run_dir import CHECKPOINT_FILE, read_arrays, write_arrays
 
 
 @dataclass
@@ -46,6 +48,8 @@ class Checkpoint:
     data: dict
     #: Every rank's model generator state (dropout), in rank order; None entries if none.
     rng_states: list | None = None
+    #: The model's arrays besides ``params`` (:meth:`mpigd.models.Model.saved_arrays`).
+    model_arrays: dict | None = None
 
 
 def config_fingerprint(config) -> dict:
@@ -69,6 +73,7 @@ def save(run_dir: str, checkpoint: Checkpoint, before_rename=None) -> None:
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as handle:
             handle.create_dataset("params", data=checkpoint.params)
+            write_arrays(handle, "model", checkpoint.model_arrays)
             group = handle.create_group("optimizer")
             for name, value in checkpoint.optimizer_state.items():
                 if isinstance(value, np.ndarray):
@@ -107,6 +112,7 @@ def load(run_dir: str) -> Checkpoint | None:
                 config=json.loads(handle.attrs["config"]),
                 data=json.loads(handle.attrs["data"]),
                 rng_states=json.loads(handle.attrs.get("rng_states", "null")),
+                model_arrays=read_arrays(handle, "model"),
             )
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(f"{path} is not a readable mpigd checkpoint: {exc}") from exc

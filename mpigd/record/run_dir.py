@@ -186,12 +186,14 @@ class RunRecord:
             self._lock.close()
             self._lock = None
 
-    def save_model(self, params: np.ndarray, model_info: dict) -> None:
-        """Write model.h5: the flat ``params`` and, as JSON attribute ``model``, its config."""
+    def save_model(self, params: np.ndarray, model_info: dict, arrays: dict | None = None) -> None:
+        """Write model.h5: the flat ``params``, the model's other ``arrays`` (a tree
+        ensemble's trees, as group ``model``) and, as JSON attribute ``model``, its config."""
 
         def write(tmp: Path) -> None:
             with h5py.File(tmp, "w") as handle:
                 handle.create_dataset("params", data=params)
+                write_arrays(handle, "model", arrays)
                 handle.attrs["model"] = json.dumps(model_info)
                 handle.attrs["mpigd_version"] = mpigd.__version__
 
@@ -272,15 +274,34 @@ def run_status(run_dir, run: dict) -> dict:
     return dict(run, status="died", recorded_status=status, stop_reason=reason)
 
 
-def load_model(run_dir: str) -> tuple[np.ndarray, dict]:
-    """Read ``RUN_DIR/model.h5``: the flat parameters and the model config dict."""
+def write_arrays(handle, name: str, arrays: dict | None) -> None:
+    """Write ``arrays`` (name -> numpy array) as datasets of a new group ``name`` of the
+    open HDF5 file ``handle``; nothing when there are none."""
+    if arrays:
+        group = handle.create_group(name)
+        for key, value in arrays.items():
+            group.create_dataset(key, data=value)
+
+
+def read_arrays(handle, name: str) -> dict | None:
+    """The datasets of group ``name`` of the open HDF5 file ``handle`` (as
+    :func:`write_arrays` wrote them), or None when there is no such group."""
+    if name not in handle:
+        return None
+    return {key: handle[name][key][()] for key in handle[name]}
+
+
+def load_model(run_dir: str) -> tuple[np.ndarray, dict, dict | None]:
+    """Read ``RUN_DIR/model.h5``: the flat parameters, the model config dict and the
+    model's other arrays (a tree ensemble's; None for the other models)."""
     path = Path(run_dir) / MODEL_FILE
     if not os.path.lexists(path):
         raise DataError(f"{path} not found: is {run_dir} a finished mpigd run directory?")
     check_input_file(path, "model file", expected="an HDF5 file written by mpigd train")
     try:
         with h5py.File(path, "r") as handle:
-            return handle["params"][()], json.loads(handle.attrs["model"])
+            return (handle["params"][()], json.loads(handle.attrs["model"]),
+                    read_arrays(handle, "model"))  # fmt: skip
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(f"{path} is not a readable mpigd model file: {exc}") from exc
 

@@ -56,6 +56,7 @@ def _gather_and_write(run) -> None:
             config=checkpoint_file.config_fingerprint(run.config),
             data=run.data_fingerprint,
             rng_states=rng_states,
+            model_arrays=parts.model.saved_arrays(),
         )
         try:
             with run.timer.span("checkpoint write", step=state.global_step):
@@ -100,6 +101,7 @@ def resume(run) -> dict | None:
     else:  # --force-resume across optimisers: another optimiser's state means nothing here
         notes.append(f"the checkpoint's optimiser is {checkpoint.config.get('optimizer')}: its "
                      f"parameters are kept, {run.config.optimizer} starts afresh")  # fmt: skip
+    parts.model.load_saved_arrays(checkpoint.model_arrays)
     if checkpoint.rng_states and len(checkpoint.rng_states) == ranks.size:
         parts.model.set_rng_state(checkpoint.rng_states[ranks.rank])
     state.start_epoch = checkpoint.epoch + 1
@@ -107,9 +109,10 @@ def resume(run) -> dict | None:
     state.first_step = checkpoint.step_in_epoch
     state.global_step = state.last_checkpoint_step = checkpoint.global_step
     notes = _resume_notes(checkpoint, ranks.size) + notes
-    if checkpoint.epoch >= run.config.epochs:
-        notes.append(f"the checkpoint is at epoch {checkpoint.epoch}, at or past --epochs "
-                     f"{run.config.epochs}: nothing is left to train")  # fmt: skip
+    epochs, flag = run.config.loop_epochs
+    if checkpoint.epoch >= epochs:
+        notes.append(f"the checkpoint is at epoch {checkpoint.epoch}, at or past {flag} "
+                     f"{epochs}: nothing is left to train")  # fmt: skip
     if ranks.is_root:
         for note in notes:
             progress.note(note)

@@ -112,9 +112,11 @@ def run_to_end(run: Run) -> dict:
         run.hooks.run_started()
         summary = _epochs(run)
         whole = run.parts.strategy.full_vector(run.parts.params)
+        arrays = run.parts.model.saved_arrays()
         hooks_ended = True
         run.hooks.run_ended("completed")
-        _written_on_root(run, MODEL_FILE, lambda: run.record.save_model(whole, run.model_info))
+        _written_on_root(run, MODEL_FILE,
+                         lambda: run.record.save_model(whole, run.model_info, arrays))  # fmt: skip
         _written_on_root(run, RUN_FILE, lambda: run.record.finish("completed", **summary))
     except MpigdError as exc:
         _end_early(run, exc, call_hooks=not hooks_ended)
@@ -157,8 +159,9 @@ def _end_early(run: Run, exc: MpigdError, call_hooks: bool) -> None:
 
 def _epochs(run: Run) -> dict:
     config, state, parts = run.config, run.state, run.parts
-    stop_reason = f"reached --epochs {config.epochs}"
-    for epoch in range(state.start_epoch, config.epochs + 1):
+    epochs, flag = config.loop_epochs
+    stop_reason = f"reached {flag} {epochs}"
+    for epoch in range(state.start_epoch, epochs + 1):
         state.epoch = epoch
         try:
             row = _epoch(run, epoch)
@@ -176,7 +179,7 @@ def _epochs(run: Run) -> dict:
         state.epochs_done, state.step_in_epoch = epoch, 0
         _written_on_root(run, METRICS_FILE, lambda: run.record.append_metrics(row))  # noqa: B023
         run.hooks.epoch_ended(row)
-        last = epoch == config.epochs or parts.optimizer.stop_reason is not None
+        last = epoch == epochs or parts.optimizer.stop_reason is not None
         if last or parts.strategy.stop_agreed:
             run.save_checkpoint()
         if parts.strategy.stop_agreed and not last:
@@ -238,7 +241,7 @@ def _epoch(run: Run, epoch: int) -> dict | None:
         return None
     grad = np.empty_like(parts.params)
     row = {"epoch": epoch, "train_loss": _train_loss(run, grad)}
-    if config.batch_size is None:
+    if config.batch_size is None and grad.size:  # a tree ensemble has no gradient
         row["grad_norm_inf"] = float(np.max(np.abs(grad)))
     eval_start = time.perf_counter()
     if data.test is not None:
