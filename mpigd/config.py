@@ -19,11 +19,11 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from kernels import BACKENDS, DEFAULT_BACKEND
 from mpigd.errors import ConfigError
-from mpigd.models import MODELS
+from mpigd.models import MODELS, TREE_MODELS
 from mpigd.optim import FULL_BATCH_ONLY, OPTIMIZERS, SCHEDULES
 from mpigd.option_rules import Applies, Contradiction, Range, unless, when
 from mpigd.paths import check_input_file
-from mpigd.strategies import DEFAULT_STRATEGY, STRATEGIES
+from mpigd.strategies import DEFAULT_STRATEGY, STRATEGIES, TREE_STRATEGIES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,6 +51,7 @@ OPTION_GROUPS = {
     "model": "model",
     "optimiser": "optimiser and objective",
     "strategy": "parallel execution: strategy, communication, kernels",
+    "trees": "tree ensembles: --model forest and gbt",
     "checkpoints": "checkpoints and resuming",
     "output": "console output and traces",
 }
@@ -125,12 +126,24 @@ _FIRST_ORDER = unless("optimizer", "lbfgs")
 _FULL_BATCH = Applies(lambda config: config.batch_size is None, "without --batch-size (full batch)")
 _MLP = when("model", "mlp")
 _OVERLAPPABLE = _MLP & when("strategy", "allreduce")
+_TREES = when("model", *TREE_MODELS)
+_FOREST = when("model", "forest")
+_GBT = when("model", "gbt")
+_GRADIENT = unless("model", *TREE_MODELS)
+#: ``--features-per-node`` words (a fraction in (0, 1] is the other kind of value).
+FEATURES_PER_NODE = ("auto", "sqrt", "log2", "all")
 
 
 def _under_cosine_schedule(config: TrainConfig) -> bool:
     """Whether ``epochs`` decides the trajectory: the cosine schedule's length is the run's
     length, so more epochs decay the rate more slowly from the first step on."""
     return config.lr_schedule == "cosine"
+
+
+def _gradient_strategy(config: TrainConfig) -> bool:
+    """Whether ``strategy`` decides the trajectory: it does for the gradient models; both
+    histogram strategies grow bit-identical trees (:mod:`mpigd.trees.exact`)."""
+    return config.model not in TREE_MODELS
 
 
 @dataclass
@@ -140,24 +153,34 @@ class TrainConfig:
     data: str = option(help="training dataset (HDF5 file or shard directory)", group="data")
     out: str = option(help="run directory for run.json, metrics.jsonl, model.h5", group="data")
     model: str = option(
-        help="the model to train", group="model", trajectory=True, choices=tuple(MODELS)
+        help="the model to train (forest, gbt: tree ensembles, grown from histograms)",
+        group="model",
+        trajectory=True,
+        choices=tuple(MODELS) + TREE_MODELS,
     )
     test_data: str | None = option(
         None, help="test dataset, evaluated after every epoch", group="data"
     )
     strategy: str = option(
         DEFAULT_STRATEGY,
-        help="how the ranks combine their gradients or parameters",
+        help="how the ranks combine their gradients or parameters (trees: their histograms, "
+        "allreduce or reduce-scatter)",
         group="strategy",
-        trajectory=True,
-        choices=tuple(STRATEGIES),
+        choices=tuple(STRATEGIES)
+        + tuple(name for name in TREE_STRATEGIES if name not in STRATEGIES),
+        trajectory=_gradient_strategy,
     )
     optimizer: str = option(
-        "gd", help="the optimiser", group="optimiser", trajectory=True, choices=OPTIMIZERS
+        "gd",
+        help="the optimiser",
+        group="optimiser",
+        trajectory=True,
+        choices=OPTIMIZERS,
+        applies=_GRADIENT,
     )
     lr: float = option(
         0.1,
-        help="learning rate per step; lbfgs ignores it",
+        help="learning rate per step; lbfgs ignores it; gbt: the shrinkage of every tree",
         group="optimiser",
         trajectory=True,
         valid=POSITIVE,
@@ -212,10 +235,11 @@ class TrainConfig:
     )
     epochs: int = option(
         10,
-        help="epochs (lbfgs: iterations)",
+        help="epochs (lbfgs: iterations; forest and gbt count --trees and --rounds instead)",
         group="optimiser",
         trajectory=_under_cosine_schedule,
         valid=AT_LEAST_1,
+        applies=_GRADIENT,
     )
     tol: float | None = option(
         None,
@@ -243,7 +267,7 @@ class TrainConfig:
     )
     l2: float = option(
         0.0,
-        help="L2 coefficient: + (l2/2)·||w||², intercepts unregularised",
+        help="L2 coefficient: + (l2/2)·||w||², intercepts unregularised; gbt: on leaf values",
         group="optimiser",
         trajectory=True,
         valid=NON_NEGATIVE,
@@ -409,6 +433,110 @@ class TrainConfig:
         valid=AT_LEAST_1,
         applies=when("strategy", "ps-sync", "ps-async"),
     )
+    trees: int = option(
+        100,
+        help="forest: trees, one an epoch of the run record",
+        group="trees",
+        valid=AT_LEAST_1,
+        applies=_FOREST,
+    )
+    rounds: int = option(
+        100,
+        help="gbt: boosting rounds (a tree per class and round), one an epoch of the run record",
+        group="trees",
+        valid=AT_LEAST_1,
+        applies=_GBT,
+    )
+    max_depth: int = option(
+        6,
+        help="forest, gbt: the deepest level a tree grows to (the root is depth 0)",
+        group="trees",
+        trajectory=True,
+        valid=Range(1, 30),
+        applies=_TREES,
+    )
+    max_leaves: int | None = option(
+        None,
+        help="forest, gbt: most leaves a tree has (level by level, the best gains first); "
+        "none: only --max-depth limits it",
+        group="trees",
+        trajectory=True,
+        valid=Range(2),
+        applies=_TREES,
+    )
+    min_rows_leaf: int = option(
+        1,
+        help="forest, gbt: fewest training rows in a leaf (a bagged forest counts rows drawn)",
+        group="trees",
+        trajectory=True,
+        valid=AT_LEAST_1,
+        applies=_TREES,
+    )
+    min_hessian_leaf: float = option(
+        1e-3,
+        help="gbt: smallest sum of the loss's second derivative in a leaf",
+        group="trees",
+        trajectory=True,
+        valid=NON_NEGATIVE,
+        applies=_GBT,
+    )
+    features_per_node: str = option(
+        "auto",
+        help="forest: features tried at each node: sqrt, log2, all, a fraction such as 0.3, "
+        "or auto (sqrt for classification, all for regression)",
+        group="trees",
+        trajectory=True,
+        metavar="K",
+        applies=_FOREST,
+    )
+    criterion: str = option(
+        "gini",
+        help="forest classification: the impurity a split decreases (regression: variance)",
+        group="trees",
+        trajectory=True,
+        choices=("gini", "entropy"),
+        applies=_FOREST,
+    )
+    bootstrap: bool = option(
+        True,
+        help="forest: bag each tree by a Poisson(1) weight per row; --no-bootstrap: every row once",
+        group="trees",
+        trajectory=True,
+        applies=_FOREST,
+    )
+    subsample: float = option(
+        1.0,
+        help="gbt: fraction of the rows each round's trees are grown from",
+        group="trees",
+        trajectory=True,
+        valid=Range(0, 1, low_open=True),
+        applies=_GBT,
+    )
+    colsample: float = option(
+        1.0,
+        help="gbt: fraction of the features each tree may split on",
+        group="trees",
+        trajectory=True,
+        valid=Range(0, 1, low_open=True),
+        applies=_GBT,
+    )
+    max_bins: int = option(
+        255,
+        help="forest, gbt: most quantile bins per feature (rows are stored as uint8 bin ids)",
+        group="trees",
+        trajectory=True,
+        valid=Range(2, 256),
+        applies=_TREES,
+    )
+    early_stop: int = option(
+        0,
+        help="gbt: stop after K rounds without a lower --test-data loss (0: never); the model "
+        "keeps every round trained",
+        group="trees",
+        metavar="K",
+        valid=NON_NEGATIVE,
+        applies=_GBT,
+    )
     timeline: bool = option(
         False,
         help="write a per-rank step timeline, RUNDIR/timeline.json "
@@ -418,6 +546,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @property
+    def loop_epochs(self) -> tuple[int, str]:
+        """How many epochs the training loop runs, and the flag that sets it: ``--trees``
+        for a forest (a tree an epoch), ``--rounds`` for boosting (a round an epoch),
+        ``--epochs`` otherwise."""
+        if self.model == "forest":
+            return self.trees, "--trees"
+        if self.model == "gbt":
+            return self.rounds, "--rounds"
+        return self.epochs, "--epochs"
 
     def validate(self) -> None:
         """Raise ConfigError for values no run can use: a wrong type, a value outside its
@@ -440,6 +579,7 @@ class TrainConfig:
             for width in self.hidden
         ):
             raise ConfigError(f"--hidden must list positive layer widths, got {self.hidden}")
+        _check_features_per_node(self.features_per_node)
         for contradiction in CONTRADICTIONS:
             if contradiction.holds(self):
                 raise ConfigError(contradiction.message)
@@ -549,7 +689,38 @@ CONTRADICTIONS = (
         f"--optimizer {'/'.join(FULL_BATCH_ONLY)} takes full-batch steps: drop --batch-size, "
         "or use sgd, momentum or adam for mini-batches",
     ),
+    Contradiction(
+        lambda config: config.model in TREE_MODELS and config.strategy not in TREE_STRATEGIES,
+        f"--model forest and gbt combine histograms: use --strategy {' or '.join(TREE_STRATEGIES)}",
+    ),
+    Contradiction(
+        lambda config: config.model not in TREE_MODELS and config.strategy not in STRATEGIES,
+        "--strategy reduce-scatter combines the histograms of --model forest or gbt; the "
+        f"gradient models use {', '.join(STRATEGIES)}",
+    ),
+    Contradiction(
+        lambda config: config.model in TREE_MODELS and config.batch_size is not None,
+        "--model forest and gbt grow each tree from all training rows: drop --batch-size",
+    ),
+    Contradiction(
+        lambda config: config.model == "gbt" and config.early_stop and not config.test_data,
+        "--early-stop watches the --test-data loss: give --test-data",
+    ),
 )
+
+
+def _check_features_per_node(value: str) -> None:
+    """ConfigError unless ``value`` is one of :data:`FEATURES_PER_NODE` or a fraction in
+    (0, 1]."""
+    if value in FEATURES_PER_NODE:
+        return
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = math.nan
+    if not 0 < fraction <= 1:  # also false for nan
+        raise ConfigError(f"--features-per-node must be {', '.join(FEATURES_PER_NODE)} or a "
+                          f"fraction in (0, 1], got {value!r}")  # fmt: skip
 
 
 def _given_flag(spec, value) -> str:

@@ -16,7 +16,7 @@ import kernels
 from mpigd.cli import build_parser, options_markdown, train_config
 from mpigd.config import OPTION_GROUPS, TrainConfig
 from mpigd.errors import ConfigError
-from mpigd.models import MODELS
+from mpigd.models import MODELS, TREE_MODELS
 from mpigd.optim import OPTIMIZERS, SCHEDULES
 from mpigd.strategies import STRATEGIES
 
@@ -28,6 +28,8 @@ TRAJECTORY = {
     "lr_step_epochs", "lr_gamma", "momentum", "nesterov", "batch_size", "lbfgs_memory", "l2",
     "lbfgs_precondition",
     "class_weight", "seed", "sync_every", "max_staleness", "server_computes", "accumulate",
+    "max_depth", "max_leaves", "min_rows_leaf", "min_hessian_leaf", "features_per_node",
+    "criterion", "bootstrap", "subsample", "colsample", "max_bins",
 }  # fmt: skip
 
 #: For every option, a valid value other than the one in ``base_config()``.
@@ -41,7 +43,10 @@ OTHER_VALUES = {
     "overwrite": True, "hidden": [64, 32], "dropout": 0.5, "overlap": False, "bucket_mb": 2.0,
     "accumulate": 2, "model_parallel": 2, "server_computes": True, "sync_every": 2,
     "max_staleness": 1, "timeline": True, "progress_every": 5.0, "exchange": "sparse",
-    "servers": 2, "lbfgs_precondition": "none",
+    "servers": 2, "lbfgs_precondition": "none", "trees": 10, "rounds": 10, "max_depth": 3,
+    "max_leaves": 8, "min_rows_leaf": 5, "min_hessian_leaf": 0.1, "features_per_node": "0.5",
+    "criterion": "entropy", "bootstrap": False, "subsample": 0.5, "colsample": 0.5,
+    "max_bins": 64, "early_stop": 3,
 }  # fmt: skip
 
 
@@ -68,8 +73,8 @@ def test_every_option_has_one_line_help_and_a_known_group():
 
 def test_choices_come_from_the_registries():
     choices = {spec.name: spec.metadata["choices"] for spec in dataclasses.fields(TrainConfig)}
-    assert choices["model"] == tuple(MODELS)
-    assert choices["strategy"] == tuple(STRATEGIES)
+    assert choices["model"] == tuple(MODELS) + TREE_MODELS
+    assert choices["strategy"] == tuple(STRATEGIES) + ("reduce-scatter",)
     assert choices["optimizer"] == OPTIMIZERS
     assert choices["lr_schedule"] == SCHEDULES
     assert choices["backend"] == kernels.BACKENDS == ("numba", "numpy", "cupy")
@@ -118,7 +123,10 @@ def test_help_lists_every_flag_under_its_topic_with_its_default(capsys):
     assert "--backend {numba,numpy,cupy} compute kernels" in strategy
     assert "(default: numba)" in strategy and "--no-overlap mlp with allreduce" in strategy
     optimiser = sections[OPTION_GROUPS["optimiser"]]
-    assert "--lr LR learning rate per step; lbfgs ignores it (default: 0.1; > 0)" in optimiser
+    assert (
+        "--lr LR learning rate per step; lbfgs ignores it; gbt: the shrinkage of every "
+        "tree (default: 0.1; > 0)"
+    ) in optimiser
     assert (
         "--momentum MOMENTUM momentum optimiser: momentum coefficient (default: 0.9; in [0, 1))"
         in optimiser

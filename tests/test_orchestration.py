@@ -29,7 +29,9 @@ CHANGED = {
     "batch_size": 100, "lbfgs_memory": 5, "lbfgs_precondition": "none", "l2": 0.01,
     "class_weight": "balanced",
     "seed": 7, "sync_every": 4, "max_staleness": 2, "server_computes": True,
-    "accumulate": 2, "epochs": 3,
+    "accumulate": 2, "epochs": 3, "max_depth": 3, "max_leaves": 8, "min_rows_leaf": 2,
+    "min_hessian_leaf": 0.1, "features_per_node": "sqrt", "criterion": "entropy",
+    "bootstrap": False, "subsample": 0.5, "colsample": 0.5, "max_bins": 64,
 }  # fmt: skip
 
 

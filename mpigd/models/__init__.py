@@ -23,6 +23,9 @@ from mpigd.models.softmax import Softmax
 MODELS: dict[str, type[Model]] = {
     cls.name: cls for cls in (LinReg, LogReg, Softmax, LinearSVM, MLP)
 }
+#: The tree ensembles: grown from histograms, not optimised (:mod:`mpigd.trees`; the
+#: ``tree-ensemble`` layout builds them), so :func:`create_model` does not make them.
+TREE_MODELS = ("forest", "gbt")
 
 
 def load_backend(name: str):
@@ -64,4 +67,4 @@ def create_model(
     return cls(backend, n_features, n_classes)
 
 
-__all__ = ["MODELS", "Model", "create_model", "load_backend"]
+__all__ = ["MODELS", "TREE_MODELS", "Model", "create_model", "load_backend"]

@@ -156,7 +156,7 @@ class Progress(Hook):
             total, unit = steps * workers, "gradients"
         stderr, stdout = self.streams
         self.meter = progress.EpochMeter(
-            run.config.epochs, total, run.data.info.n_rows, unit, every_s,
+            run.config.loop_epochs[0], total, run.data.info.n_rows, unit, every_s,
             stderr or sys.stderr, stdout or sys.stdout, self.clock,
         )  # fmt: skip
 
@@ -173,7 +173,7 @@ class Progress(Hook):
         if run.ranks.is_root:
             if self.meter:
                 self.meter.end()
-            progress.report(self.mode, row, run.config.epochs)
+            progress.report(self.mode, row, run.config.loop_epochs[0])
 
     def aborting(self, run, message: str) -> None:
         if self.meter:  # the abort's message starts on a clean line

@@ -40,6 +40,9 @@ STRATEGIES: dict[str, type[Strategy]] = {
     for cls in (AllreduceStrategy, ParameterServerSync, ParameterServerAsync, LocalSGD)
 }
 DEFAULT_STRATEGY = "allreduce"
+#: How the ranks combine a tree ensemble's histograms (:mod:`mpigd.strategies.histograms`):
+#: every rank all of them, or each its range of features.
+TREE_STRATEGIES = ("allreduce", "reduce-scatter")
 
 
 def strategy_class(name: str) -> type[Strategy]:
@@ -49,4 +52,4 @@ def strategy_class(name: str) -> type[Strategy]:
     return STRATEGIES[name]
 
 
-__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "Strategy", "strategy_class"]
+__all__ = ["DEFAULT_STRATEGY", "STRATEGIES", "TREE_STRATEGIES", "Strategy", "strategy_class"]
