@@ -1,0 +1,287 @@
+"""Growing trees level by level from histograms that the ranks combine. Every rank.
+
+Each rank holds its rows' bin ids (``codes``, uint8 (n, d)) and, per tree, their
+statistics (``stats``, float64 (n, S), column 0 the rows a leaf counts; already on the
+exact grid of :mod:`mpigd.trees.exact`). Several trees may grow at once (one per class
+of a boosted softmax round): their nodes of one level share one collective.
+
+One level, for the nodes that may split (depth below ``max_depth``, at least
+``2 * min_rows_leaf`` rows):
+
+1. histograms (``kernels.trees.histograms``) of the nodes whose rows are read: the
+   roots, and the child with fewer rows of each split of the level above; the sibling's
+   is its parent's minus the child's (exact, so no rounding creeps in);
+2. the exchange (:mod:`mpigd.strategies.histograms`) sums them over the ranks (one
+   Allreduce, or one Reduce-Scatter by feature) and agrees on each node's best split
+   (:func:`mpigd.trees.split.best_splits`; on the owned features, then one small
+   Allgather);
+3. every rank takes the same decisions: a split needs a positive gain; with
+   ``max_leaves``, a tree's candidates split in decreasing gain (ties: the smaller
+   node id) while it has fewer leaves than that;
+4. each rank partitions its rows of the split nodes (``kernels.trees.partition``).
+
+Node ids are the creation order within a tree: the root 0; at each level the splits
+in increasing node id, the left child the next id, the right the one after. The
+decisions depend only on exact sums, so every rank, every rank count and both
+exchanges grow the same trees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kernels import trees as tree_kernels
+from mpigd.trees import split as splits
+
+
+@dataclass
+class TreeJob:
+    """One tree to grow: this rank's ``stats`` (n, S) of all its rows, the local ids of
+    the rows taking part (``rows``, int64, increasing: those of positive weight), and
+    ``allowed(node_id)``: the features a node may split on (bool (d,); None: all)."""
+
+    stats: np.ndarray
+    rows: np.ndarray
+    allowed: Callable[[int], np.ndarray | None] = lambda node_id: None
+
+
+@dataclass
+class GrowthLimits:
+    """How far trees grow: ``max_depth`` (root depth 0), ``max_leaves`` (None: no
+    limit), the split criterion and its :class:`~mpigd.trees.split.Limits`, and
+    ``lr``, the factor of every leaf value (boosting's shrinkage; 1 for a forest)."""
+
+    max_depth: int
+    max_leaves: int | None
+    criterion: object
+    limits: object
+    lr: float = 1.0
+
+
+@dataclass(eq=False)
+class _Node:
+    """A node being grown: its tree, id, depth, global totals (S,), and the segment
+    ``start:end`` of its tree's row order holding this rank's rows of it (once split:
+    its left rows are ``start:mid``)."""
+
+    tree: int
+    id: int
+    depth: int
+    totals: np.ndarray
+    start: int
+    end: int
+    mid: int = -1
+
+
+@dataclass
+class _Tree:
+    """A tree's nodes so far (lists indexed by node id) and its row order."""
+
+    order: np.ndarray
+    feature: list = field(default_factory=list)
+    bin: list = field(default_factory=list)
+    left: list = field(default_factory=list)
+    right: list = field(default_factory=list)
+    gain: list = field(default_factory=list)
+    totals: list = field(default_factory=list)
+    leaves: int = 1
+
+    def add(self, totals: np.ndarray) -> int:
+        """A new leaf with these totals; its id."""
+        for name in ("feature", "bin", "left", "right"):
+            getattr(self, name).append(-1)
+        self.gain.append(0.0)
+        self.totals.append(totals)
+        return len(self.feature) - 1
+
+
+class Grower:
+    """Grows trees on this rank's ``codes`` with ``exchange`` combining the ranks'
+    histograms; ``edges`` (per feature, :class:`~mpigd.trees.binning.Bins`) turn split
+    bins into thresholds; ``timer`` books the histogram kernel as ``compute``."""
+
+    def __init__(self, codes: np.ndarray, bins, exchange, limits: GrowthLimits, timer) -> None:
+        self.codes, self.bins, self.exchange = codes, bins, exchange
+        self.growth, self.timer = limits, timer
+        self.n_bins = int(bins.max_bins_used)
+        #: Seconds this rank spent building histograms and choosing splits, and the
+        #: passes over rows (rows read by the histogram kernel / rows of the trees).
+        self.histogram_s = self.split_s = 0.0
+        self.rows_read = 0
+
+    def grow(self, jobs: list[TreeJob]) -> list[dict]:
+        """Collective: grow one tree per job (all at once); each as a dict of
+        :data:`mpigd.trees.ensemble.NODE_ARRAYS`."""
+        trees = [_Tree(order=np.array(job.rows, np.int64)) for job in jobs]
+        local = np.array([job.stats[job.rows].sum(axis=0) for job in jobs])
+        totals = self.exchange.sum(local)  # exact: the stats are on the grid
+        level = [_Node(t, trees[t].add(totals[t]), 0, totals[t], 0, len(trees[t].order))
+                 for t in range(len(jobs))]  # fmt: skip
+        built, parent_hist, sibling_of = level, None, {}
+        while level:
+            candidates = [node for node in level if self._may_split(node)]
+            if not candidates:
+                break
+            hist = self._level_histograms(jobs, trees, candidates, built, parent_hist,
+                                          sibling_of)  # fmt: skip
+            chosen = self._choose(jobs, trees, candidates, hist)
+            level, built, sibling_of, keep = self._split(trees, candidates, chosen)
+            parent_hist = hist[:, keep] if keep else None
+        return [self._finish(tree) for tree in trees]
+
+    def _may_split(self, node: _Node) -> bool:
+        limits = self.growth
+        return (node.depth < limits.max_depth
+                and node.totals[0] >= 2 * limits.limits.min_rows_leaf)  # fmt: skip
+
+    def _level_histograms(self, jobs, trees, candidates, built, parent_hist, sibling_of):
+        """(d_own, K, B, S) reduced histograms of the candidates, in candidate order:
+        read from rows for the built nodes, parent minus sibling for the others."""
+        is_candidate = {id(node) for node in candidates}
+        from_rows = {id(node) for node in built}
+
+        def derived(node) -> bool:  # its sibling's histogram is read, and it is not
+            relation = sibling_of.get(id(node))
+            return relation is not None and id(relation[1]) in is_candidate
+
+        to_build = [node for node in candidates if id(node) in from_rows or not derived(node)]
+        d, S = self.codes.shape[1], jobs[0].stats.shape[1]
+        local = np.empty((d, len(to_build), self.n_bins, S))
+        with self.timer.phase("compute"):
+            start = time.perf_counter()
+            by_tree: dict[int, list[int]] = {}
+            for k, node in enumerate(to_build):
+                by_tree.setdefault(node.tree, []).append(k)
+            for t, ks in by_tree.items():
+                order = trees[t].order
+                segments = [order[to_build[k].start : to_build[k].end] for k in ks]
+                rows = np.concatenate(segments) if segments else np.zeros(0, np.int64)
+                starts = np.concatenate([[0], np.cumsum([len(s) for s in segments])])
+                part = np.empty((d, len(ks), self.n_bins, S))
+                tree_kernels.histograms(self.codes, jobs[t].stats, rows,
+                                        starts.astype(np.int64), part)  # fmt: skip
+                local[:, ks] = part
+                self.rows_read += len(rows)
+            self.histogram_s += time.perf_counter() - start
+        reduced = self.exchange.reduce(local)
+        position = {id(node): k for k, node in enumerate(to_build)}
+        hist = np.empty((reduced.shape[0], len(candidates), self.n_bins, S))
+        for k, node in enumerate(candidates):
+            if id(node) in position:
+                hist[:, k] = reduced[:, position[id(node)]]
+            else:
+                parent_k, sibling = sibling_of[id(node)]
+                hist[:, k] = parent_hist[:, parent_k] - reduced[:, position[id(sibling)]]
+        return hist
+
+    def _choose(self, jobs, trees, candidates, hist) -> list:
+        """The split of each candidate as every rank agrees (None: it stays a leaf)."""
+        start = time.perf_counter()
+        d = self.codes.shape[1]
+        masks = np.ones((len(candidates), d), bool)
+        for k, node in enumerate(candidates):
+            allowed = jobs[node.tree].allowed(node.id)
+            if allowed is not None:
+                masks[k] = allowed
+        totals = np.array([node.totals for node in candidates])
+        with self.timer.phase("compute"):
+            found = self.exchange.best_splits(hist, totals, masks, self.growth.criterion,
+                                              self.growth.limits)  # fmt: skip
+        gain, feature, bin_, left = found
+        chosen = [None] * len(candidates)
+        by_tree: dict[int, list[int]] = {}
+        for k, node in enumerate(candidates):
+            if np.isfinite(gain[k]) and gain[k] > 0:
+                by_tree.setdefault(node.tree, []).append(k)
+        for t, ks in by_tree.items():
+            if self.growth.max_leaves is not None:
+                room = self.growth.max_leaves - trees[t].leaves
+                ks = sorted(ks, key=lambda k: (-gain[k], candidates[k].id))[: max(room, 0)]
+            for k in ks:
+                chosen[k] = (float(gain[k]), int(feature[k]), int(bin_[k]), left[k])
+                trees[t].leaves += 1
+        self.split_s += time.perf_counter() - start
+        return chosen
+
+    def _split(self, trees, candidates, chosen):
+        """Apply the chosen splits (in node id order within each tree): children, row
+        partition. Returns the next level, the nodes whose histograms are read from
+        rows, ``{id(child): (parent position, sibling)}`` for the others, and the
+        positions (in ``candidates``) of the split nodes, whose histograms are kept."""
+        level, built, sibling_of, keep = [], [], {}, []
+        by_tree: dict[int, list[int]] = {}
+        for k, node in enumerate(candidates):
+            if chosen[k] is not None:
+                by_tree.setdefault(node.tree, []).append(k)
+        with self.timer.phase("compute"):
+            for t, ks in by_tree.items():
+                ks.sort(key=lambda k: candidates[k].id)
+                self._partition(trees[t], [candidates[k] for k in ks], [chosen[k] for k in ks])
+        for k, node in enumerate(candidates):
+            if chosen[k] is None:
+                continue
+            gain, feature, bin_, left_totals = chosen[k]
+            tree, mid = trees[node.tree], node.mid
+            left_totals = np.array(left_totals, np.float64)
+            right_totals = node.totals - left_totals
+            left = _Node(node.tree, tree.add(left_totals), node.depth + 1, left_totals,
+                         node.start, mid)  # fmt: skip
+            right = _Node(node.tree, tree.add(right_totals), node.depth + 1, right_totals,
+                          mid, node.end)  # fmt: skip
+            tree.feature[node.id], tree.bin[node.id] = feature, bin_
+            tree.left[node.id], tree.right[node.id], tree.gain[node.id] = left.id, right.id, gain
+            position = len(keep)
+            keep.append(k)
+            smaller, larger = (left, right) if left.totals[0] <= right.totals[0] else (right, left)
+            built.append(smaller)
+            sibling_of[id(larger)] = (position, smaller)
+            level += [left, right]
+        level.sort(key=lambda node: (node.tree, node.id))
+        return level, built, sibling_of, keep
+
+    def _partition(self, tree: _Tree, nodes: list, chosen: list) -> None:
+        """Stably reorder the tree's rows of each split node, left rows first; sets each
+        node's ``mid``. Segments between them (leaves) are passed as untouched."""
+        starts, features, bins = [0], [], []
+        for node, (_, feature, bin_, _) in zip(nodes, chosen, strict=True):
+            if node.start > starts[-1]:  # the rows of leaves before it
+                starts.append(node.start)
+                features.append(-1)
+                bins.append(0)
+            if node.start == node.end:
+                node.mid = node.start
+                continue
+            starts.append(node.end)
+            features.append(feature)
+            bins.append(bin_)
+        if starts[-1] < len(tree.order):
+            starts.append(len(tree.order))
+            features.append(-1)
+            bins.append(0)
+        mids = np.empty(len(features), np.int64)
+        tree_kernels.partition(self.codes, tree.order, np.array(starts, np.int64),
+                               np.array(features, np.int64), np.array(bins, np.int64),
+                               mids)  # fmt: skip
+        ends = {end: mid for end, mid in zip(starts[1:], mids.tolist(), strict=True)}
+        for node in nodes:
+            if node.start != node.end:
+                node.mid = ends[node.end]
+
+    def _finish(self, tree: _Tree) -> dict:
+        """The tree as arrays (:data:`mpigd.trees.ensemble.NODE_ARRAYS`)."""
+        feature, bin_ = np.array(tree.feature, np.int32), np.array(tree.bin, np.int32)
+        totals = np.array(tree.totals)
+        inner = feature >= 0
+        threshold = np.zeros(len(feature))
+        threshold[inner] = [self.bins.edges[f][b] for f, b in zip(feature[inner], bin_[inner],
+                                                                   strict=True)]  # fmt: skip
+        value = splits.leaf_values(totals, self.growth.criterion, self.growth.limits,
+                                   lr=self.growth.lr)  # fmt: skip
+        value[inner] = 0.0
+        return {"feature": feature, "threshold": threshold, "bin": bin_,
+                "left": np.array(tree.left, np.int32), "right": np.array(tree.right, np.int32),
+                "value": value, "gain": np.array(tree.gain), "rows": totals[:, 0]}  # fmt: skip
