@@ -89,16 +89,20 @@ def _load_model(run_dir: str, backend_name: str):
     A run directory without model.h5 is explained by its run's status (still running,
     died, failed, ...); a model.h5 whose parameters do not fit its own model is refused.
     """
-    from mpigd.models import create_model, load_backend
+    from mpigd.models import TREE_MODELS, create_model, load_backend
     from mpigd.record import load_model
+    from mpigd.trees.ensemble import TreeEnsemble
 
     _explain_a_missing_model(run_dir)
-    params, info = load_model(run_dir)
+    params, info, arrays = load_model(run_dir)
     _check_model_info(info, run_dir)
     backend = load_backend(backend_name)
-    model = create_model(info["model"], backend, info["n_features"], info["task"],
-                         info["n_classes"], svm_loss=info.get("svm_loss", "hinge"),
-                         hidden=info.get("hidden", [128]))  # fmt: skip
+    if info["model"] in TREE_MODELS:
+        model = TreeEnsemble.from_model_file(info, arrays, f"{run_dir}/model.h5")
+    else:
+        model = create_model(info["model"], backend, info["n_features"], info["task"],
+                             info["n_classes"], svm_loss=info.get("svm_loss", "hinge"),
+                             hidden=info.get("hidden", [128]))  # fmt: skip
     _check_params(params, info, model, run_dir)
     return params, info, model
 
@@ -153,7 +157,8 @@ def _check_model_info(info, run_dir: str) -> None:
     file is one message naming the field, never a traceback from deep in the model.
     """
     from mpigd.errors import DataError
-    from mpigd.models import MODELS
+    from mpigd.models import MODELS, TREE_MODELS
+    from mpigd.trees.ensemble import TREE_TASKS
 
     path = f"{run_dir}/model.h5"
     needed = ("model", "n_features", "task", "n_classes", "l2")
@@ -168,9 +173,9 @@ def _check_model_info(info, run_dir: str) -> None:
         raise DataError(f"{path}: its model attribute has {key} {info[key]!r}; expected {expected}")
 
     name, task, n_classes = info["model"], info["task"], info["n_classes"]
-    if not (isinstance(name, str) and name in MODELS):
-        refuse("model", f"one of {', '.join(MODELS)}")
-    tasks = MODELS[name].tasks
+    if not (isinstance(name, str) and (name in MODELS or name in TREE_MODELS)):
+        refuse("model", f"one of {', '.join((*MODELS, *TREE_MODELS))}")
+    tasks = MODELS[name].tasks if name in MODELS else TREE_TASKS
     if not (isinstance(task, str) and task in tasks):
         refuse("task", f"one of {', '.join(tasks)} (the tasks of model {name!r})")
     if not _is_count(info["n_features"]):
@@ -196,7 +201,10 @@ def _check_model_info(info, run_dir: str) -> None:
         and all(_is_number(weight) and weight > 0 for weight in weights)
     ):  # fmt: skip
         refuse("class_weights", f"null or {n_classes} positive numbers, one per class")
-    if info.get("n_params") is not None and not _is_count(info["n_params"]):
+    if name in TREE_MODELS:  # no flat parameters: the trees are model.h5's group model
+        if info.get("n_params") not in (None, 0):
+            refuse("n_params", "0 for a tree ensemble")
+    elif info.get("n_params") is not None and not _is_count(info["n_params"]):
         refuse("n_params", "a whole number >= 1")
 
 

@@ -16,21 +16,32 @@ layout              when                                   what each rank holds
 ``sharded-servers`` ``ps-sync``/``ps-async`` with          servers 0..K-1: a key range of
                     ``--servers K`` > 1                    the flat vector; workers: rows
                                                            (:mod:`mpigd.strategies.sharded`)
+``tree-ensemble``   ``--model forest`` or ``gbt``          the whole ensemble; its rows as
+                                                           bin ids (:mod:`mpigd.trees`)
 ==================  =====================================  ==============================
 
 A layout's life: :meth:`Layout.check` (the config fits ``size`` ranks; ConfigError
 otherwise), :meth:`Layout.data_share`, :meth:`Layout.connect` (collective: its
-sub-communicators), then :meth:`Layout.model` and :meth:`Layout.strategy` (no MPI). To
+sub-communicators), :meth:`Layout.prepare` (collective: what it computes from all
+ranks' rows), then :meth:`Layout.build` (no MPI; by default the builder's parts from
+:meth:`Layout.model` and :meth:`Layout.strategy`). To
 add one, subclass :class:`Layout` and add it to :data:`LAYOUTS`;
 :class:`DataParallel` is the shortest example.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpigd import comm as mpi
 from mpigd.errors import ConfigError
-from mpigd.models import create_model
+from mpigd.models import TREE_MODELS, create_model
 from mpigd.models.mlp_split import SplitMLP
+from mpigd.run.builder import build_parts
 from mpigd.strategies import sharded, strategy_class
+from mpigd.strategies.histograms import HISTOGRAM_STRATEGIES, AllreduceHistograms
 from mpigd.strategies.sharded_async import ShardedAsync
 from mpigd.strategies.sharded_sync import ShardedSync
 from mpigd.strategies.tensor_parallel import (
@@ -39,6 +50,9 @@ from mpigd.strategies.tensor_parallel import (
     make_grid,
     model_group_share,
 )
+from mpigd.trees.binning import fit_bins
+from mpigd.trees.ensemble import TreeEnsemble
+from mpigd.trees.trainers import TRAINERS, TreeObjective
 
 
 class Layout:
@@ -65,6 +79,17 @@ class Layout:
     def connect(self, ranks, timer) -> None:
         """Collective: make the layout's sub-communicators (none by default)."""
 
+    def prepare(self, ranks, data, timer) -> None:
+        """Collective: what the layout computes from every rank's rows (``data``, the
+        :class:`~mpigd.run.loop.RunData`) before the parts are built; nothing by
+        default (a tree ensemble's quantile bins)."""
+
+    def build(self, ranks, backend, data, timer, hooks):
+        """This rank's parts (no MPI): the model, objective, strategy, optimiser and
+        parameters of :func:`mpigd.run.builder.build_parts`."""
+        return build_parts(self.config, self, ranks, backend, data.info, data.rows, timer,
+                           hooks)  # fmt: skip
+
     def penalty_sum(self, value: float) -> float:
         """This rank's share of the L2 term summed over the ranks sharing parameters."""
         return value
@@ -90,7 +115,8 @@ class DataParallel(Layout):
 
     @staticmethod
     def applies(config) -> bool:
-        return config.model_parallel == 1 and not ShardedServers.applies(config)
+        return (config.model_parallel == 1 and not ShardedServers.applies(config)
+                and not TreeEnsembleLayout.applies(config))  # fmt: skip
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -114,7 +140,7 @@ class TensorParallel(Layout):
 
     @staticmethod
     def applies(config) -> bool:
-        return config.model_parallel > 1
+        return config.model_parallel > 1 and not TreeEnsembleLayout.applies(config)
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -196,9 +222,77 @@ class ShardedServers(Layout):
         return self.strategy_class(ranks, objective, timer, options, hooks)
 
 
+@dataclass
+class TreeParts:
+    """What one rank trains a tree ensemble with, under the names the loop reads
+    (:class:`~mpigd.run.builder.RunParts`): the ensemble as ``model``; the trainer
+    (:mod:`mpigd.trees.trainers`), which grows each epoch's trees, as ``optimizer``; the
+    histogram strategy; and an empty ``params``: the trees are the model's saved
+    arrays (:meth:`~mpigd.models.Model.saved_arrays`), not a flat vector."""
+
+    model: TreeEnsemble
+    objective: TreeObjective
+    strategy: AllreduceHistograms
+    optimizer: object
+    params: np.ndarray
+
+
+class TreeEnsembleLayout(Layout):
+    """``--model forest`` or ``gbt``: every rank its rows' bin ids; the trees grow from
+    their histograms, which ``--strategy allreduce`` or ``reduce-scatter`` combines."""
+
+    name = "tree-ensemble"
+
+    @staticmethod
+    def applies(config) -> bool:
+        return config.model in TREE_MODELS
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.bins = self.codes = None
+
+    def check(self, size: int) -> None:
+        if self.config.model_parallel > 1:
+            raise ConfigError("--model-parallel splits the mlp; a tree ensemble is not split")
+
+    def data_share(self, rank: int, size: int) -> tuple[int, int]:
+        return rank, size
+
+    def prepare(self, ranks, data, timer) -> None:
+        """Collective: the quantile bins of every feature from a sample of all ranks'
+        rows (:func:`mpigd.trees.binning.fit_bins`), and this rank's rows as bin ids."""
+        config, info, rows = self.config, data.info, data.rows
+
+        def dense() -> None:
+            if info.sparse:
+                raise ConfigError(
+                    f"--model {config.model} bins every feature of every row: it needs a "
+                    f"dense dataset, and {config.data} is sparse"
+                )
+
+        mpi.collectively(ranks.comm, dense)
+        with timer.phase("compute"):
+            self.bins = fit_bins(ranks.comm, rows.X, rows.start, info.n_rows, config.max_bins,
+                                 config.seed)  # fmt: skip
+            self.codes = self.bins.codes(rows.X)
+
+    def build(self, ranks, backend, data, timer, hooks):
+        del backend, hooks
+        config, info, rows = self.config, data.info, data.rows
+        ensemble = TreeEnsemble(config.model, info.n_features, info.task, info.n_classes)
+        ensemble.bins = self.bins.to_arrays()
+        objective = TreeObjective()
+        test = (data.test_X, data.test.y) if data.test is not None else None
+        trainer = TRAINERS[config.model](config, ensemble, rows.X, rows.y, rows.start, self.codes,
+                                         self.bins, objective, timer, test)  # fmt: skip
+        strategy = HISTOGRAM_STRATEGIES[config.strategy](ranks, trainer, timer)
+        trainer.attach(strategy, trainer.limits())
+        return TreeParts(ensemble, objective, strategy, trainer, np.zeros(0))
+
+
 #: Every layout, by name.
 LAYOUTS: dict[str, type[Layout]] = {
-    cls.name: cls for cls in (DataParallel, TensorParallel, ShardedServers)
+    cls.name: cls for cls in (DataParallel, TensorParallel, ShardedServers, TreeEnsembleLayout)
 }
 
 

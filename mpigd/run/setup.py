@@ -8,7 +8,8 @@ agreed step encloses a collective. The order (:func:`set_up`):
 2. the layout is chosen and checked, the kernel backend loaded, the GPU placed; rank 0
    warns about options this configuration ignores;
 3. each rank reads its rows (training, test) as the layout shares them out;
-4. the layout connects (its sub-communicators) and the builder makes the parts;
+4. the layout connects (its sub-communicators), prepares what it computes from all
+   ranks' rows (a tree ensemble's bins) and builds the parts;
 5. balanced class weights from the global class counts; kernels compiled (warm-up);
 6. ``--resume``: the checkpoint restores parameters, optimiser and state;
 7. rank 0 writes the full run.json (``running``).
@@ -30,7 +31,6 @@ from mpigd.record.atomic import WRITE_ERRORS
 from mpigd.record.checkpoint_file import data_fingerprint
 from mpigd.record.provenance import describe_run
 from mpigd.run import checkpointing, progress
-from mpigd.run.builder import build_parts
 from mpigd.run.layouts import layout_for
 from mpigd.run.loading import load_local_rows
 from mpigd.run.loop import Run, RunData
@@ -66,12 +66,8 @@ def _build_run(config, ranks, hooks, record) -> Run:
         progress.note(f"warning: --batch-size {config.batch_size} is at least the "
                       f"{data.info.n_rows} training rows: every step is a full pass")  # fmt: skip
     layout.connect(ranks, timer)
-    parts = mpi.collectively(
-        comm,
-        lambda: build_parts(
-            config, layout, ranks, backend, data.info, data.rows, timer, hooks
-        ),  # fmt: skip
-    )
+    layout.prepare(ranks, data, timer)
+    parts = mpi.collectively(comm, lambda: layout.build(ranks, backend, data, timer, hooks))
     class_weights = _balance_classes(config, parts, data, backend, comm)
     _precondition(config, parts, data)
     warm_start = time.perf_counter()
