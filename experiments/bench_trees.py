@@ -38,8 +38,9 @@ In one invocation, on the same machine, with one thread per MPI rank, it measure
 (c) communication as P grows: gbt on ``--comm-rows`` rows with ``--comm-features`` (50
     and 500) features, ``--comm-rounds`` rounds, on ``--comm-procs`` (1, 2, 4) ranks,
     ``allreduce`` and ``reduce-scatter``: mean ``comm_s``, ``histogram_mib``,
-    ``histogram_s``, ``split_s`` and ``time_s`` per round. A P above the core count is
-    oversubscribed (ranks time-slice, waiting inflates ``comm_s``); the output says so.
+    ``histogram_s``, ``split_s`` and ``time_s`` per round, and the MiB a rank sends by the
+    ring algorithms' cost model. A P above the core count is oversubscribed (ranks
+    time-slice, waiting inflates ``comm_s``); the output says so.
 
 Every baseline runs in its own process (this script with ``--baseline-worker``), with
 ``OMP_NUM_THREADS`` set to its thread count, so that the OpenMP runtimes of the libraries
@@ -257,7 +258,7 @@ def train_mpigd(data: Path, procs: int, strategy: str, run_dir: Path, model_flag
         "--out",
         str(run_dir),
     ]
-    started = time.perf_counter()
+    load, started = os.getloadavg()[0], time.perf_counter()
     done = subprocess.run(
         command, env=one_thread_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S
     )
@@ -278,6 +279,7 @@ def train_mpigd(data: Path, procs: int, strategy: str, run_dir: Path, model_flag
         "procs": procs,
         "strategy": strategy,
         "oversubscribed": procs > os.cpu_count(),
+        "load_average_before": load,
         "run_dir": str(run_dir),
         "rounds": len(epochs),
         "per_round_s": median("time_s"),
@@ -336,25 +338,16 @@ def run_baseline(name: str, threads: int, data: Path, args) -> dict:
     out = CACHE / "baselines" / f"{name}-T{threads}-{data.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(threads))}
-    command = [
-        sys.executable,
-        __file__,
-        "--baseline-worker",
-        name,
-        "--worker-threads",
-        str(threads),
-        "--worker-data",
-        str(data),
-        "--worker-out",
-        str(out),
-        *_model_args(args),
-    ]
+    command = [sys.executable, __file__, "--baseline-worker", name, "--worker-threads",
+               str(threads), "--worker-data", str(data), "--worker-out", str(out),
+               *_model_args(args)]  # fmt: skip
+    load = os.getloadavg()[0]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     if done.returncode != 0:
         raise SystemExit(
             f"{' '.join(command)}\nfailed with status {done.returncode}:\n{done.stderr[-3000:]}"
         )
-    return json.loads(out.read_text())
+    return {**json.loads(out.read_text()), "load_average_before": load}
 
 
 def _model_args(args) -> list:
@@ -700,23 +693,26 @@ def part_comm(args) -> dict:
     )
     header = (
         f"{'d':>5}{'P':>3}{'strategy':>16}{'time s':>9}{'comm s':>9}{'hist s':>9}"
-        f"{'split s':>9}{'hist MiB':>10}{'comm/time':>10}"
+        f"{'split s':>9}{'hist MiB':>10}{'sent MiB':>10}{'comm/time':>10}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         m = r["parts_mean_s"]
         crowded = " *" if r["oversubscribed"] else ""
+        r["sent_mib_per_round"] = sent_mib(r["histogram_mib_per_round"], r["strategy"], r["procs"])
         lines.append(
             f"{r['features']:>5}{r['procs']:>3}{r['strategy']:>16}{m['time_s']:>9.4f}"
             f"{m['comm_s']:>9.4f}{m['histogram_s']:>9.4f}{m['split_s']:>9.4f}"
-            f"{r['histogram_mib_per_round']:>10.2f}"
+            f"{r['histogram_mib_per_round']:>10.2f}{r['sent_mib_per_round']:>10.2f}"
             f"{m['comm_s'] / m['time_s']:>10.1%}{crowded}"
         )
     print("\n".join(lines))
     print(
-        "    hist MiB: histograms a rank contributes to collectives per round (an Allreduce "
-        "moves about twice that per rank, a Reduce-Scatter about once); comm s includes "
-        "waiting for slower ranks; split s includes reduce-scatter's Allgather"
+        "    hist MiB: the histograms a rank contributes to collectives per round\n"
+        "    sent MiB: what a rank sends of them, by the ring algorithms' cost: Allreduce\n"
+        "      2 (P-1)/P x hist MiB, Reduce-Scatter (P-1)/P x hist MiB (a model, not measured)\n"
+        "    comm s: in MPI, including waiting for slower ranks; split s includes\n"
+        "      reduce-scatter's Allgather of the best split per node"
     )
     if any(r["oversubscribed"] for r in rows):
         print(
@@ -725,6 +721,13 @@ def part_comm(args) -> dict:
         )
     print(flush=True)
     return {"rows": rows}
+
+
+def sent_mib(histogram_mib: float, strategy: str, procs: int) -> float:
+    """MiB a rank sends per round for ``histogram_mib`` of histograms under the ring
+    algorithms: Allreduce (reduce-scatter then allgather) 2 (P-1)/P, Reduce-Scatter
+    (P-1)/P of the data."""
+    return (2 if strategy == "allreduce" else 1) * (procs - 1) / procs * histogram_mib
 
 
 def _compare(rows: list, reference: str, key: str, mpigd_key: str | None = None,
@@ -801,9 +804,11 @@ def environment(args, load: float) -> dict:
     for name in ("numpy", "lightgbm", "xgboost", "sklearn", "numba"):
         with contextlib.suppress(ImportError):
             versions[name] = __import__(name).__version__
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+
+    def git(*command):
+        return subprocess.run(["git", "-C", str(REPO), *command], capture_output=True,
+                              text=True).stdout.strip()  # fmt: skip
+
     options = {
         k: (str(v) if isinstance(v, Path) else v)
         for k, v in vars(args).items()
@@ -817,7 +822,8 @@ def environment(args, load: float) -> dict:
         "processor": platform.processor(),
         "python": platform.python_version(),
         "versions": versions,
-        "git_commit": commit,
+        "git_commit": git("rev-parse", "HEAD"),
+        "uncommitted": git("status", "--porcelain", "--", "mpigd", "kernels").splitlines(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
