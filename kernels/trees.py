@@ -543,6 +543,48 @@ def predict(X, feature, threshold, left, right, value, tree_start, tree_column, 
     _predict(X, feature, threshold, left, right, value, tree_start, tree_column, out)
 
 
+#: Edges a feature's row of :func:`bin_codes`' search table holds (2**8 - 1: a branch-free
+#: binary search of 8 halvings covers it; unused entries are +inf).
+_TABLE_EDGES = 255
+
+
+@njit(**_COMPILE)
+def _bin_codes(X, table, n_edges, out):
+    """:func:`bin_codes` on checked arguments: per value a branch-free binary search of
+    its feature's row of ``table`` (d, 255) for the count of edges below it (NaN: all)."""
+    n, d = X.shape
+    for i in range(n):
+        for j in range(d):
+            x = np.float64(X[i, j])
+            position = 0
+            step = 128
+            while step:
+                position += step * (table[j, position + step - 1] < x)
+                step >>= 1
+            out[i, j] = n_edges[j] if x != x else position
+
+
+def bin_codes(X, edges, offsets, out):
+    """``out[i, j]`` := the number of feature j's edges (``edges[offsets[j]:offsets[j +
+    1]]``, increasing, at most 255) below ``X[i, j]``: ``np.searchsorted(edges_j, x,
+    side="left")`` compared as float64, NaN last. X float32 or float64 (n, d)
+    C-contiguous; out uint8 (n, d). One pass over X, row by row, 8 branch-free halvings
+    a value (numpy's searchsorted, column by column on a 1,000,000 x 50 float64 X: 6.9 s
+    on the 2-core guest under load; a branchy binary search here: 3.8 s)."""
+    _check_array("X", X, (np.float32, np.float64), 2)
+    _check_array("out", out, (np.uint8,), 2)
+    offsets = np.asarray(offsets, np.int64)
+    counts = np.diff(offsets)
+    if out.shape != X.shape or offsets.shape != (X.shape[1] + 1,):
+        raise ValueError(f"out must be X's shape {X.shape} and offsets ({X.shape[1] + 1},)")
+    if np.any(counts < 0) or np.any(counts > _TABLE_EDGES) or offsets[-1] > len(edges):
+        raise ValueError(f"offsets must increase by at most {_TABLE_EDGES} a feature")
+    table = np.full((X.shape[1], _TABLE_EDGES), np.inf)
+    for j, (lo, hi) in enumerate(zip(offsets[:-1], offsets[1:], strict=True)):
+        table[j, : hi - lo] = edges[lo:hi]
+    _bin_codes(X, table, counts, out)
+
+
 def histograms_reference(codes, stats, order, starts, out):
     """:func:`histograms` in numpy (the specification): ``np.add.at`` adds each node's
     rows in order."""

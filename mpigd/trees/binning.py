@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kernels import trees as tree_kernels
 from mpigd.comm import agree
 from mpigd.errors import DataError
 from mpigd.trees.sampling import BIN_STREAM, uniform
@@ -22,7 +23,6 @@ from mpigd.trees.sampling import BIN_STREAM, uniform
 MAX_BINS = 256
 #: About the most bytes of sampled values rank 0 gathers at once (a block of columns).
 BLOCK_BYTES = 64 << 20
-_CODE_BLOCK_ROWS = 1 << 16  # rows binned at once by Bins.codes (bounds its temporaries)
 
 
 def check_max_bins(max_bins: int) -> int:
@@ -137,10 +137,9 @@ class Bins:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"X must be (n, {self.n_features}), got shape {X.shape}")
         out = np.empty(X.shape, dtype=np.uint8)
-        for start in range(0, len(X), _CODE_BLOCK_ROWS):
-            block = np.asarray(X[start : start + _CODE_BLOCK_ROWS], dtype=np.float64)
-            for j, e in enumerate(self.edges):
-                out[start : start + len(block), j] = np.searchsorted(e, block[:, j], "left")
+        arrays = self.to_arrays()
+        tree_kernels.bin_codes(np.ascontiguousarray(X), arrays["edges"], arrays["edge_offsets"],
+                               out)  # fmt: skip
         return out
 
     def to_arrays(self) -> dict[str, np.ndarray]:
