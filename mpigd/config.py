@@ -685,7 +685,11 @@ CONTRADICTIONS = (
         "--resume continues the run in --out, --overwrite replaces it: pass one of them",
     ),
     Contradiction(
-        lambda config: config.optimizer in FULL_BATCH_ONLY and config.batch_size is not None,
+        lambda config: (
+            config.model not in TREE_MODELS
+            and config.optimizer in FULL_BATCH_ONLY
+            and config.batch_size is not None
+        ),
         f"--optimizer {'/'.join(FULL_BATCH_ONLY)} takes full-batch steps: drop --batch-size, "
         "or use sgd, momentum or adam for mini-batches",
     ),

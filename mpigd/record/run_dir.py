@@ -288,7 +288,13 @@ def read_arrays(handle, name: str) -> dict | None:
     :func:`write_arrays` wrote them), or None when there is no such group."""
     if name not in handle:
         return None
-    return {key: handle[name][key][()] for key in handle[name]}
+    group = handle[name]
+    if not isinstance(group, h5py.Group):
+        raise ValueError(f"{name!r} is not a group")
+    for key, item in group.items():
+        if not isinstance(item, h5py.Dataset):
+            raise ValueError(f"{name}/{key} is not a dataset")
+    return {key: group[key][()] for key in group}
 
 
 def load_model(run_dir: str) -> tuple[np.ndarray, dict, dict | None]:

@@ -245,6 +245,11 @@ def check_arrays(arrays: dict, ensemble: TreeEnsemble, what: str) -> None:
     if missing:
         raise DataError(f"{what} lack {', '.join(missing)}")
     a = {name: np.asarray(arrays[name]) for name in needed}
+    for name in needed:
+        integers, ndim = np.issubdtype(DTYPES[name], np.integer), 2 if name == "value" else 1
+        if a[name].ndim != ndim or a[name].dtype.kind not in ("iu" if integers else "iuf"):
+            kind = "integers" if integers else "numbers"
+            raise DataError(f"{what}: {name} is not a {ndim}-D array of {kind}")
     nodes = len(a["feature"])
     for name in NODE_ARRAYS:
         if len(a[name]) != nodes or a[name].dtype.kind not in "iuf":

@@ -144,6 +144,15 @@ class GBT(Criterion):
     def score_columns(self, cols, l2):
         return _ratio(cols[1] * cols[1], cols[2] + l2)
 
+    def gain_columns(self, left, right, parent, l2):
+        """The score difference in a form that is exactly 0 when the children's G/H
+        ratios equal (rows alike), instead of rounding noise that would split them:
+        ((G_L b - G_R a)^2 - l2 (G_L^2 b + G_R^2 a)) / (a b c), a = H_L + l2,
+        b = H_R + l2, c = H + l2."""
+        a, b, c = left[2] + l2, right[2] + l2, parent[2] + l2
+        gl, gr = left[1], right[1]
+        return ((gl * b - gr * a) ** 2 - l2 * (gl * gl * b + gr * gr * a)) / (a * b * c)
+
     def children_ok(self, left, right, limits):
         mh = limits.min_hessian_leaf
         return super().children_ok(left, right, limits) & (left[2] >= mh) & (right[2] >= mh)
