@@ -166,7 +166,9 @@ def fake_run(rank=0, size=2, lockstep=True, stop_reason=None, every_s=5.0, epoch
     return types.SimpleNamespace(
         ranks=types.SimpleNamespace(is_root=rank == 0, size=size),
         config=types.SimpleNamespace(
-            progress_every=every_s, loop_epochs=(epochs, "--epochs"), batch_size=batch_size,
+            progress_every=every_s,
+            loop_epochs=(epochs, "--epochs"),
+            batch_size=batch_size,
             servers=1,
         ),
         data=types.SimpleNamespace(info=types.SimpleNamespace(n_rows=n_rows)),
