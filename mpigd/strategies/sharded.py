@@ -138,6 +138,13 @@ class ModelShard:
     def rng_state(self) -> None:
         return None
 
+    def saved_arrays(self) -> None:
+        """No arrays besides the flat parameters (see :meth:`mpigd.models.Model.saved_arrays`)."""
+        return None
+
+    def load_saved_arrays(self, arrays) -> None:
+        del arrays
+
     def set_rng_state(self, state) -> None:
         del state
 
