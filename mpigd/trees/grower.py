@@ -41,12 +41,27 @@ from mpigd.trees import split as splits
 @dataclass
 class TreeJob:
     """One tree to grow: this rank's ``stats`` (n, S) of all its rows, the local ids of
-    the rows taking part (``rows``, int64, increasing: those of positive weight), and
-    ``allowed(node_id)``: the features a node may split on (bool (d,); None: all)."""
+    the rows taking part (``rows``, int64, increasing: those of positive weight),
+    ``allowed(node_id)``: the features a node may split on (bool (d,); None: all), and
+    ``totals`` (S,), the sums of ``stats`` over this rank's rows when the caller has
+    them (None: summed here). Rows not taking part have all-zero stats, so the sums
+    over all rows and over ``rows`` are the same (and exact, on the grid)."""
 
     stats: np.ndarray
     rows: np.ndarray
     allowed: Callable[[int], np.ndarray | None] = lambda node_id: None
+    totals: np.ndarray | None = None
+
+
+@dataclass
+class GrownTree:
+    """A grown tree: ``arrays`` (:data:`mpigd.trees.ensemble.NODE_ARRAYS`), and where this
+    rank's rows ended up: node ``k``'s rows are ``order[segments[k, 0]:segments[k, 1]]``
+    (for a leaf, the rows whose prediction it gives)."""
+
+    arrays: dict
+    order: np.ndarray
+    segments: np.ndarray
 
 
 @dataclass
@@ -88,14 +103,16 @@ class _Tree:
     right: list = field(default_factory=list)
     gain: list = field(default_factory=list)
     totals: list = field(default_factory=list)
+    segments: list = field(default_factory=list)
     leaves: int = 1
 
-    def add(self, totals: np.ndarray) -> int:
-        """A new leaf with these totals; its id."""
+    def add(self, totals: np.ndarray, start: int, end: int) -> int:
+        """A new leaf with these totals and rows ``order[start:end]``; its id."""
         for name in ("feature", "bin", "left", "right"):
             getattr(self, name).append(-1)
         self.gain.append(0.0)
         self.totals.append(totals)
+        self.segments.append((start, end))
         return len(self.feature) - 1
 
 
@@ -113,14 +130,14 @@ class Grower:
         self.histogram_s = self.split_s = 0.0
         self.rows_read = 0
 
-    def grow(self, jobs: list[TreeJob]) -> list[dict]:
-        """Collective: grow one tree per job (all at once); each as a dict of
-        :data:`mpigd.trees.ensemble.NODE_ARRAYS`."""
+    def grow(self, jobs: list[TreeJob]) -> list[GrownTree]:
+        """Collective: grow one tree per job (all at once)."""
         trees = [_Tree(order=np.array(job.rows, np.int64)) for job in jobs]
-        local = np.array([job.stats[job.rows].sum(axis=0) for job in jobs])
+        local = np.array([job.stats.sum(axis=0) if job.totals is None else job.totals
+                          for job in jobs])  # fmt: skip
         totals = self.exchange.sum(local)  # exact: the stats are on the grid
-        level = [_Node(t, trees[t].add(totals[t]), 0, totals[t], 0, len(trees[t].order))
-                 for t in range(len(jobs))]  # fmt: skip
+        level = [_Node(t, trees[t].add(totals[t], 0, len(trees[t].order)), 0, totals[t], 0,
+                       len(trees[t].order)) for t in range(len(jobs))]  # fmt: skip
         built, parent_hist, sibling_of = level, None, {}
         while level:
             candidates = [node for node in level if self._may_split(node)]
@@ -228,10 +245,10 @@ class Grower:
             tree, mid = trees[node.tree], node.mid
             left_totals = np.array(left_totals, np.float64)
             right_totals = node.totals - left_totals
-            left = _Node(node.tree, tree.add(left_totals), node.depth + 1, left_totals,
-                         node.start, mid)  # fmt: skip
-            right = _Node(node.tree, tree.add(right_totals), node.depth + 1, right_totals,
-                          mid, node.end)  # fmt: skip
+            left = _Node(node.tree, tree.add(left_totals, node.start, mid), node.depth + 1,
+                         left_totals, node.start, mid)  # fmt: skip
+            right = _Node(node.tree, tree.add(right_totals, mid, node.end), node.depth + 1,
+                          right_totals, mid, node.end)  # fmt: skip
             tree.feature[node.id], tree.bin[node.id] = feature, bin_
             tree.left[node.id], tree.right[node.id], tree.gain[node.id] = left.id, right.id, gain
             position = len(keep)
@@ -271,8 +288,8 @@ class Grower:
             if node.start != node.end:
                 node.mid = ends[node.end]
 
-    def _finish(self, tree: _Tree) -> dict:
-        """The tree as arrays (:data:`mpigd.trees.ensemble.NODE_ARRAYS`)."""
+    def _finish(self, tree: _Tree) -> GrownTree:
+        """The tree as arrays (:data:`mpigd.trees.ensemble.NODE_ARRAYS`) and its rows."""
         feature, bin_ = np.array(tree.feature, np.int32), np.array(tree.bin, np.int32)
         totals = np.array(tree.totals)
         inner = feature >= 0
@@ -282,6 +299,7 @@ class Grower:
         value = splits.leaf_values(totals, self.growth.criterion, self.growth.limits,
                                    lr=self.growth.lr)  # fmt: skip
         value[inner] = 0.0
-        return {"feature": feature, "threshold": threshold, "bin": bin_,
-                "left": np.array(tree.left, np.int32), "right": np.array(tree.right, np.int32),
-                "value": value, "gain": np.array(tree.gain), "rows": totals[:, 0]}  # fmt: skip
+        arrays = {"feature": feature, "threshold": threshold, "bin": bin_,
+                  "left": np.array(tree.left, np.int32), "right": np.array(tree.right, np.int32),
+                  "value": value, "gain": np.array(tree.gain), "rows": totals[:, 0]}  # fmt: skip
+        return GrownTree(arrays, tree.order, np.array(tree.segments, np.int64).reshape(-1, 2))

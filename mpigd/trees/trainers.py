@@ -18,8 +18,13 @@ passes itself to :meth:`step` as the grower's exchange.
   ``--early-stop K`` stops once K rounds passed without a lower test loss.
 
 Both keep the raw output of their training rows (``self.raw``), extended by each new
-tree's predictions; after a resume it is recomputed from the restored trees, adding
-them in the same order, so it is bit for bit what the uninterrupted run had.
+tree's outputs: a forest's by a prediction pass, boosting's by each leaf's value added
+to the rows the grower left in it (:func:`kernels.boosting.add_leaf_values`; the rows not
+taking part by a prediction pass over theirs alone). After a resume it is recomputed
+from the restored trees by prediction, adding them in the same order, so it is bit for
+bit what the uninterrupted run had (a row's leaf is the same either way: ``code <= bin``
+exactly when ``x <= threshold``). Boosting's epoch loss comes from the pass that also
+computes the next round's gradients (:mod:`kernels.boosting`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kernels import boosting as boosting_kernels
 from kernels import trees as tree_kernels
 from mpigd.trees import exact, losses, sampling
 from mpigd.trees import split as splits
@@ -168,7 +174,20 @@ class ForestTrainer(_Trainer):
 
         job = TreeJob(stats, np.flatnonzero(draws > 0).astype(np.int64), allowed)
         (grown,) = self.grower.grow([job])
-        self.ensemble.add_tree(grown)
+        self.ensemble.add_tree(grown.arrays)
+
+
+@dataclass
+class _Round:
+    """A boosting round prepared at an ensemble of ``trees`` trees: the training
+    ``loss`` there (all ranks' rows), this rank's rounded ``stats`` (W, n, 3) and their
+    ``totals`` (W, 3), and which rows take part (bool (n,))."""
+
+    trees: int
+    loss: float
+    stats: np.ndarray
+    totals: np.ndarray
+    taking_part: np.ndarray
 
 
 class BoostingTrainer(_Trainer):
@@ -177,6 +196,8 @@ class BoostingTrainer(_Trainer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.best_loss, self.best_round = math.inf, 0
+        self._started = False  # base_score set (a resumed ensemble has its own)
+        self._next: _Round | None = None
 
     def limits(self) -> GrowthLimits:
         config = self.config
@@ -197,28 +218,65 @@ class BoostingTrainer(_Trainer):
             sums[np.arange(len(self.y)), self.y] = w
         self._exact([sums], exchange)
         self.ensemble.base_score = losses.base_score(self.task, exchange.sum(sums.sum(axis=0)))
+        self._started = True
 
-    def step(self, exchange) -> None:
-        """Collective: grow the next round's trees (one per output column) and add them."""
-        if self.ensemble.n_trees == 0:
+    def train_loss(self, exchange) -> float:
+        """Collective: the mean (class-weighted) loss over all training rows, from the
+        pass that also prepares the next round's statistics (:meth:`_prepare`)."""
+        return self._prepare(exchange).loss
+
+    def _prepare(self, exchange) -> _Round:
+        """Collective (once per ensemble size): at the current raw output, the next
+        round's rounded statistics and the training loss, from one pass over the rows
+        (:func:`kernels.boosting.gradient_stats`) and one small Allreduce of the loss,
+        the weights and the sums of ``|stats|`` that fix the exact grid."""
+        if self._next is not None and self._next.trees == self.ensemble.n_trees:
+            return self._next
+        if self.ensemble.n_trees == 0 and not self._started:
             self.start(exchange)
         self._sync_raw()
         config, width = self.config, self.ensemble.width
         round_ = self.ensemble.n_trees // width
-        g, h = losses.derivatives(self.task, self.raw, self.y)
         taking_part = np.ones(len(self.ids), bool)
         if config.subsample < 1:
             u = sampling.uniform(config.seed, sampling.subsample_stream(round_), self.ids)
             taking_part = u < config.subsample
         weight = self.objective.sample_weight
-        w = taking_part.astype(np.float64) if weight is None else taking_part * weight
-        stats = [np.column_stack([taking_part.astype(np.float64), w * g[:, k], w * h[:, k]])
-                 for k in range(width)]  # fmt: skip
-        self._exact(stats, exchange)
-        rows = np.flatnonzero(taking_part).astype(np.int64)
-        jobs = [TreeJob(stats[k], rows, self._columns(round_, k)) for k in range(width)]
+        weight = np.ones(len(self.ids)) if weight is None else weight
+        stats, abs_sums, loss_sum, weight_sum = boosting_kernels.gradient_stats(
+            self.task, self.raw, self.y, weight, taking_part.astype(np.float64)
+        )
+        total = exchange.sum(np.concatenate([[loss_sum, weight_sum], abs_sums.ravel()]))
+        q = exact.exponents(total[2:].reshape(abs_sums.shape).max(axis=0))
+        totals = boosting_kernels.round_to_grid(stats, q)
+        self.objective.full_passes += 1
+        self._next = _Round(self.ensemble.n_trees, float(total[0] / total[1]), stats, totals,
+                            taking_part)  # fmt: skip
+        return self._next
+
+    def step(self, exchange) -> None:
+        """Collective: grow the next round's trees (one per output column) and add them;
+        the training raw output follows from the rows' leaves (the rows not taking part:
+        a prediction pass over theirs alone)."""
+        prepared = self._prepare(exchange)
+        self._next = None
+        width = self.ensemble.width
+        round_ = self.ensemble.n_trees // width
+        rows = np.flatnonzero(prepared.taking_part).astype(np.int64)
+        jobs = [TreeJob(prepared.stats[k], rows, self._columns(round_, k), prepared.totals[k])
+                for k in range(width)]  # fmt: skip
+        first = self.ensemble.n_trees
         for column, grown in enumerate(self.grower.grow(jobs)):
-            self.ensemble.add_tree(grown, column)
+            self.ensemble.add_tree(grown.arrays, column)
+            leaf = grown.arrays["feature"] < 0
+            boosting_kernels.add_leaf_values(self.raw, column, grown.order, grown.segments,
+                                             leaf, grown.arrays["value"][:, 0])  # fmt: skip
+        others = np.flatnonzero(~prepared.taking_part)
+        if len(others):
+            out = self.raw[others]
+            self.ensemble.raw_output(self.X[others], first, self.ensemble.n_trees, out=out)
+            self.raw[others] = out
+        self._raw_trees = self.ensemble.n_trees
         self._watch_test_loss(exchange, round_ + 1)
 
     def _columns(self, round_: int, k: int):
