@@ -8,10 +8,15 @@ Placement, one GPU per rank (:func:`choose_device`):
 
 - one visible device (Slurm's ``--gpus-per-task=1`` sets ``CUDA_VISIBLE_DEVICES`` to
   this task's GPU, or a node with one GPU): device 0;
-- Slurm gave the task its own GPUs (``SLURM_GPUS_PER_TASK`` set): device 0 of them;
-- otherwise every rank sees every GPU of the node: device ``local_rank mod count``,
-  with ``local_rank`` this rank's index among the ranks of its node
-  (``Split_type(COMM_TYPE_SHARED)``). More ranks than GPUs share them round-robin.
+- several visible devices: device ``local_rank mod count``, with ``local_rank`` this
+  rank's index among the ranks of its node (``Split_type(COMM_TYPE_SHARED)``). More
+  ranks than GPUs share them round-robin.
+
+Slurm's variables are not consulted: ``SLURM_GPUS_PER_TASK`` is also set when every
+task sees every GPU of the node (``mpirun`` inside an ``sbatch`` allocation, or
+``srun --gpu-bind=none``), and choosing device 0 there put all ranks on one GPU. When
+Slurm did bind several GPUs to each task, the node-local rank still picks one of the
+task's own GPUs, so the rule is right in both cases.
 
 Communication: the flat parameter and gradient vectors are host arrays (see
 :mod:`kernels.gpu`), so MPI always reads host memory, whatever the library supports.
@@ -32,7 +37,10 @@ COMMUNICATION = "host (gradients copied to pinned host memory before MPI)"
 
 
 def choose_device(local_rank: int, n_devices: int, environ=None) -> int:
-    """Index, among the visible devices, of the GPU this rank uses (see module docstring).
+    """Index, among the visible devices, of the GPU this rank uses (see module docstring):
+    0 with one visible device, else ``local_rank mod n_devices``, whatever Slurm's
+    variables say. ``environ`` (default ``os.environ``) only names
+    ``CUDA_VISIBLE_DEVICES`` in the error.
 
     Raises
     ------
@@ -43,8 +51,6 @@ def choose_device(local_rank: int, n_devices: int, environ=None) -> int:
     if n_devices < 1:
         visible = environ.get("CUDA_VISIBLE_DEVICES")
         raise ValueError(f"no CUDA device is visible (CUDA_VISIBLE_DEVICES={visible!r})")
-    if n_devices == 1 or environ.get("SLURM_GPUS_PER_TASK"):
-        return 0
     return local_rank % n_devices
 
 

@@ -68,6 +68,7 @@ def evaluate_run(
 
     ranks = ranks or world()
     params, info, model = collectively(ranks.comm, lambda: _load_model(run_dir, backend_name))
+    _place_on_devices(ranks, backend_name)
     data_info, rows = load_local_rows(data_path, ranks, every_rank_needs_rows=False,
                                       what="--data")  # fmt: skip
     collectively(ranks.comm, lambda: _check_data(data_info, info, data_path, run_dir))
@@ -81,6 +82,19 @@ def evaluate_run(
         data_loss = metrics["loss"]
     metrics["objective"] = data_loss + l2_term(params * model.reg_mask, info["l2"])
     return {"model": info["model"], "data": data_path, **metrics}
+
+
+def _place_on_devices(ranks: RankInfo, backend_name: str) -> dict | None:
+    """Collective: put each rank on its GPU for a device backend, as training does.
+
+    Without it every rank of ``mpigd eval --backend cupy`` used GPU 0. Called after
+    :func:`_load_model` (which loads the backend, so it cannot fail here, and allocates
+    nothing on a device) and before any row reaches a device. None for CPU backends.
+    """
+    from mpigd import device
+    from mpigd.models import load_backend
+
+    return device.place(ranks.comm, load_backend(backend_name))
 
 
 def _load_model(run_dir: str, backend_name: str):

@@ -99,12 +99,7 @@ def test_an_unusable_cupy_backend_is_a_clear_error():
         kernels.get_backend("cupy")
 
 
-def test_device_choice_follows_slurm_and_the_node_local_rank():
-    assert device.choose_device(5, 1, {"CUDA_VISIBLE_DEVICES": "3"}) == 0  # --gpus-per-task=1
-    assert device.choose_device(5, 2, {"SLURM_GPUS_PER_TASK": "2"}) == 0
-    assert [device.choose_device(rank, 4, {}) for rank in range(6)] == [0, 1, 2, 3, 0, 1]
-    with pytest.raises(ValueError, match="no CUDA device"):
-        device.choose_device(0, 0, {"CUDA_VISIBLE_DEVICES": ""})
+# The choice of device (fake device counts and environments): tests/test_device.py.
 
 
 def test_cuda_awareness_is_detected_conservatively():
