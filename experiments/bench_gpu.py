@@ -7,8 +7,10 @@
    time. Timed: ``gradient``, the whole :func:`kernels.gpu.linear_loss_grad` call as a
    training step makes it (parameters to the device, the single-pass kernel, the sum of
    the blocks' partials, the (d + 2) sums back through pinned memory, a stream
-   synchronisation); ``kernel``, the device part alone. Target: ``gradient`` <= 1.25 x
-   the read floor.
+   synchronisation); ``kernel``, the device part alone: the single-pass kernel, or for
+   rows too wide for its shared memory (above 6,142 float64 sums per warp) the two-GEMM
+   path that :func:`kernels.gpu.linear_loss_grad` takes then (``kernel_path`` in the
+   JSON). Target: ``gradient`` <= 1.25 x the read floor.
 2. One MLP step, 784-512-512-10, batch 512, float32 (as MNIST): forward, softmax
    cross-entropy and backward, against its cuBLAS GEMM floor, the same eight GEMMs
    (three forward, three weight gradients, two input gradients) timed alone. Timed:
@@ -59,6 +61,19 @@ def parse_args(argv=None):
     return args
 
 
+def single_pass_warps(features: int, max_warps: int, shared_bytes: int) -> int:
+    """Warps per block of the single-pass linear kernel for rows of ``features`` values,
+    as :func:`kernels.gpu.linear_loss_grad` sizes it: each warp keeps ``features + 2``
+    float64 sums in shared memory, at most ``max_warps`` warps within ``shared_bytes``.
+
+    0 when not even one warp fits (``features`` > 6,142 with 48 KiB): kernels.gpu then
+    takes the two-GEMM path, and the benchmark must time that instead of launching the
+    single-pass kernel with no warps (which divided by zero). Pure arithmetic, so it is
+    tested without a GPU.
+    """
+    return min(max_warps, shared_bytes // (8 * (features + 2)))
+
+
 def time_gpu(function, repeats, inner=1, warmup=2):
     """Seconds per call of ``function()`` by CUDA events: median, min, max over ``repeats``
     timings of ``inner`` calls each, after ``warmup`` untimed calls."""
@@ -95,18 +110,24 @@ def bench_gradient(args):
     grad = numpy.empty_like(params)
     copy = cupy.empty_like(X)
     device_params = cupy.asarray(params)
-    warps = min(gpu._MAX_WARPS, gpu._SHARED_BYTES // (8 * (args.features + 2)))
+    warps = single_pass_warps(args.features, gpu._MAX_WARPS, gpu._SHARED_BYTES)
+    if warps:
+        path = f"single-pass ({warps} warps per block)"
+
+        def kernel():
+            gpu._linear_single_pass("logistic", X, y, None, None, device_params, args.rows, warps)
+    else:
+        path = "two GEMMs (rows too wide for the single-pass kernel's shared memory)"
+
+        def kernel():
+            gpu._linear_two_gemms("logistic", X, y, None, None, device_params)
+
     timed = {
         "copy": time_gpu(lambda: copy.data.copy_from_device_async(X.data, X.nbytes), args.repeats),
         "gradient": time_gpu(
             lambda: gpu.linear_loss_grad("logistic", X, y, None, params, grad), args.repeats
         ),
-        "kernel": time_gpu(
-            lambda: gpu._linear_single_pass(
-                "logistic", X, y, None, None, device_params, args.rows, warps
-            ),  # fmt: skip
-            args.repeats,
-        ),
+        "kernel": time_gpu(kernel, args.repeats),
     }
     copy_s = timed["copy"]["median_s"]
     read_floor_s = copy_s / 2  # the copy moves 2 x nbytes (read + write)
@@ -114,6 +135,7 @@ def bench_gradient(args):
         "rows": args.rows,
         "features": args.features,
         "bytes_of_X": int(X.nbytes),
+        "kernel_path": path,
         "copy_bandwidth_gb_s": 2 * X.nbytes / copy_s / 1e9,
         "read_floor_s": read_floor_s,
         "times": timed,
@@ -223,6 +245,7 @@ def print_table(result):
           f"({gradient['bytes_of_X'] / 1e9:.2f} GB), copy bandwidth "
           f"{gradient['copy_bandwidth_gb_s']:.0f} GB/s (read + write):")  # fmt: skip
     lines(gradient["times"])
+    print(f"  kernel path  {gradient['kernel_path']}")
     print(f"  read floor   {gradient['read_floor_s'] * 1e3:9.3f} ms  (copy / 2)")
     print(f"MLP step {'-'.join(map(str, mlp['layers']))}, batch {mlp['batch']}, float32:")
     lines(mlp["times"])
