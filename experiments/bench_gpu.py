@@ -8,7 +8,7 @@
    training step makes it (parameters to the device, the single-pass kernel, the sum of
    the blocks' partials, the (d + 2) sums back through pinned memory, a stream
    synchronisation); ``kernel``, the device part alone: the single-pass kernel, or for
-   rows too wide for its shared memory (above 6,142 float64 sums per warp) the two-GEMM
+   rows too wide for its shared memory (more than 6,142 features) the two-GEMM
    path that :func:`kernels.gpu.linear_loss_grad` takes then (``kernel_path`` in the
    JSON). Target: ``gradient`` <= 1.25 x the read floor.
 2. One MLP step, 784-512-512-10, batch 512, float32 (as MNIST): forward, softmax
@@ -265,7 +265,8 @@ def main(argv=None) -> int:
     reason = kernels.gpu_unavailable_reason()
     if reason is not None:
         print(f"bench_gpu: cannot run here: {reason}. This benchmark needs an NVIDIA GPU and "
-              "CuPy (pip install 'mpigd[gpu]').", file=sys.stderr)  # fmt: skip
+              "CuPy (pip install 'mpigd[gpu-cuda12]' or 'mpigd[gpu-cuda13]', one of them).",
+              file=sys.stderr)  # fmt: skip
         return 2
     result = {"device": describe_device(), "gradient": bench_gradient(args)}
     result["mlp"] = bench_mlp(args)
