@@ -1,7 +1,7 @@
 """How CuPy is installed: one extra per CUDA major version, and no trace of the old one.
 
 cupy-cuda12x and cupy-cuda13x in one environment overwrite each other's files, so the
-single ``gpu`` extra (cupy-cuda12x) was replaced by ``gpu-cuda12`` and ``gpu-cuda13``;
+single extra named gpu (cupy-cuda12x) was replaced by ``gpu-cuda12`` and ``gpu-cuda13``;
 a message or document still naming the old extra would send users to an extra pip no
 longer knows (pip only warns about an unknown extra and installs no CuPy).
 """
