@@ -15,7 +15,7 @@ MPI_TEST_TIMEOUT ?= 900
 RUN_DIR := build/run
 SYNTH   := build/synth-binary
 
-.PHONY: install run test lint unit mpi-tests bench scaling commbench model clean
+.PHONY: install run test test-gpu lint unit mpi-tests bench scaling commbench model clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,31 @@ mpi-tests: $(STAMP)
 	done
 
 test: lint unit mpi-tests
+
+# The GPU tests on a GPU node, where a skip is a failure (MPIGD_TEST_GPU=1). $(VENV_GPU)
+# is a separate venv with --system-site-packages, so a CuPy preinstalled on the node is
+# seen (.venv has no CuPy); GPU_EXTRA=gpu-cuda12 or gpu-cuda13 installs CuPy from pip
+# instead (one only, never next to a preinstalled CuPy). GPU_EXTRAS (default mpich): the
+# other extras; GPU_EXTRAS= uses the node's MPI through its own mpi4py.
+VENV_GPU   ?= .venv-gpu
+GPU_EXTRA  ?=
+GPU_EXTRAS ?= mpich
+GPU_STAMP  := $(VENV_GPU)/.installed
+GPU_TESTS  ?= tests/test_gpu.py tests/test_gpu_bench.py tests/test_device.py
+comma := ,
+
+$(GPU_STAMP): pyproject.toml
+	$(PYTHON) -m venv --system-site-packages $(VENV_GPU)
+	echo '*' > $(VENV_GPU)/.gitignore
+	$(VENV_GPU)/bin/python -m pip install --quiet -e \
+		'.[$(subst $(eval) ,$(comma),$(strip test $(GPU_EXTRAS) $(GPU_EXTRA)))]'
+	touch $(GPU_STAMP)
+
+test-gpu: $(GPU_STAMP)
+	$(VENV_GPU)/bin/python -c 'import cupy; print("CuPy", cupy.__version__, "GPUs", cupy.cuda.runtime.getDeviceCount())' \
+		|| { echo "test-gpu: no usable CuPy in $(VENV_GPU): preinstall it on the node, or" \
+		"rm -rf $(VENV_GPU) and make test-gpu GPU_EXTRA=gpu-cuda12 (or gpu-cuda13)" >&2; exit 1; }
+	MPIGD_TEST_GPU=1 $(VENV_GPU)/bin/python -m pytest -q -rs $(GPU_TESTS)
 
 bench: $(STAMP)
 	$(PY) experiments/bench_kernels.py

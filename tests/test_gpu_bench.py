@@ -44,13 +44,13 @@ def test_the_sizing_matches_kernels_gpu():
     assert (gpu._MAX_WARPS, gpu._SHARED_BYTES) == (MAX_WARPS, SHARED_BYTES)
 
 
-def test_without_a_gpu_the_benchmark_says_so_and_exits_2(capsys, tmp_path):
+def test_without_a_gpu_the_benchmark_says_so_and_exits_2(monkeypatch, capsys, tmp_path):
     import kernels
 
-    if kernels.gpu_unavailable_reason() is None:
-        pytest.skip("a GPU is usable here: the benchmark would run")
+    monkeypatch.setattr(kernels, "gpu_unavailable_reason", lambda: "no CUDA device is available")
     assert bench_gpu.main(["--quick", "--out", str(tmp_path / "b.json")]) == 2
-    assert "cannot run here" in capsys.readouterr().err
+    assert "cannot run here: no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
 
 
 @pytest.mark.parametrize("features", [6142, 6143])
