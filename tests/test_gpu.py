@@ -295,6 +295,28 @@ def test_dense_kernels_match_numpy(backend_name, dtype, masked, weighted):
     assert_close(d_column_dev, d_column, rtol)
 
 
+@pytest.mark.parametrize("backend_name", ("numpy", *BACKENDS))
+@pytest.mark.parametrize("bad", [[0, 20], [3, -1]], ids=["past-the-end", "negative"])
+@pytest.mark.parametrize("layout", ["dense", "csr"])
+def test_mlp_rows_out_of_range_raise_on_every_backend(backend_name, bad, layout):
+    """CuPy's ``X[rows]`` wraps an index out of range (numpy's takes a negative one from
+    the end): the MLP checks the batch's rows before it gathers them."""
+    import scipy.sparse
+
+    backend = backend_named(backend_name)
+    X, y = make_problem("multiclass", n_rows=20, d=4, n_classes=3, seed=1)
+    model = create_model("mlp", backend, 4, "multiclass", 3, hidden=(5,))
+    X_rows = backend.to_device(scipy.sparse.csr_matrix(X) if layout == "csr" else X)
+    labels = backend.to_device(model.targets(y))
+    params, grad = model.init_params(np.random.default_rng(2)), np.empty(model.n_params)
+    for rows in (np.array(bad), backend.to_device(np.array(bad))):  # host or device rows
+        with pytest.raises(IndexError, match="outside 0 .. n-1"):
+            model.loss_grad(X_rows, labels, None, params, grad, rows=rows)
+    good = model.loss_grad(X_rows, labels, None, params, grad, rows=np.array([0, 19, 19]))
+    assert np.isfinite(good) and model.loss_grad(X_rows, labels, None, params, grad,
+                                                 rows=np.zeros(0, np.int64)) == 0.0  # fmt: skip
+
+
 # -- every model through LocalObjective ------------------------------------------------------
 
 MODELS = [

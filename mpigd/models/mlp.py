@@ -178,8 +178,17 @@ class MLP(Model):
                   train=True, accumulate=False) -> float:  # fmt: skip
         """See :meth:`Model.loss_grad`. With ``accumulate`` each layer's gradient is
         added to ``grad_out``: the MLP's gradient is dense, so that costs O(n_params)
-        either way."""
+        either way. A row index outside ``0 .. n-1`` raises IndexError on every backend."""
         to_device, xp = self.backend.to_device, self.backend.xp
+        if (
+            rows is not None
+            and len(rows)
+            and (int(rows.min()) < 0 or int(rows.max()) >= X.shape[0])
+        ):
+            # Checked before the gather (on the host when rows come from there, as the
+            # batches do: one min and max per batch): CuPy's X[rows] wraps an index out of
+            # range instead of raising, and numpy's takes a negative one from the end.
+            raise IndexError("rows holds an index outside 0 .. n-1")
         X, y, sample_weight = to_device(X), to_device(y), to_device(sample_weight)
         if rows is not None:
             rows = to_device(rows)
