@@ -585,6 +585,43 @@ def bin_codes(X, edges, offsets, out):
     _bin_codes(X, table, counts, out)
 
 
+@njit(**_COMPILE)
+def _bin_value_ranges(X, codes, low, high):
+    """:func:`bin_value_ranges` on checked arguments."""
+    n, d = X.shape
+    n_bins = low.shape[1]
+    for i in range(n):
+        for j in range(d):
+            b = _check_code(codes[i, j], n_bins)
+            x = np.float64(X[i, j])
+            low[j, b] = min(low[j, b], x)
+            high[j, b] = max(high[j, b], x)
+
+
+def bin_value_ranges(X, codes, n_bins):
+    """``(low, high)``, each float64 (d, n_bins): the smallest and largest value of
+    ``X`` (n, d) float32 or float64 C-contiguous among the rows whose code (``codes``,
+    uint8 (n, d)) is each bin (+inf and -inf for an empty bin). One pass over both."""
+    _check_array("X", X, (np.float32, np.float64), 2)
+    _check_array("codes", codes, (np.uint8,), 2)
+    if codes.shape != X.shape:
+        raise ValueError(f"codes must be X's shape {X.shape}, got {codes.shape}")
+    low = np.full((X.shape[1], n_bins), np.inf)
+    high = np.full((X.shape[1], n_bins), -np.inf)
+    _bin_value_ranges(X, codes, low, high)
+    return low, high
+
+
+def bin_value_ranges_reference(X, codes, n_bins):
+    """:func:`bin_value_ranges` in numpy (the specification)."""
+    low = np.full((X.shape[1], n_bins), np.inf)
+    high = np.full((X.shape[1], n_bins), -np.inf)
+    for j in range(X.shape[1]):
+        np.minimum.at(low[j], codes[:, j], X[:, j].astype(np.float64))
+        np.maximum.at(high[j], codes[:, j], X[:, j].astype(np.float64))
+    return low, high
+
+
 def histograms_reference(codes, stats, order, starts, out):
     """:func:`histograms` in numpy (the specification): ``np.add.at`` adds each node's
     rows in order."""

@@ -317,3 +317,17 @@ def test_predict_rejects_bad_arguments(name, bad, match):
     arguments[name] = bad
     with pytest.raises(ValueError, match=match):
         trees.predict(**arguments)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bin_value_ranges_equal_the_reference(dtype):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(400, 6)).astype(dtype)
+    codes = rng.integers(0, 20, size=X.shape).astype(np.uint8)  # bins 20..23 stay empty
+    low, high = trees.bin_value_ranges(X, codes, 24)
+    expected = trees.bin_value_ranges_reference(X, codes, 24)
+    np.testing.assert_array_equal(low, expected[0])
+    np.testing.assert_array_equal(high, expected[1])
+    assert np.all(low[:, 20:] == np.inf) and np.all(high[:, 20:] == -np.inf)
+    with pytest.raises(ValueError, match="bin"):
+        trees.bin_value_ranges(X, codes, 10)

@@ -257,3 +257,15 @@ def test_fit_bins_refuses_bad_max_bins_and_non_finite_values():
     X[50, 2] = np.nan
     with pytest.raises(CollectiveError, match="cannot bin feature 2: .*finite"):
         fit_bins(MPI.COMM_SELF, X, 0, 100, 16, seed=0)
+
+
+def test_mid_gap_lies_between_the_bins_values_and_falls_back_to_the_edge():
+    edges = np.array([1.5, 2.5, 3.5, 4.5])
+    low = np.array([1.0, 2.0, np.inf, np.inf, 5.0])
+    high = np.array([1.0, 2.2, -np.inf, -np.inf, 5.0])
+    assert binning.mid_gap(edges, low, high, 1, 3) == pytest.approx(3.6)  # (2.2 + 5) / 2
+    assert binning.mid_gap(edges, low, high, 0, 0) == 1.5  # (1 + 2) / 2 = 1.5 too
+    assert binning.mid_gap(edges, low, high, 1, 1) == 2.5  # bin 2 holds no row: the edge
+    a = 1.0
+    b = np.nextafter(a, 2.0)  # neighbouring floats: the midpoint is a, never b
+    assert binning.mid_gap(np.array([a]), np.array([a, b]), np.array([a, b]), 0, 0) == a

@@ -416,3 +416,13 @@ def test_reference_equals_a_histogram_builder(criterion):
         for key in ("feature", "bin", "left", "right", "gain"):
             np.testing.assert_array_equal(got[key], expected[key])
         np.testing.assert_allclose(got["value"], expected["value"], rtol=1e-10)
+
+
+def test_gap_ends_find_the_last_empty_bin_after_each_split():
+    hist = np.zeros((3, 2, 8, 3))
+    hist[1, 0, [0, 2, 6], 0] = [4, 1, 2]  # node 0, local feature 1: bins 3..5 empty
+    hist[2, 1, [1, 2], 0] = [3, 5]  # node 1, local feature 2: no gap after bin 1
+    upper = split.gap_ends(hist, np.array([11, 12]), np.array([2, 1]), feature_offset=10)
+    np.testing.assert_array_equal(upper, [5, 1])
+    none = split.gap_ends(hist, np.array([-1, 40]), np.array([-1, 1]), feature_offset=10)
+    np.testing.assert_array_equal(none, [-1, -1])  # no split; a feature another rank owns

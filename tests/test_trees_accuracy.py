@@ -225,11 +225,6 @@ def test_forest_matches_random_forest_on_average_over_seeds(split, tmp_path, nam
     assert abs(np.mean(ours) - np.mean(theirs)) <= tolerance
 
 
-@pytest.mark.xfail(strict=True, reason="a forest split sits at the upper edge of the highest "
-                   "bin its node's left rows fill (the smallest of the tied bins), not in the "
-                   "gap between the node's rows as RandomForest's do; test rows in that gap "
-                   "all go right (paired, moving only the thresholds: breast cancer +1.0 "
-                   "point, digits +0.3)")  # fmt: skip
 def test_forest_splits_lie_in_the_middle_of_their_nodes_gap(tmp_path):
     """Every split of a forest grown without bagging lies in the middle half of the gap
     between the largest training value of its node that goes left and the smallest that

@@ -50,7 +50,7 @@ from mpigd.strategies.tensor_parallel import (
     make_grid,
     model_group_share,
 )
-from mpigd.trees.binning import fit_bins
+from mpigd.trees.binning import fit_bins, value_ranges
 from mpigd.trees.ensemble import TreeEnsemble
 from mpigd.trees.trainers import TRAINERS, TreeObjective
 
@@ -249,7 +249,7 @@ class TreeEnsembleLayout(Layout):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.bins = self.codes = None
+        self.bins = self.codes = self.ranges = None
 
     def check(self, size: int) -> None:
         if self.config.model_parallel > 1:
@@ -260,7 +260,8 @@ class TreeEnsembleLayout(Layout):
 
     def prepare(self, ranks, data, timer) -> None:
         """Collective: the quantile bins of every feature from a sample of all ranks'
-        rows (:func:`mpigd.trees.binning.fit_bins`), and this rank's rows as bin ids."""
+        rows (:func:`mpigd.trees.binning.fit_bins`), this rank's rows as bin ids, and for
+        a forest each bin's range of values (:func:`mpigd.trees.binning.value_ranges`)."""
         config, info, rows = self.config, data.info, data.rows
 
         def dense() -> None:
@@ -275,6 +276,8 @@ class TreeEnsembleLayout(Layout):
             self.bins = fit_bins(ranks.comm, rows.X, rows.start, info.n_rows, config.max_bins,
                                  config.seed)  # fmt: skip
             self.codes = self.bins.codes(rows.X)
+            if config.model == "forest":  # thresholds mid-gap, as RandomForest's
+                self.ranges = value_ranges(ranks.comm, rows.X, self.codes, self.bins)
 
     def build(self, ranks, backend, data, timer, hooks):
         del backend, hooks
@@ -286,7 +289,7 @@ class TreeEnsembleLayout(Layout):
         trainer = TRAINERS[config.model](config, ensemble, rows.X, rows.y, rows.start, self.codes,
                                          self.bins, objective, timer, test)  # fmt: skip
         strategy = HISTOGRAM_STRATEGIES[config.strategy](ranks, trainer, timer)
-        trainer.attach(strategy, trainer.limits())
+        trainer.attach(strategy, trainer.limits(), self.ranges)
         return TreeParts(ensemble, objective, strategy, trainer, np.zeros(0))
 
 

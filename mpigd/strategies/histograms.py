@@ -70,8 +70,10 @@ class AllreduceHistograms:
         return local
 
     def best_splits(self, hist, totals, masks, criterion, limits):
-        """Each node's best split over all features: ``(gain, feature, bin, left)``."""
-        return splits.best_splits(hist, totals, masks, criterion, limits)
+        """Each node's best split over all features: ``(gain, feature, bin, left,
+        upper)``, ``upper`` the last bin of its gap (:func:`mpigd.trees.split.gap_ends`)."""
+        gain, feature, bin_, left = splits.best_splits(hist, totals, masks, criterion, limits)
+        return gain, feature, bin_, left, splits.gap_ends(hist, feature, bin_)
 
     def sum(self, values: np.ndarray) -> np.ndarray:
         """Collective: element-wise sum over the ranks (in place; returned)."""
@@ -164,12 +166,13 @@ class ReduceScatterHistograms(AllreduceHistograms):
     def best_splits(self, hist, totals, masks, criterion, limits):
         """Each node's best split: this rank's over its features, then the best of
         all ranks' (ties: the smaller feature) from one Allgather of
-        ``[gain, feature, bin, left stats]`` per node."""
+        ``[gain, feature, bin, gap end, left stats]`` per node."""
         mine = self.features
         gain, feature, bin_, left = splits.best_splits(
             hist, totals, masks[:, mine], criterion, limits, feature_offset=mine.start
         )
-        record = np.column_stack([gain, feature, bin_, left]).astype(np.float64)
+        upper = splits.gap_ends(hist, feature, bin_, feature_offset=mine.start)
+        record = np.column_stack([gain, feature, bin_, upper, left]).astype(np.float64)
         every = np.empty((self.ranks.size,) + record.shape)
         with self.timer.phase("comm", "Allgather", record.nbytes):
             self.comm.Allgather(record, every)
@@ -179,7 +182,7 @@ class ReduceScatterHistograms(AllreduceHistograms):
         best = np.lexsort((np.where(features < 0, np.inf, features), key), axis=0)[0]
         chosen = every[best, np.arange(record.shape[0])]
         return (chosen[:, 0], chosen[:, 1].astype(np.int64), chosen[:, 2].astype(np.int64),
-                chosen[:, 3:])  # fmt: skip
+                chosen[:, 4:], chosen[:, 3].astype(np.int64))  # fmt: skip
 
 
 #: The histogram strategies by ``--strategy`` name.

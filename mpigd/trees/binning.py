@@ -235,3 +235,32 @@ def _bins_from_root(comm, bins: Bins | None, d: int) -> Bins:
     flat = arrays.get("edges", np.empty(int(offsets[-1]), dtype=np.float64))
     comm.Bcast(flat, root=0)
     return Bins.from_arrays({"edges": flat, "edge_offsets": offsets})
+
+
+def value_ranges(comm, X_local: np.ndarray, codes: np.ndarray, bins: Bins):
+    """Collective over ``comm``: ``(low, high)``, each float64 (d, B), the smallest and
+    largest value of every feature among all ranks' rows in each bin (+inf, -inf for a
+    bin no row falls in). Minima and maxima are exact in any order, so they are the same
+    for every rank count. A forest places its thresholds from them (:func:`mid_gap`)."""
+    from mpi4py import MPI
+
+    low, high = tree_kernels.bin_value_ranges(np.ascontiguousarray(X_local), codes,
+                                              bins.max_bins_used)  # fmt: skip
+    both = np.concatenate([low.ravel(), -high.ravel()])
+    comm.Allreduce(MPI.IN_PLACE, both, op=MPI.MIN)
+    return both[: low.size].reshape(low.shape), -both[low.size :].reshape(high.shape)
+
+
+def mid_gap(edges: np.ndarray, low: np.ndarray, high: np.ndarray, split_bin: int,
+            upper_bin: int) -> float:  # fmt: skip
+    """The threshold of a split "bin <= split_bin goes left" whose node has no rows in
+    bins ``split_bin + 1 .. upper_bin``: the midpoint (:func:`_midpoints`) between the
+    largest value of any row in bin ``split_bin`` (``high``, one feature's (B,)) and the
+    smallest in bin ``upper_bin + 1`` (``low``), as scikit-learn's forests place it between
+    the node's values. The node's left rows are <= it and its right rows above it, as
+    their bins say, so its rows go the same way by value as by bin. Falls back to the
+    bin's edge where either bin holds no row (not on the node's own rows)."""
+    a, b = high[split_bin], low[upper_bin + 1]
+    if not (np.isfinite(a) and np.isfinite(b) and a < b):
+        return float(edges[split_bin])
+    return float(_midpoints(np.array([a]), np.array([b]))[0])

@@ -36,6 +36,7 @@ import numpy as np
 
 from kernels import trees as tree_kernels
 from mpigd.trees import split as splits
+from mpigd.trees.binning import mid_gap
 
 
 @dataclass
@@ -99,6 +100,7 @@ class _Tree:
     order: np.ndarray
     feature: list = field(default_factory=list)
     bin: list = field(default_factory=list)
+    upper: list = field(default_factory=list)
     left: list = field(default_factory=list)
     right: list = field(default_factory=list)
     gain: list = field(default_factory=list)
@@ -108,7 +110,7 @@ class _Tree:
 
     def add(self, totals: np.ndarray, start: int, end: int) -> int:
         """A new leaf with these totals and rows ``order[start:end]``; its id."""
-        for name in ("feature", "bin", "left", "right"):
+        for name in ("feature", "bin", "upper", "left", "right"):
             getattr(self, name).append(-1)
         self.gain.append(0.0)
         self.totals.append(totals)
@@ -118,11 +120,15 @@ class _Tree:
 
 class Grower:
     """Grows trees on this rank's ``codes`` with ``exchange`` combining the ranks'
-    histograms; ``edges`` (per feature, :class:`~mpigd.trees.binning.Bins`) turn split
-    bins into thresholds; ``timer`` books the histogram kernel as ``compute``."""
+    histograms; ``timer`` books the histogram kernel as ``compute``. A split's threshold
+    is its bin's upper edge (``bins``, :class:`~mpigd.trees.binning.Bins`), as
+    HistGradientBoosting's; with ``ranges`` (:func:`~mpigd.trees.binning.value_ranges`,
+    a forest's) it lies mid-gap between the node's rows either side
+    (:func:`~mpigd.trees.binning.mid_gap`), as RandomForest's."""
 
-    def __init__(self, codes: np.ndarray, bins, exchange, limits: GrowthLimits, timer) -> None:
-        self.codes, self.bins, self.exchange = codes, bins, exchange
+    def __init__(self, codes: np.ndarray, bins, exchange, limits: GrowthLimits, timer,
+                 ranges=None) -> None:  # fmt: skip
+        self.codes, self.bins, self.exchange, self.ranges = codes, bins, exchange, ranges
         self.growth, self.timer = limits, timer
         self.n_bins = int(bins.max_bins_used)
         #: Seconds this rank spent building histograms and choosing splits, and the
@@ -208,7 +214,7 @@ class Grower:
         with self.timer.phase("compute"):
             found = self.exchange.best_splits(hist, totals, masks, self.growth.criterion,
                                               self.growth.limits)  # fmt: skip
-        gain, feature, bin_, left = found
+        gain, feature, bin_, left, upper = found
         chosen = [None] * len(candidates)
         by_tree: dict[int, list[int]] = {}
         for k, node in enumerate(candidates):
@@ -219,7 +225,8 @@ class Grower:
                 room = self.growth.max_leaves - trees[t].leaves
                 ks = sorted(ks, key=lambda k: (-gain[k], candidates[k].id))[: max(room, 0)]
             for k in ks:
-                chosen[k] = (float(gain[k]), int(feature[k]), int(bin_[k]), left[k])
+                chosen[k] = (float(gain[k]), int(feature[k]), int(bin_[k]), left[k],
+                             int(upper[k]))  # fmt: skip
                 trees[t].leaves += 1
         self.split_s += time.perf_counter() - start
         return chosen
@@ -241,7 +248,7 @@ class Grower:
         for k, node in enumerate(candidates):
             if chosen[k] is None:
                 continue
-            gain, feature, bin_, left_totals = chosen[k]
+            gain, feature, bin_, left_totals, upper = chosen[k]
             tree, mid = trees[node.tree], node.mid
             left_totals = np.array(left_totals, np.float64)
             right_totals = node.totals - left_totals
@@ -249,7 +256,7 @@ class Grower:
                          left_totals, node.start, mid)  # fmt: skip
             right = _Node(node.tree, tree.add(right_totals, mid, node.end), node.depth + 1,
                           right_totals, mid, node.end)  # fmt: skip
-            tree.feature[node.id], tree.bin[node.id] = feature, bin_
+            tree.feature[node.id], tree.bin[node.id], tree.upper[node.id] = feature, bin_, upper
             tree.left[node.id], tree.right[node.id], tree.gain[node.id] = left.id, right.id, gain
             position = len(keep)
             keep.append(k)
@@ -264,7 +271,7 @@ class Grower:
         """Stably reorder the tree's rows of each split node, left rows first; sets each
         node's ``mid``. Segments between them (leaves) are passed as untouched."""
         starts, features, bins = [0], [], []
-        for node, (_, feature, bin_, _) in zip(nodes, chosen, strict=True):
+        for node, (_, feature, bin_, _, _) in zip(nodes, chosen, strict=True):
             if node.start > starts[-1]:  # the rows of leaves before it
                 starts.append(node.start)
                 features.append(-1)
@@ -294,8 +301,13 @@ class Grower:
         totals = np.array(tree.totals)
         inner = feature >= 0
         threshold = np.zeros(len(feature))
-        threshold[inner] = [self.bins.edges[f][b] for f, b in zip(feature[inner], bin_[inner],
-                                                                   strict=True)]  # fmt: skip
+        for node in np.flatnonzero(inner):
+            f, b = feature[node], bin_[node]
+            if self.ranges is None:
+                threshold[node] = self.bins.edges[f][b]
+            else:
+                threshold[node] = mid_gap(self.bins.edges[f], self.ranges[0][f],
+                                          self.ranges[1][f], b, tree.upper[node])  # fmt: skip
         value = splits.leaf_values(totals, self.growth.criterion, self.growth.limits,
                                    lr=self.growth.lr)  # fmt: skip
         value[inner] = 0.0

@@ -370,3 +370,20 @@ def _best_bins(cells, totals, crit, limits):
     gains = np.where(valid & (gains > 0) & (gains < np.inf), gains, -np.inf)
     best_bin = gains.argmax(axis=1)  # the first (smallest) best bin
     return gains[np.arange(m), best_bin], best_bin
+
+
+def gap_ends(hist, feature, bins, feature_offset=0):
+    """The last bin of each split's gap: for node k split at global ``feature[k]``, bin
+    ``bins[k]`` (-1: no split), the largest ``e >= bins[k]`` such that the node has no
+    rows (column 0 of ``hist`` (d_local, K, B, S), the row counts) in bins
+    ``bins[k] + 1 .. e``. Every threshold between bin ``bins[k]`` and bin ``e + 1`` splits
+    the node's rows alike; -1 where no split (or its feature is not local)."""
+    upper = np.full(len(bins), -1, dtype=np.int64)
+    local = np.asarray(feature) - feature_offset
+    found = np.flatnonzero((np.asarray(bins) >= 0) & (local >= 0) & (local < hist.shape[0]))
+    n_bins = hist.shape[2]
+    for k in found:
+        counts = hist[local[k], k, bins[k] + 1 :, 0]
+        filled = np.flatnonzero(counts != 0)
+        upper[k] = bins[k] + (filled[0] if filled.size else n_bins - 1 - bins[k])
+    return upper

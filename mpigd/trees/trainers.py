@@ -70,9 +70,10 @@ class _Trainer:
         self.raw = np.zeros((X.shape[0], ensemble.width))
         self._raw_trees = 0  # trees whose output self.raw holds
 
-    def attach(self, exchange, limits: GrowthLimits) -> None:
-        """Bind the strategy that combines the histograms (it needs the trainer too)."""
-        self.grower = Grower(self.codes, self.bins, exchange, limits, self.timer)
+    def attach(self, exchange, limits: GrowthLimits, ranges=None) -> None:
+        """Bind the strategy that combines the histograms (it needs the trainer too);
+        ``ranges``: the bins' value ranges, for mid-gap thresholds (see the Grower)."""
+        self.grower = Grower(self.codes, self.bins, exchange, limits, self.timer, ranges)
 
     def warm_up(self) -> None:
         """Compile the tree kernels on a few rows (no MPI)."""
