@@ -14,7 +14,8 @@ outer loop, so slow drifts of the machine spread over all points. Then it writes
 
 - ``points.csv``: one row per run, read from its ``run.json``, ``metrics.jsonl`` and
   ``harness.json`` (the machine at its launch: cores, ranks per node, load, binding, and
-  whether it was oversubscribed or loaded, :mod:`experiments.contention`);
+  whether it was oversubscribed or loaded, :mod:`experiments.contention`), and a column
+  per field the study's ``epoch_fields`` names;
 - ``summary.csv`` and ``summary.json``: medians and spread per point, speedup, efficiency,
   Karp-Flatt serial fraction, the Amdahl (strong) or Gustafson (weak) fit, and the
   warnings printed about oversubscribed or loaded runs;
@@ -47,7 +48,7 @@ from pathlib import Path
 
 from experiments import contention, study_dir
 from experiments.study import Study, StudyError, load_study
-from experiments.study_points import POINT_FIELDS, collect, missing_line
+from experiments.study_points import POINT_FIELDS, collect, missing_line, point_fields
 from experiments.study_runs import (
     choose_launcher,
     expected_points,
@@ -56,6 +57,9 @@ from experiments.study_runs import (
     too_few_ranks,
 )
 from experiments.summary import summarize
+
+#: POINT_FIELDS stays importable from here (tests read scaling.POINT_FIELDS).
+__all__ = ["POINT_FIELDS", "analyze", "main", "parse_args", "read_csv", "warn_before", "write_csv"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -122,7 +126,7 @@ def analyze(study: Study, out: Path, expected: list[tuple]) -> int:
             f"file sets now (e.g. {changed[0].path}); they are analysed as they are"
         )
     points = collect(study, runs)
-    write_csv(points, out / "points.csv", POINT_FIELDS)
+    write_csv(points, out / "points.csv", point_fields(study))
     print(f"points: {out / 'points.csv'} ({len(points)} runs)")
     if missing:
         print(missing)

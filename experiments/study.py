@@ -11,6 +11,7 @@ Example (``experiments/studies/weak-logreg.toml``)::
     strategies = ["allreduce"]  # each crossed with models, backends and ranks
     models = ["logreg"]
     backends = ["numba"]
+    # epoch_fields = ["histogram_s"]  # optional: more metrics.jsonl fields for points.csv
 
     [data]                      # synthetic data (mpigd data synth), written once per size
     task = "binary"
@@ -30,15 +31,22 @@ Example (``experiments/studies/weak-logreg.toml``)::
 
 Strategy, model and backend names are passed to ``mpigd train`` as they are: any name
 the command line accepts works here, and a bad one fails its runs with mpigd's message.
+A tree model (``forest``, ``gbt``) counts its epochs by ``trees`` or ``rounds`` in
+``[train]``, not ``epochs`` (``experiments/studies/trees.toml``).
+
+``epoch_fields`` names further per-epoch fields of ``metrics.jsonl`` (a tree model's
+``histogram_s``, ``split_s``, ``histogram_mib``): each becomes a points.csv column,
+averaged over the measured epochs as ``time_s`` is, empty for a run whose epochs lack it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from kernels import DEFAULT_BACKEND
-from mpigd.config import read_toml
+from mpigd.config import TrainConfig, default_of, read_toml
 
 MODES = ("strong", "weak")
 LAUNCHERS = ("auto", "mpirun", "srun")
@@ -46,6 +54,8 @@ LAUNCHERS = ("auto", "mpirun", "srun")
 SYNTH_KEYS = ("task", "features", "classes", "shards", "seed", "dtype")
 #: Train options the harness sets itself for every run.
 RESERVED_TRAIN_KEYS = ("data", "out", "test_data", "progress", "config")
+#: Train options that count a run's epochs, by model (:attr:`TrainConfig.loop_epochs`).
+LOOP_KEYS = ("epochs", "trees", "rounds")
 
 
 class StudyError(ValueError):
@@ -67,6 +77,7 @@ class Study:
     data : ``path`` of an existing dataset, or synth options with ``rows``.
     train : fixed ``mpigd train`` options, keys with ``_`` (``batch_size``).
     launcher, launcher_args, timeout_s : how each run is started, and its time limit.
+    epoch_fields : further metrics.jsonl fields averaged into points.csv columns.
     """
 
     name: str
@@ -82,6 +93,7 @@ class Study:
     launcher: str = "auto"
     launcher_args: tuple[str, ...] = ()
     timeout_s: float = 900.0
+    epoch_fields: tuple[str, ...] = ()
 
     def series(self) -> list[tuple[str, str, str]]:
         """Every (strategy, model, backend) combination, in file order."""
@@ -115,6 +127,7 @@ def load_study(path: str | Path, ranks: list[int] | None = None) -> Study:
         launcher=launch.get("launcher", "auto"),
         launcher_args=tuple(launch.get("args", ())),
         timeout_s=float(launch.get("timeout_s", 900.0)),
+        epoch_fields=_names(head.pop("epoch_fields", [])),
     )
     head.pop("ranks", None)
     if head:
@@ -142,11 +155,26 @@ def _validate(study: Study, path) -> None:
     reserved = sorted(set(study.train) & set(RESERVED_TRAIN_KEYS))
     if reserved:
         problems.append(f"[train] may not set {', '.join(reserved)}: the harness sets them")
-    if "epochs" in study.train and study.train["epochs"] <= study.skip_epochs:
-        problems.append(f"epochs must exceed skip_epochs ({study.skip_epochs})")
+    problems += _epoch_problems(study)
+    if any(not isinstance(name, str) or not name for name in study.epoch_fields):
+        problems.append(f"epoch_fields must be field names, got {list(study.epoch_fields)}")
     problems += _data_problems(study)
     if problems:
         raise StudyError(f"{path}: " + "; ".join(problems))
+
+
+def _epoch_problems(study: Study) -> list[str]:
+    """A model whose runs would have no epoch left after ``skip_epochs``: the count of
+    ``epochs``, or ``trees``/``rounds`` for a tree model (:attr:`TrainConfig.loop_epochs`),
+    from ``[train]`` or its default."""
+    problems = []
+    for model in study.models:
+        counts = {key: study.train.get(key, default_of(key)) for key in LOOP_KEYS}
+        count, flag = TrainConfig.loop_epochs.fget(SimpleNamespace(model=model, **counts))
+        problem = f"{flag[2:]} must exceed skip_epochs ({study.skip_epochs})"
+        if isinstance(count, int) and count <= study.skip_epochs and problem not in problems:
+            problems.append(problem)
+    return problems
 
 
 def _data_problems(study: Study) -> list[str]:

@@ -54,7 +54,12 @@ POINT_FIELDS = (
 )
 
 
-def read_point(run_dir: Path, skip_epochs: int) -> dict:
+def point_fields(study: Study) -> tuple[str, ...]:
+    """Columns of the study's points.csv: :data:`POINT_FIELDS`, then its ``epoch_fields``."""
+    return POINT_FIELDS + tuple(key for key in study.epoch_fields if key not in POINT_FIELDS)
+
+
+def read_point(run_dir: Path, skip_epochs: int, epoch_fields=()) -> dict:
     """One points.csv row's measured fields, from ``run.json`` and ``metrics.jsonl``.
 
     Per-epoch fields are means over the epochs after the first ``skip_epochs`` (all
@@ -66,7 +71,9 @@ def read_point(run_dir: Path, skip_epochs: int) -> dict:
     ``ranks_per_node`` the most ranks on one. A run without a ``run.json`` gets status
     ``no-record``; one that failed early has only the fields its record holds; one killed
     outright (SIGKILL, out of memory) is ``died`` (:func:`mpigd.record.read_run`), with its
-    ``last_heartbeat``. ``stop_reason`` says why a run did not complete.
+    ``last_heartbeat``. ``stop_reason`` says why a run did not complete. Each of
+    ``epoch_fields`` (the study's, :mod:`experiments.study`) is the mean of that
+    metrics.jsonl field over the measured epochs that have it as a number, else None.
     """
     try:
         run, epochs = read_run(run_dir)
@@ -96,7 +103,15 @@ def read_point(run_dir: Path, skip_epochs: int) -> dict:
     point["steps_per_epoch"] = point.pop("steps")
     phases = ("compute_s", "comm_s", "io_s", "eval_s")
     point["other_s"] = point["time_s"] - sum(point[key] for key in phases)
+    for key in epoch_fields:
+        if key not in point:
+            values = [epoch[key] for epoch in measured if _is_number(epoch.get(key))]
+            point[key] = sum(values) / len(values) if values else None
     return point
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def collect(study: Study, runs: list[study_dir.Run]) -> list[dict]:
@@ -123,7 +138,7 @@ def collect(study: Study, runs: list[study_dir.Run]) -> list[dict]:
             **{key: harness.get(key) for key in ("cores", "load_1min", "busy_cores")},
             cpu_binding=harness.get("cpu_binding"),
         )
-        point.update(read_point(run.path, study.skip_epochs))
+        point.update(read_point(run.path, study.skip_epochs, study.epoch_fields))
         point.update(
             contention.marks(point["cores"], point.get("ranks_per_node"), point["busy_cores"])
         )
