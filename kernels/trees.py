@@ -248,6 +248,57 @@ def _histograms(codes, stats, order, starts, out):
 
 
 @njit(**_COMPILE)
+def _pair_histograms(codes, stats, order, starts, feature_starts, features, slots, out):
+    """:func:`pair_histograms` on checked arguments: per node one pass over its rows into
+    a working histogram of its own features (contiguous, in L1/L2), then moved to its
+    pairs' slots of ``out``."""
+    n, d = codes.shape
+    n_bins, n_stats = out.shape[1], out.shape[2]
+    width = _bin_width(n_stats)
+    most = 0
+    for k in range(starts.shape[0] - 1):
+        most = max(most, feature_starts[k + 1] - feature_starts[k])
+    hist = np.zeros(most * n_bins * width)
+    row_stats = np.zeros(width)
+    flat_codes = codes.reshape(n * d)
+    flat_stats = stats.reshape(n * n_stats)
+    n_rows, row_bytes, row_doubles = uint64(n), uint64(d), uint64(n_stats)
+    bins, stride = uint64(n_bins), uint64(n_bins) * uint64(width)
+    for k in range(starts.shape[0] - 1):
+        f0, f1, stop = feature_starts[k], feature_starts[k + 1], starts[k + 1]
+        for q in range(starts[k], stop):
+            if q + PREFETCH_ROWS < stop:
+                ahead = uint64(order[q + PREFETCH_ROWS])
+                if ahead < n_rows:
+                    _prefetch_read(flat_codes, ahead * row_bytes)
+                    _prefetch_read(flat_codes, ahead * row_bytes + row_bytes - uint64(1))
+                    _prefetch_read(flat_stats, ahead * row_doubles)
+            r = uint64(order[q])
+            if r >= n_rows:
+                raise ValueError("order holds a row id outside 0 .. n-1")
+            for s in range(n_stats):
+                row_stats[s] = flat_stats[r * row_doubles + uint64(s)]
+            first, position = r * row_bytes, uint64(0)
+            for j in range(f0, f1):
+                b = _check_code(flat_codes[first + uint64(features[j])], bins)
+                if width == 1:
+                    hist[position + b] += row_stats[0]
+                elif width == 2:
+                    _add2(hist, position + b * uint64(2), row_stats, 0)
+                else:
+                    for c in range(0, width, 4):
+                        _add4(hist, position + b * uint64(width) + uint64(c), row_stats, c)
+                position += stride
+        for j in range(f1 - f0):
+            slot, base = slots[f0 + j], j * n_bins * width
+            for b in range(n_bins):
+                for s in range(n_stats):
+                    out[slot, b, s] = hist[base + b * width + s]
+                for s in range(width):
+                    hist[base + b * width + s] = 0.0
+
+
+@njit(**_COMPILE)
 def _partition(codes, order, starts, features, bins, mids):
     """:func:`partition` on checked arguments. Per node, left rows are compacted in place
     and right rows go to a scratch buffer, copied back after; branch-free (both stores
@@ -427,6 +478,46 @@ def histograms(codes, stats, order, starts, out):
     if not 1 <= shape[2] <= MAX_BINS:
         raise ValueError(f"out must have 1 .. {MAX_BINS} bins, got {shape[2]}")
     _histograms(codes, stats, order, starts, out)
+
+
+def pair_histograms(codes, stats, order, starts, feature_starts, features, slots, out):
+    """Histograms of (node, feature) pairs, each node over its own features only (a
+    forest's node tries a few): node ``k``'s ``j``-th feature ``f = features[
+    feature_starts[k] + j]`` fills ``out[slots[feature_starts[k] + j], b] = sum of
+    stats[r]`` over its rows ``r`` (``order[starts[k]:starts[k + 1]]``) with ``codes[r, f]
+    == b``. ``codes``, ``stats``, ``order``, ``starts`` as :func:`histograms`;
+    ``feature_starts`` (K + 1,) non-decreasing from 0, ``features`` and ``slots`` int
+    (m,) with ``m = feature_starts[K]``, ``slots`` distinct rows of ``out``, float64
+    (M >= m, B, S) C-contiguous: the rows they name are overwritten, the others left as
+    they were (several trees' nodes fill one ``out``). Sums in row order, as
+    :func:`pair_histograms_reference`. ValueError as :func:`histograms`."""
+    _check_codes_order(codes, order)
+    _check_array("stats", stats, (np.float64,), 2)
+    _check_array("out", out, (np.float64,), 3)
+    n, d = codes.shape
+    if stats.shape[0] != n or stats.shape[1] != out.shape[2]:
+        raise ValueError(f"stats must be ({n}, S) with out's S = {out.shape[2]}, got {stats.shape}")
+    starts = _check_starts(starts, order.shape[0])
+    features, slots = np.asarray(features), np.asarray(slots)
+    n_pairs = features.shape[0] if features.ndim == 1 else -1
+    feature_starts = _check_starts(feature_starts, max(n_pairs, 0))
+    if (
+        feature_starts.shape != starts.shape
+        or feature_starts[0] != 0
+        or (feature_starts[-1] != n_pairs)
+    ):
+        raise ValueError(f"feature_starts must have K + 1 = {starts.shape[0]} entries from 0 "
+                         f"to the {n_pairs} features")  # fmt: skip
+    features = _as_index("features", features, (n_pairs,))
+    slots = _as_index("slots", slots, (n_pairs,))
+    if n_pairs and (features.min() < 0 or features.max() >= d):
+        raise ValueError(f"features must lie in 0 .. {d - 1}")
+    if n_pairs and (slots.min() < 0 or slots.max() >= out.shape[0]
+                    or np.unique(slots).size != n_pairs):  # fmt: skip
+        raise ValueError(f"slots must be distinct rows of out, 0 .. {out.shape[0] - 1}")
+    if not 1 <= out.shape[1] <= MAX_BINS:
+        raise ValueError(f"out must have 1 .. {MAX_BINS} bins, got {out.shape[1]}")
+    _pair_histograms(codes, stats, order, starts, feature_starts, features, slots, out)
 
 
 def partition(codes, order, starts, features, bins, mids):
@@ -630,6 +721,16 @@ def histograms_reference(codes, stats, order, starts, out):
         rows = order[starts[k] : starts[k + 1]]
         for f in range(codes.shape[1]):
             np.add.at(out[f, k], codes[rows, f], stats[rows])
+
+
+def pair_histograms_reference(codes, stats, order, starts, feature_starts, features, slots,
+                              out):  # fmt: skip
+    """:func:`pair_histograms` in numpy (the specification)."""
+    out[:] = 0.0
+    for k in range(len(starts) - 1):
+        rows = order[starts[k] : starts[k + 1]]
+        for p in range(feature_starts[k], feature_starts[k + 1]):
+            np.add.at(out[slots[p]], codes[rows, features[p]], stats[rows])
 
 
 def partition_reference(codes, order, starts, features, bins, mids):

@@ -331,3 +331,45 @@ def test_bin_value_ranges_equal_the_reference(dtype):
     assert np.all(low[:, 20:] == np.inf) and np.all(high[:, 20:] == -np.inf)
     with pytest.raises(ValueError, match="bin"):
         trees.bin_value_ranges(X, codes, 10)
+
+
+@pytest.mark.parametrize("n_stats", [1, 2, 3, 5])
+def test_pair_histograms_match_reference_and_leave_other_rows(n_stats):
+    rng = np.random.default_rng(30 + n_stats)
+    n, d, n_bins, n_nodes = 600, 9, 33, 5
+    codes = rng.integers(0, n_bins, (n, d), dtype=np.uint8)
+    stats = rng.standard_normal((n, n_stats))
+    order, starts = node_layout(n, n_nodes, rng, subset=True)
+    counts = rng.integers(0, 4, n_nodes)  # some nodes try no feature
+    features = np.concatenate([np.sort(rng.choice(d, c, replace=False)) for c in counts])
+    feature_starts = np.concatenate([[0], np.cumsum(counts)])
+    m = len(features)
+    slots = rng.permutation(m + 2)[:m]  # two rows of out belong to no pair
+    out = np.full((m + 2, n_bins, n_stats), 7.0)
+    expected = out.copy()
+    trees.pair_histograms(codes, stats, order, starts, feature_starts, features, slots, out)
+    expected[slots] = 0.0
+    trees.pair_histograms_reference(codes, stats, order, starts, feature_starts, features, slots,
+                                    expected)  # fmt: skip
+    untouched = np.setdiff1d(np.arange(m + 2), slots)
+    expected[untouched] = 7.0
+    np.testing.assert_array_equal(out, expected)
+    full = np.empty((d, n_nodes, n_bins, n_stats))
+    trees.histograms_reference(codes, stats, order, starts, full)
+    node_of_pair = np.repeat(np.arange(n_nodes), counts)
+    np.testing.assert_array_equal(out[slots], full[features, node_of_pair])
+
+
+def test_pair_histograms_reject_bad_arguments():
+    codes = np.zeros((4, 3), np.uint8)
+    stats, order = np.ones((4, 2)), np.arange(4, dtype=np.int64)
+    out = np.zeros((2, 4, 2))
+    good = (codes, stats, order, [0, 4], [0, 2], [0, 2], [0, 1], out)
+    trees.pair_histograms(*good)
+    for position, bad, match in [(5, [0, 3], "features"), (6, [1, 1], "slots"),
+                                 (6, [0, 2], "slots"), (4, [0, 1], "feature_starts"),
+                                 (7, np.zeros((2, 4, 3)), "stats")]:  # fmt: skip
+        arguments = list(good)
+        arguments[position] = bad
+        with pytest.raises(ValueError, match=match):
+            trees.pair_histograms(*arguments)

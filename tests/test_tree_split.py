@@ -418,11 +418,38 @@ def test_reference_equals_a_histogram_builder(criterion):
         np.testing.assert_allclose(got["value"], expected["value"], rtol=1e-10)
 
 
-def test_gap_ends_find_the_last_empty_bin_after_each_split():
+def test_gaps_end_at_the_last_empty_bin_after_each_split():
     hist = np.zeros((3, 2, 8, 3))
-    hist[1, 0, [0, 2, 6], 0] = [4, 1, 2]  # node 0, local feature 1: bins 3..5 empty
-    hist[2, 1, [1, 2], 0] = [3, 5]  # node 1, local feature 2: no gap after bin 1
-    upper = split.gap_ends(hist, np.array([11, 12]), np.array([2, 1]), feature_offset=10)
+    hist[1, 0, [0, 2, 6], 0] = [4, 1, 2]  # node 0, feature 1: bins 3..5 empty
+    hist[2, 1, [1, 2], 0] = [3, 5]  # node 1, feature 2: no gap after bin 1
+    hist[..., 1] = hist[..., 0] * np.array([1, -1, 1, 1, 1, 1, -1, 1])  # g by bin: signs flip
+    hist[..., 2] = hist[..., 0]
+    hist[:, 1, :, 1] = hist[:, 1, :, 0] * np.array([1, -1, 1, 1, 1, 1, 1, 1])
+    totals = hist[1].sum(axis=1)
+    totals[1] = hist[2, 1].sum(axis=0)
+    mask = np.array([[False, True, False], [False, False, True]])
+    gain, feature, bins, _, upper = best_splits(hist, totals, mask, "gbt", Limits(),
+                                                feature_offset=10, with_gaps=True)  # fmt: skip
+    np.testing.assert_array_equal(feature, [11, 12])
+    np.testing.assert_array_equal(bins, [2, 1])
     np.testing.assert_array_equal(upper, [5, 1])
-    none = split.gap_ends(hist, np.array([-1, 40]), np.array([-1, 1]), feature_offset=10)
-    np.testing.assert_array_equal(none, [-1, -1])  # no split; a feature another rank owns
+
+
+@pytest.mark.parametrize("criterion", CRITERION_NAMES)
+def test_best_pair_splits_equal_best_splits_whatever_the_pairs_order(criterion):
+    rng = np.random.default_rng(8)
+    n, d, n_nodes, n_bins = 500, 6, 7, 9
+    codes = rng.integers(0, n_bins, (n, d))
+    codes[:, 4] = codes[:, 2]  # two features alike: a tie the smaller feature wins
+    stats = random_stats(criterion, n, rng)
+    hist, totals = histograms(codes, stats, rng.integers(0, n_nodes, n), n_nodes, n_bins)
+    mask = rng.random((n_nodes, d)) < 0.6
+    mask[:, [2, 4]] = True
+    expected = best_splits(hist, totals, mask, criterion, Limits(), with_gaps=True)
+    pair_node, pair_feature = np.nonzero(mask)
+    shuffled = rng.permutation(len(pair_node))
+    pair_node, pair_feature = pair_node[shuffled], pair_feature[shuffled]
+    got = split.best_pair_splits(hist[pair_feature, pair_node], pair_node, pair_feature, totals,
+                                 criterion, Limits(), with_gaps=True)  # fmt: skip
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -71,9 +71,21 @@ class AllreduceHistograms:
 
     def best_splits(self, hist, totals, masks, criterion, limits):
         """Each node's best split over all features: ``(gain, feature, bin, left,
-        upper)``, ``upper`` the last bin of its gap (:func:`mpigd.trees.split.gap_ends`)."""
-        gain, feature, bin_, left = splits.best_splits(hist, totals, masks, criterion, limits)
-        return gain, feature, bin_, left, splits.gap_ends(hist, feature, bin_)
+        upper)``, ``upper`` the last bin of its gap (:func:`mpigd.trees.split.best_splits`)."""
+        return splits.best_splits(hist, totals, masks, criterion, limits, with_gaps=True)
+
+    def reduce_pairs(self, local: np.ndarray, pair_feature: np.ndarray):
+        """Collective: the sum over ranks of ``local`` (m, B, S), histograms of (node,
+        feature) pairs ordered by feature; with the pairs this rank received (all)."""
+        self._bytes += local.nbytes
+        with self.timer.phase("comm", "Allreduce", local.nbytes):
+            self.comm.Allreduce(MPI.IN_PLACE, local, op=MPI.SUM)
+        return local, slice(None)
+
+    def best_pair_splits(self, cells, pair_node, pair_feature, totals, criterion, limits):
+        """Each node's best split over its pairs: ``(gain, feature, bin, left, upper)``."""
+        return splits.best_pair_splits(cells, pair_node, pair_feature, totals, criterion,
+                                       limits, with_gaps=True)  # fmt: skip
 
     def sum(self, values: np.ndarray) -> np.ndarray:
         """Collective: element-wise sum over the ranks (in place; returned)."""
@@ -164,14 +176,42 @@ class ReduceScatterHistograms(AllreduceHistograms):
         return own
 
     def best_splits(self, hist, totals, masks, criterion, limits):
-        """Each node's best split: this rank's over its features, then the best of
-        all ranks' (ties: the smaller feature) from one Allgather of
-        ``[gain, feature, bin, gap end, left stats]`` per node."""
+        """Each node's best split: this rank's over its features, then agreed
+        (:meth:`_agree`)."""
         mine = self.features
-        gain, feature, bin_, left = splits.best_splits(
-            hist, totals, masks[:, mine], criterion, limits, feature_offset=mine.start
+        gain, feature, bin_, left, upper = splits.best_splits(
+            hist,
+            totals,
+            masks[:, mine],
+            criterion,
+            limits,
+            feature_offset=mine.start,
+            with_gaps=True,
         )
-        upper = splits.gap_ends(hist, feature, bin_, feature_offset=mine.start)
+        return self._agree(gain, feature, bin_, left, upper)
+
+    def reduce_pairs(self, local: np.ndarray, pair_feature: np.ndarray):
+        """Collective: this rank's feature range of the sum over ranks of ``local`` (m,
+        B, S) pair histograms, ordered by feature so that the range is one block."""
+        bounds = np.searchsorted(pair_feature, self.first)
+        per_pair = local.shape[1] * local.shape[2]
+        counts = [int(bounds[p + 1] - bounds[p]) * per_pair for p in range(self.ranks.size)]
+        mine = slice(int(bounds[self.ranks.rank]), int(bounds[self.ranks.rank + 1]))
+        own = np.empty((mine.stop - mine.start,) + local.shape[1:])
+        self._bytes += local.nbytes
+        with self.timer.phase("comm", "Reduce_scatter", local.nbytes):
+            self.comm.Reduce_scatter(local, own, recvcounts=counts, op=MPI.SUM)
+        return own, mine
+
+    def best_pair_splits(self, cells, pair_node, pair_feature, totals, criterion, limits):
+        """Each node's best split: this rank's over its pairs, then agreed as
+        :meth:`best_splits`."""
+        return self._agree(*splits.best_pair_splits(cells, pair_node, pair_feature, totals,
+                                                    criterion, limits, with_gaps=True))  # fmt: skip
+
+    def _agree(self, gain, feature, bin_, left, upper):
+        """Collective: per node the best of every rank's split (ties: the smaller
+        feature), from one Allgather of ``[gain, feature, bin, gap end, left stats]``."""
         record = np.column_stack([gain, feature, bin_, upper, left]).astype(np.float64)
         every = np.empty((self.ranks.size,) + record.shape)
         with self.timer.phase("comm", "Allgather", record.nbytes):

@@ -52,6 +52,9 @@ class TreeJob:
     rows: np.ndarray
     allowed: Callable[[int], np.ndarray | None] = lambda node_id: None
     totals: np.ndarray | None = None
+    #: Whether ``allowed`` differs from node to node (a forest's few features per node):
+    #: each node's histograms are then built for its own features only.
+    node_features: bool = False
 
 
 @dataclass
@@ -145,15 +148,21 @@ class Grower:
         level = [_Node(t, trees[t].add(totals[t], 0, len(trees[t].order)), 0, totals[t], 0,
                        len(trees[t].order)) for t in range(len(jobs))]  # fmt: skip
         built, parent_hist, sibling_of = level, None, {}
+        per_node = any(job.node_features for job in jobs)
         while level:
             candidates = [node for node in level if self._may_split(node)]
             if not candidates:
                 break
-            hist = self._level_histograms(jobs, trees, candidates, built, parent_hist,
-                                          sibling_of)  # fmt: skip
-            chosen = self._choose(jobs, trees, candidates, hist)
+            if per_node:
+                found = self._pair_search(jobs, trees, candidates)
+            else:
+                hist = self._level_histograms(jobs, trees, candidates, built, parent_hist,
+                                              sibling_of)  # fmt: skip
+                found = self._search(jobs, candidates, hist)
+            chosen = self._choose(trees, candidates, found)
             level, built, sibling_of, keep = self._split(trees, candidates, chosen)
-            parent_hist = hist[:, keep] if keep else None
+            if not per_node:
+                parent_hist = (hist, keep)  # the split nodes' histograms, uncopied
         return [self._finish(tree) for tree in trees]
 
     def _may_split(self, node: _Node) -> bool:
@@ -184,25 +193,32 @@ class Grower:
                 segments = [order[to_build[k].start : to_build[k].end] for k in ks]
                 rows = np.concatenate(segments) if segments else np.zeros(0, np.int64)
                 starts = np.concatenate([[0], np.cumsum([len(s) for s in segments])])
-                part = np.empty((d, len(ks), self.n_bins, S))
+                one_tree = len(by_tree) == 1  # its nodes are all of local's: no copy
+                part = local if one_tree else np.empty((d, len(ks), self.n_bins, S))
                 tree_kernels.histograms(self.codes, jobs[t].stats, rows,
                                         starts.astype(np.int64), part)  # fmt: skip
-                local[:, ks] = part
+                if not one_tree:
+                    local[:, ks] = part
                 self.rows_read += len(rows)
             self.histogram_s += time.perf_counter() - start
         reduced = self.exchange.reduce(local)
+        if len(to_build) == len(candidates):  # to_build is candidates, in order
+            return reduced
         position = {id(node): k for k, node in enumerate(to_build)}
+        parents, kept = parent_hist
         hist = np.empty((reduced.shape[0], len(candidates), self.n_bins, S))
         for k, node in enumerate(candidates):
             if id(node) in position:
                 hist[:, k] = reduced[:, position[id(node)]]
             else:
                 parent_k, sibling = sibling_of[id(node)]
-                hist[:, k] = parent_hist[:, parent_k] - reduced[:, position[id(sibling)]]
+                np.subtract(parents[:, kept[parent_k]], reduced[:, position[id(sibling)]],
+                            out=hist[:, k])  # fmt: skip
         return hist
 
-    def _choose(self, jobs, trees, candidates, hist) -> list:
-        """The split of each candidate as every rank agrees (None: it stays a leaf)."""
+    def _search(self, jobs, candidates, hist):
+        """Collective (reduce-scatter): each candidate's best split over its allowed
+        features, ``(gain, feature, bin, left, upper)`` as every rank agrees."""
         start = time.perf_counter()
         d = self.codes.shape[1]
         masks = np.ones((len(candidates), d), bool)
@@ -214,6 +230,59 @@ class Grower:
         with self.timer.phase("compute"):
             found = self.exchange.best_splits(hist, totals, masks, self.growth.criterion,
                                               self.growth.limits)  # fmt: skip
+        self.split_s += time.perf_counter() - start
+        return found
+
+    def _pair_search(self, jobs, trees, candidates):
+        """Collective: :meth:`_search` for nodes that each try their own few features
+        (``TreeJob.node_features``): every candidate's histograms of its allowed features
+        alone, read from its rows (no sibling to subtract from: the parent's features
+        differ), packed as (node, feature) pairs ordered by feature, then node (so that a
+        feature range is a contiguous block, for reduce-scatter), combined in one
+        collective and searched (:func:`mpigd.trees.split.best_pair_splits`)."""
+        d, S = self.codes.shape[1], jobs[0].stats.shape[1]
+        features = []
+        for node in candidates:
+            allowed = jobs[node.tree].allowed(node.id)
+            features.append(np.arange(d) if allowed is None else np.flatnonzero(allowed))
+        counts = np.array([len(f) for f in features], np.int64)
+        pair_node = np.repeat(np.arange(len(candidates)), counts)
+        pair_feature = np.concatenate(features).astype(np.int64)
+        by_feature = np.lexsort((pair_node, pair_feature))
+        slots = np.empty(len(by_feature), np.int64)
+        slots[by_feature] = np.arange(len(by_feature))
+        local = np.empty((len(by_feature), self.n_bins, S))
+        first_pair = np.concatenate([[0], np.cumsum(counts)])
+        with self.timer.phase("compute"):
+            start = time.perf_counter()
+            by_tree: dict[int, list[int]] = {}
+            for k, node in enumerate(candidates):
+                by_tree.setdefault(node.tree, []).append(k)
+            for t, ks in by_tree.items():
+                order = trees[t].order
+                rows = np.concatenate([order[candidates[k].start : candidates[k].end] for k in ks])
+                starts = np.concatenate([[0], np.cumsum([candidates[k].end - candidates[k].start
+                                                         for k in ks])])  # fmt: skip
+                pairs = np.concatenate([np.arange(first_pair[k], first_pair[k + 1]) for k in ks])
+                tree_kernels.pair_histograms(self.codes, jobs[t].stats, rows, starts,
+                                             np.concatenate([[0], np.cumsum(counts[ks])]),
+                                             pair_feature[pairs], slots[pairs], local)  # fmt: skip
+                self.rows_read += len(rows)
+            self.histogram_s += time.perf_counter() - start
+        cells, own = self.exchange.reduce_pairs(local, pair_feature[by_feature])
+        start = time.perf_counter()
+        totals = np.array([node.totals for node in candidates])
+        with self.timer.phase("compute"):
+            found = self.exchange.best_pair_splits(
+                cells, pair_node[by_feature][own], pair_feature[by_feature][own], totals,
+                self.growth.criterion, self.growth.limits)  # fmt: skip
+        self.split_s += time.perf_counter() - start
+        return found
+
+    def _choose(self, trees, candidates, found) -> list:
+        """The split of each candidate (None: it stays a leaf) from the agreed best
+        ``found``: a positive gain, and with ``max_leaves`` the best while room is left."""
+        start = time.perf_counter()
         gain, feature, bin_, left, upper = found
         chosen = [None] * len(candidates)
         by_tree: dict[int, list[int]] = {}

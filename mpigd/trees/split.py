@@ -292,7 +292,13 @@ def leaf_values(totals, criterion: str | Criterion, limits: Limits, lr: float = 
 
 
 def best_splits(
-    hist, totals, feature_mask, criterion: str | Criterion, limits: Limits, feature_offset=0
+    hist,
+    totals,
+    feature_mask,
+    criterion: str | Criterion,
+    limits: Limits,
+    feature_offset=0,
+    with_gaps=False,
 ):
     """The best split "bin <= b goes left" of each node, over this rank's features.
 
@@ -313,6 +319,11 @@ def best_splits(
     left : (K, S) float64, the left child's stats (zeros where none); the right child's
         are totals - left.
 
+    upper : (K,) int64, only ``with_gaps``: the last bin of the split's gap, the largest
+        ``e >= bin`` such that the node has no rows (column 0) in bins ``bin + 1 .. e``:
+        every threshold between bins ``bin`` and ``e + 1`` splits its rows alike (-1
+        where none).
+
     A split is valid if the feature is allowed, both children respect ``limits`` and the
     gain is finite and > 0. Ties go to the smallest feature, then the smallest bin. The
     last bin is never a split (its right child would be empty).
@@ -328,32 +339,90 @@ def best_splits(
             f"hist {hist.shape} needs totals ({n_nodes}, {n_stats}) and feature_mask "
             f"({n_nodes}, {d}), not {totals.shape} and {feature_mask.shape}"
         )
-    gain = np.full(n_nodes, -np.inf)
-    feature = np.full(n_nodes, -1, dtype=np.int64)
-    bins = np.full(n_nodes, -1, dtype=np.int64)
-    left = np.zeros((n_nodes, n_stats))
-    if d == 0 or n_bins < 2:
-        return gain, feature, bins, left
-    n_cols = crit.n_split_columns(n_stats)
     pair_node, pair_feature = np.nonzero(feature_mask)  # the allowed pairs, node-major
-    pair_gain = np.empty(pair_node.size)
-    pair_bin = np.empty(pair_node.size, dtype=np.int64)
+    gain, best, bins = _best_of_pairs(lambda p: hist[pair_feature[p], pair_node[p]], pair_node,
+                                      pair_feature, totals, crit, limits)  # fmt: skip
+    return _split_record(gain, best, bins, pair_feature + feature_offset, n_stats,
+                         lambda p: hist[pair_feature[p], pair_node[p]], with_gaps)  # fmt: skip
+
+
+def best_pair_splits(cells, pair_node, pair_feature, totals, criterion, limits,
+                     with_gaps=False):  # fmt: skip
+    """:func:`best_splits` over histograms of (node, feature) pairs instead of all
+    features of all nodes: ``cells`` (m, B, S) the reduced histogram of node
+    ``pair_node[i]`` (0 .. K-1) in global feature ``pair_feature[i]``, ``totals`` (K, S).
+    A forest's nodes, each with its own features, are histogrammed this way. Returns
+    ``(gain, feature, bin, left)`` (and ``upper``) as :func:`best_splits` (ties: the
+    smaller feature, whatever the pairs' order, then the smaller bin)."""
+    crit = _resolve(criterion)
+    cells = np.asarray(cells, dtype=np.float64)
+    totals = np.asarray(totals, dtype=np.float64)
+    pair_node, pair_feature = np.asarray(pair_node, np.int64), np.asarray(pair_feature, np.int64)
+    crit.check_columns(cells.shape[2])
+    if (
+        totals.shape[1:] != cells.shape[2:]
+        or pair_node.shape != (len(cells),)
+        or (pair_feature.shape != (len(cells),))
+    ):
+        raise ValueError(f"cells {cells.shape} need (m,) pairs and totals (K, "
+                         f"{cells.shape[2]}), not {pair_node.shape}, {pair_feature.shape}, "
+                         f"{totals.shape}")  # fmt: skip
+    gain, best, bins = _best_of_pairs(lambda p: cells[p], pair_node, pair_feature, totals, crit,
+                                      limits)  # fmt: skip
+    return _split_record(gain, best, bins, pair_feature, totals.shape[1], lambda p: cells[p],
+                         with_gaps)  # fmt: skip
+
+
+def _best_of_pairs(cells_of, pair_node, pair_feature, totals, crit, limits):
+    """Per node (K = len(totals)) the best gain (-inf: none), the index of its best pair
+    (-1: none; ties: the smaller feature) and bin, over the pairs whose (p, B, S) cells
+    ``cells_of(p)`` gives for an index array ``p``, in blocks of :data:`_BLOCK_CELLS`."""
+    n_nodes = len(totals)
+    gain = np.full(n_nodes, -np.inf)
+    best = np.full(n_nodes, -1, dtype=np.int64)
+    bins = np.full(n_nodes, -1, dtype=np.int64)
+    n_pairs = len(pair_node)
+    if n_pairs == 0:
+        return gain, best, bins
+    n_bins = cells_of(np.arange(1)).shape[1]
+    if n_bins < 2:
+        return gain, best, bins
+    n_cols = crit.n_split_columns(totals.shape[1])
+    pair_gain = np.empty(n_pairs)
+    pair_bin = np.empty(n_pairs, dtype=np.int64)
     step = max(1, _BLOCK_CELLS // (n_bins - 1))
-    for p0 in range(0, pair_node.size, step):
-        pairs = slice(p0, p0 + step)
-        nodes, features = pair_node[pairs], pair_feature[pairs]
+    for p0 in range(0, n_pairs, step):
+        pairs = np.arange(p0, min(p0 + step, n_pairs))
         pair_gain[pairs], pair_bin[pairs] = _best_bins(
-            hist[features, nodes, :, :n_cols], totals[nodes, :n_cols], crit, limits
+            cells_of(pairs)[:, :, :n_cols], totals[pair_node[pairs], :n_cols], crit, limits
         )
     np.maximum.at(gain, pair_node, pair_gain)
     is_best = np.flatnonzero((pair_gain == gain[pair_node]) & (pair_gain > -np.inf))
+    is_best = is_best[np.lexsort((pair_feature[is_best], pair_node[is_best]))]
     found, first = np.unique(pair_node[is_best], return_index=True)  # the smallest feature
-    best = is_best[first]
-    feature[found], bins[found] = pair_feature[best], pair_bin[best]
-    prefix = np.cumsum(hist[feature[found], found], axis=1)  # (n_found, B, S), as the gains'
-    left[found] = prefix[np.arange(found.size), bins[found]]
-    feature[found] += feature_offset
-    return gain, feature, bins, left
+    best[found] = is_best[first]
+    bins[found] = pair_bin[best[found]]
+    return gain, best, bins
+
+
+def _split_record(gain, best, bins, pair_feature, n_stats, cells_of, with_gaps):
+    """``(gain, feature, bin, left[, upper])`` of :func:`best_splits` from each node's best
+    pair: ``left`` (K, n_stats) the prefix sums of its cells (``cells_of``) through the
+    split bin, in the order the gains summed them; ``upper`` the end of its gap."""
+    feature = np.full(len(gain), -1, dtype=np.int64)
+    left = np.zeros((len(gain), n_stats))
+    upper = np.full(len(gain), -1, dtype=np.int64)
+    found = np.flatnonzero(best >= 0)
+    if found.size:
+        feature[found] = pair_feature[best[found]]
+        cells = cells_of(best[found])  # (n_found, B, S)
+        prefix = np.cumsum(cells, axis=1)
+        left[found] = prefix[np.arange(found.size), bins[found]]
+        if with_gaps:
+            n_bins = cells.shape[1]
+            filled = (cells[:, :, 0] != 0) & (np.arange(n_bins) > bins[found][:, None])
+            upper[found] = np.where(filled.any(axis=1), filled.argmax(axis=1) - 1, n_bins - 1)
+    return (gain, feature, bins, left, upper) if with_gaps else (gain, feature, bins, left)
 
 
 def _best_bins(cells, totals, crit, limits):
@@ -370,20 +439,3 @@ def _best_bins(cells, totals, crit, limits):
     gains = np.where(valid & (gains > 0) & (gains < np.inf), gains, -np.inf)
     best_bin = gains.argmax(axis=1)  # the first (smallest) best bin
     return gains[np.arange(m), best_bin], best_bin
-
-
-def gap_ends(hist, feature, bins, feature_offset=0):
-    """The last bin of each split's gap: for node k split at global ``feature[k]``, bin
-    ``bins[k]`` (-1: no split), the largest ``e >= bins[k]`` such that the node has no
-    rows (column 0 of ``hist`` (d_local, K, B, S), the row counts) in bins
-    ``bins[k] + 1 .. e``. Every threshold between bin ``bins[k]`` and bin ``e + 1`` splits
-    the node's rows alike; -1 where no split (or its feature is not local)."""
-    upper = np.full(len(bins), -1, dtype=np.int64)
-    local = np.asarray(feature) - feature_offset
-    found = np.flatnonzero((np.asarray(bins) >= 0) & (local >= 0) & (local < hist.shape[0]))
-    n_bins = hist.shape[2]
-    for k in found:
-        counts = hist[local[k], k, bins[k] + 1 :, 0]
-        filled = np.flatnonzero(counts != 0)
-        upper[k] = bins[k] + (filled[0] if filled.size else n_bins - 1 - bins[k])
-    return upper

@@ -173,7 +173,8 @@ class ForestTrainer(_Trainer):
             mask[np.random.default_rng([seed, tree, node_id]).choice(d, k, replace=False)] = True
             return mask
 
-        job = TreeJob(stats, np.flatnonzero(draws > 0).astype(np.int64), allowed)
+        job = TreeJob(stats, np.flatnonzero(draws > 0).astype(np.int64), allowed,
+                      node_features=k < d)  # fmt: skip
         (grown,) = self.grower.grow([job])
         self.ensemble.add_tree(grown.arrays)
 
