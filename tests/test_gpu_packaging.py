@@ -1,4 +1,5 @@
-"""How CuPy is installed: one extra per CUDA major version, and no trace of the old one.
+"""How CuPy is installed: one extra per CUDA major version, no trace of the old one, and
+``make test-gpu`` (a venv that sees the node's CuPy, the GPU tests with MPIGD_TEST_GPU=1).
 
 cupy-cuda12x and cupy-cuda13x in one environment overwrite each other's files, so the
 single extra named gpu (cupy-cuda12x) was replaced by ``gpu-cuda12`` and ``gpu-cuda13``;
@@ -9,6 +10,7 @@ longer knows (pip only warns about an unknown extra and installs no CuPy).
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +56,26 @@ def test_no_tracked_file_names_the_old_gpu_extra():
         if OLD_EXTRA.search(text):
             stale.add(name)
     assert stale == KNOWN_STALE
+
+
+def make_plan(*variables: str) -> str:
+    """The commands ``make -n test-gpu`` would run (into a venv that does not exist)."""
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    result = subprocess.run(["make", "-n", "test-gpu", "VENV_GPU=/nonexistent/venv-gpu",
+                             *variables], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_test_gpu_sees_the_system_cupy_and_fails_on_skips():
+    plan = make_plan()
+    assert "-m venv --system-site-packages /nonexistent/venv-gpu" in plan
+    assert "'.[test,mpich]'" in plan  # no CuPy extra: the node's CuPy is used
+    assert "MPIGD_TEST_GPU=1 /nonexistent/venv-gpu/bin/python -m pytest" in plan
+    assert "tests/test_gpu.py" in plan and "tests/test_device.py" in plan
+
+
+def test_make_test_gpu_can_install_one_cupy_extra():
+    assert "'.[test,gpu-cuda13]'" in make_plan("GPU_EXTRA=gpu-cuda13", "GPU_EXTRAS=")
+    assert "'.[test,mpich,gpu-cuda12]'" in make_plan("GPU_EXTRA=gpu-cuda12")
