@@ -109,5 +109,8 @@ def get_backend(name):
     if name == "cupy":
         reason = gpu_unavailable_reason()
         if reason is not None:
-            raise ValueError(f"{reason}; use --backend numba, or install mpigd[gpu] on a GPU node")
+            raise ValueError(
+                f"{reason}; use --backend numba, or on a GPU node install "
+                "mpigd[gpu-cuda12] or mpigd[gpu-cuda13] (the node's CUDA)"
+            )
     return importlib.import_module(_MODULES[name])
