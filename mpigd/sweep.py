@@ -25,9 +25,12 @@ A config that fails is a result, not an error: its row says so and the other con
 on. A config *diverged* when its final ``train_loss`` (or ``test_loss``) is not finite,
 or its final ``train_loss`` ends above the first epoch's: a run that the divergence check
 stops is ``failed``, one that completes with a loss risen to 1e34 is ``diverged``, and
-neither is ever the best. A sweep that trains exits 2 only if no config completed
-without diverging. A stop signal ends every group at its next step (checkpoint written)
-and, after the table of what finished, the job exits with status 75.
+neither is ever the best. The second rule is for models whose epochs descend the loss
+(gradient steps, boosting rounds); a forest's epoch adds an independent tree to an
+average (:data:`AVERAGED_MODELS`), whose train loss may rise by chance, so only a loss
+that is not finite makes a forest diverged. A sweep that trains exits 2 only if no
+config completed without diverging. A stop signal ends every group at its next step
+(checkpoint written) and, after the table of what finished, the job exits with status 75.
 
 Without groups: ``--index I`` trains config I alone on all ranks (one task of a Slurm
 job array), printing a line as it starts and its row as it ends; ``--collect`` builds
@@ -83,6 +86,9 @@ TABLE_FIELDS = (
     "error",
     "run_dir",
 )
+#: Models whose epochs average independent members instead of descending the loss: a
+#: train loss above the first epoch's is no sign of divergence there (:func:`divergence`).
+AVERAGED_MODELS = ("forest",)
 #: The mark in sweep.json that lets a later sweep replace it and the sweep.csv beside it.
 WRITTEN_BY = "mpigd sweep"
 
@@ -401,7 +407,9 @@ def result_row(index: int, values: dict, directory: str, status=None, error=None
     last = epochs[-1] if epochs else {}
     times = [epoch.get("time_s") for epoch in epochs]
     status = status or run.get("status")
-    error = run.get("stop_reason") if status != "completed" else divergence(epochs)
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    descends = config.get("model") not in AVERAGED_MODELS
+    error = run.get("stop_reason") if status != "completed" else divergence(epochs, descends)
     return dict(
         row,
         status="diverged" if status == "completed" and error else status,
@@ -430,9 +438,11 @@ def _numbers(epoch: dict) -> dict:
     }
 
 
-def divergence(epochs: list[dict]) -> str | None:
+def divergence(epochs: list[dict], descends: bool = True) -> str | None:
     """Why a run's metrics show it diverged, or None: a final ``train_loss`` or
-    ``test_loss`` that is not finite, or a final ``train_loss`` above the first epoch's."""
+    ``test_loss`` that is not finite, or, when ``descends`` (the epochs descend the loss:
+    not a forest's, :data:`AVERAGED_MODELS`), a final ``train_loss`` above the first
+    epoch's."""
     if not epochs:
         return None
     first, last = epochs[0].get("train_loss"), epochs[-1]
@@ -441,7 +451,7 @@ def divergence(epochs: list[dict]) -> str | None:
         if value is not None and not math.isfinite(value):
             return f"diverged: the final {key} is {value}"
     final = last.get("train_loss")
-    if first is not None and final is not None and final > first:
+    if descends and first is not None and final is not None and final > first:
         return (
             f"diverged: train_loss rose from {first:.6g} (epoch {epochs[0].get('epoch')}) "
             f"to {final:.6g} (epoch {last.get('epoch')})"
