@@ -110,28 +110,37 @@ def gradient_stats(task, raw, y, weight, taking_part):
     return stats, abs_sums, loss_sum, weight_sum
 
 
-@njit(**_COMPILE)
+@njit(**{**_COMPILE, "fastmath": {"reassoc"}})
 def _round_to_grid(stats, scale, inverse, totals):
-    """:func:`round_to_grid` on checked arguments."""
-    width, n, n_stats = stats.shape
+    """:func:`round_to_grid` on checked arguments. The totals' additions may be
+    reordered (``reassoc``, so that they vectorise: 2x faster on 10 x 1,000,000 x 3): on
+    the grid every partial sum is exact, so any order gives the same bits."""
+    width, n, _ = stats.shape
+    s0, s1, s2 = scale[0], scale[1], scale[2]
+    i0, i1, i2 = inverse[0], inverse[1], inverse[2]
     for k in range(width):
+        t0 = t1 = t2 = 0.0
         for i in range(n):
-            for s in range(n_stats):
-                value = np.rint(stats[k, i, s] * scale[s]) * inverse[s]
-                stats[k, i, s] = value
-                totals[k, s] += value
+            a = np.rint(stats[k, i, 0] * s0) * i0
+            b = np.rint(stats[k, i, 1] * s1) * i1
+            c = np.rint(stats[k, i, 2] * s2) * i2
+            stats[k, i, 0], stats[k, i, 1], stats[k, i, 2] = a, b, c
+            t0 += a
+            t1 += b
+            t2 += c
+        totals[k, 0], totals[k, 1], totals[k, 2] = t0, t1, t2
 
 
 def round_to_grid(stats, q):
-    """Round ``stats`` (W, n, S) float64 in place, column ``s`` to the nearest multiple
+    """Round ``stats`` (W, n, 3) float64 in place, column ``s`` to the nearest multiple
     of ``2**-q[s]`` (ties to even: :func:`mpigd.trees.exact.round_to_grid`'s values,
-    since scaling by a power of two is exact), and return the totals (W, S) over the
+    since scaling by a power of two is exact), and return the totals (W, 3) over the
     rows, which on the grid are exact whatever the order of the additions."""
     q = np.asarray(q, np.int64)
-    if stats.ndim != 3 or q.shape != (stats.shape[2],) or not stats.flags.c_contiguous:
-        raise ValueError(f"stats must be C-contiguous (W, n, S) and q (S,), got {stats.shape} "
+    if stats.ndim != 3 or stats.shape[2] != 3 or q.shape != (3,) or not stats.flags.c_contiguous:
+        raise ValueError(f"stats must be C-contiguous (W, n, 3) and q (3,), got {stats.shape} "
                          f"and {q.shape}")  # fmt: skip
-    totals = np.zeros((stats.shape[0], stats.shape[2]))
+    totals = np.zeros((stats.shape[0], 3))
     _round_to_grid(stats, np.ldexp(1.0, q), np.ldexp(1.0, -q), totals)
     return totals
 

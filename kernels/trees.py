@@ -233,18 +233,18 @@ def _move_node(hist, out, k, width):
 
 
 @njit(**_COMPILE)
-def _histograms(codes, stats, order, starts, out):
+def _histograms(codes, stats, order, starts, ends, out, first_node):
     """:func:`histograms` on checked arguments: one (d, B, width) working histogram,
     contiguous whatever ``K``, filled per node and moved to ``out``."""
-    n_features, n_nodes, n_bins, n_stats = out.shape
+    n_features, _, n_bins, n_stats = out.shape
     width = _bin_width(n_stats)
     hist = np.zeros(n_features * n_bins * width)
     row_stats = np.zeros(width)
     group = max(1, min(n_features, HIST_GROUP_BYTES // (n_bins * width * 8)))
-    for k in range(n_nodes):
-        _add_node_rows(codes, stats, order, starts[k], starts[k + 1], hist, row_stats,
+    for k in range(starts.shape[0]):
+        _add_node_rows(codes, stats, order, starts[k], ends[k], hist, row_stats,
                        n_bins, width, group)  # fmt: skip
-        _move_node(hist, out, k, width)
+        _move_node(hist, out, first_node + k, width)
 
 
 @njit(**_COMPILE)
@@ -436,9 +436,10 @@ def _check_codes_order(codes, order):
     _check_array("order", order, (np.int64,), 1)
 
 
-def histograms(codes, stats, order, starts, out):
-    """Per-node histograms of the row stats: ``out[f, k, b] = sum of stats[r]`` over node
-    ``k``'s rows ``r`` with ``codes[r, f] == b``. One pass over each node's rows.
+def histograms(codes, stats, order, starts, out, ends=None, first_node=0):
+    """Per-node histograms of the row stats: ``out[f, first_node + k, b] = sum of
+    stats[r]`` over node ``k``'s rows ``r`` with ``codes[r, f] == b``. One pass over each
+    node's rows.
 
     Parameters
     ----------
@@ -450,8 +451,13 @@ def histograms(codes, stats, order, starts, out):
         Row ids grouped by node (repeats allowed).
     starts : ndarray of int, shape (K + 1,)
         Node ``k``'s rows are ``order[starts[k]:starts[k + 1]]``; non-decreasing.
-    out : ndarray, shape (d, K, B, S), float64, C-contiguous
-        Overwritten, feature-major. ``B <= 256`` bins: every code must be ``< B``.
+    out : ndarray, shape (d, M, B, S), float64, C-contiguous
+        Feature-major; nodes ``first_node .. first_node + K - 1`` (M >= that) are
+        overwritten, the others left as they were (several trees' nodes fill one
+        ``out``). ``B <= 256`` bins: every code must be ``< B``.
+    ends : ndarray of int, shape (K,), optional
+        With it, ``starts`` is (K,) too and node ``k``'s rows are ``order[starts[k]:
+        ends[k]]``: nodes that are not neighbours in ``order`` need no copy of their rows.
 
     Each bin's sums are float64 in row order, as :func:`histograms_reference` adds them.
 
@@ -469,15 +475,28 @@ def histograms(codes, stats, order, starts, out):
     if stats.shape[0] != n or stats.shape[1] < 1:
         raise ValueError(f"stats must have {n} rows, as codes, and S >= 1 columns, "
                          f"got shape {stats.shape}")  # fmt: skip
-    starts = _check_starts(starts, order.shape[0])
-    n_stats = stats.shape[1]
+    if ends is None:
+        starts = _check_starts(starts, order.shape[0])
+        starts, ends = starts[:-1], starts[1:]
+    else:
+        starts = _as_index("starts", starts, np.shape(starts))
+        ends = _as_index("ends", ends, starts.shape)
+        if (
+            starts.ndim != 1
+            or np.any(starts < 0)
+            or np.any(ends < starts)
+            or (np.any(ends > order.shape[0]))
+        ):
+            raise ValueError(f"starts and ends must be (K,) with 0 <= start <= end <= "
+                             f"len(order) = {order.shape[0]}")  # fmt: skip
+    n_nodes, n_stats = starts.shape[0], stats.shape[1]
     shape = out.shape
-    if shape[0] != d or shape[1] != starts.shape[0] - 1 or shape[3] != n_stats:
-        raise ValueError(f"out must have shape (d, K, B, S) = ({d}, {starts.shape[0] - 1}, "
-                         f"B, {n_stats}), got {shape}")  # fmt: skip
+    if shape[0] != d or not 0 <= first_node <= shape[1] - n_nodes or shape[3] != n_stats:
+        raise ValueError(f"out must have shape (d, M, B, S) = ({d}, >= {first_node} + "
+                         f"{n_nodes}, B, {n_stats}), got {shape}")  # fmt: skip
     if not 1 <= shape[2] <= MAX_BINS:
         raise ValueError(f"out must have 1 .. {MAX_BINS} bins, got {shape[2]}")
-    _histograms(codes, stats, order, starts, out)
+    _histograms(codes, stats, order, starts, ends, out, int(first_node))
 
 
 def pair_histograms(codes, stats, order, starts, feature_starts, features, slots, out):

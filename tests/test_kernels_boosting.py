@@ -84,6 +84,8 @@ def test_bad_arguments_raise_value_error():
         boosting.gradient_stats("binary", raw, y % 2, weight, taking_part)
     with pytest.raises(ValueError, match="q"):
         boosting.round_to_grid(np.zeros((1, 5, 3)), np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="3"):
+        boosting.round_to_grid(np.zeros((1, 5, 4)), np.zeros(4, np.int64))
     order = np.arange(10, dtype=np.int64)
     order[3] = 99
     with pytest.raises(ValueError, match="row id"):

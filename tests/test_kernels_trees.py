@@ -118,6 +118,26 @@ def test_histograms_sums_by_bin():
     np.testing.assert_array_equal(out, expected)
 
 
+def test_histograms_of_scattered_nodes_fill_their_slots_only():
+    rng = np.random.default_rng(4)
+    n, d, n_bins, n_stats = 300, 5, 17, 3
+    codes = rng.integers(0, n_bins, (n, d), dtype=np.uint8)
+    stats = rng.standard_normal((n, n_stats))
+    order = rng.permutation(n).astype(np.int64)
+    starts, ends = np.array([200, 0, 120]), np.array([300, 50, 120])  # one empty
+    out = np.full((d, 6, n_bins, n_stats), 5.0)
+    trees.histograms(codes, stats, order, starts, out, ends=ends, first_node=2)
+    rows = np.concatenate([order[a:b] for a, b in zip(starts, ends, strict=True)])
+    expected = np.empty((d, 3, n_bins, n_stats))
+    trees.histograms_reference(codes, stats, rows, np.array([0, 100, 150, 150]), expected)
+    np.testing.assert_array_equal(out[:, 2:5], expected)
+    assert np.all(out[:, [0, 1, 5]] == 5.0)
+    with pytest.raises(ValueError, match="out must have shape"):
+        trees.histograms(codes, stats, order, starts, out, ends=ends, first_node=4)
+    with pytest.raises(ValueError, match="starts and ends"):
+        trees.histograms(codes, stats, order, starts, out, ends=starts - 1)
+
+
 def histogram_arguments():
     """Valid ``(codes, stats, order, starts, out)`` for 2 nodes over 10 rows."""
     rng = np.random.default_rng(1)
@@ -138,7 +158,7 @@ def histogram_arguments():
         (3, lambda a: np.array([0, 4, 11]), "starts must be non-decreasing"),
         (3, lambda a: a.astype(float), "starts must hold integers"),
         (4, lambda a: a.astype(np.float32), "out must be float64"),
-        (4, lambda a: np.empty((3, 3, 4, 3)), "out must have shape"),
+        (4, lambda a: np.empty((3, 1, 4, 3)), "out must have shape"),
         (4, lambda a: np.empty((3, 2, 4, 2)), "out must have shape"),
         (4, lambda a: np.empty((2, 2, 4, 3)), "out must have shape"),
         (4, lambda a: np.empty((3, 2, 257, 3)), "1 .. 256 bins"),

@@ -188,18 +188,12 @@ class Grower:
             by_tree: dict[int, list[int]] = {}
             for k, node in enumerate(to_build):
                 by_tree.setdefault(node.tree, []).append(k)
-            for t, ks in by_tree.items():
-                order = trees[t].order
-                segments = [order[to_build[k].start : to_build[k].end] for k in ks]
-                rows = np.concatenate(segments) if segments else np.zeros(0, np.int64)
-                starts = np.concatenate([[0], np.cumsum([len(s) for s in segments])])
-                one_tree = len(by_tree) == 1  # its nodes are all of local's: no copy
-                part = local if one_tree else np.empty((d, len(ks), self.n_bins, S))
-                tree_kernels.histograms(self.codes, jobs[t].stats, rows,
-                                        starts.astype(np.int64), part)  # fmt: skip
-                if not one_tree:
-                    local[:, ks] = part
-                self.rows_read += len(rows)
+            for t, ks in by_tree.items():  # a tree's nodes are neighbours in to_build
+                starts = np.array([to_build[k].start for k in ks], np.int64)
+                ends = np.array([to_build[k].end for k in ks], np.int64)
+                tree_kernels.histograms(self.codes, jobs[t].stats, trees[t].order, starts,
+                                        local, ends=ends, first_node=ks[0])  # fmt: skip
+                self.rows_read += int(np.sum(ends - starts))
             self.histogram_s += time.perf_counter() - start
         reduced = self.exchange.reduce(local)
         if len(to_build) == len(candidates):  # to_build is candidates, in order
