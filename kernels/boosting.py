@@ -17,7 +17,7 @@ round on 500,000 x 50 rows. Here they are three passes:
 - :func:`round_to_grid` rounds ``stats`` in place and sums the root totals (exact sums);
 - :func:`add_leaf_values`: after the round, each leaf's value added to the rows the
   grower's partition left in that leaf (the same additions, in the same order, that a
-  prediction pass over ``X`` makes, without reading ``X``).
+  prediction pass over ``X`` makes, without reading ``X``; a forest's trees use it too).
 
 :func:`mpigd.trees.losses.derivatives` and :meth:`mpigd.trees.ensemble.TreeEnsemble.row_losses`
 stay the numpy specification the tests hold these to.
@@ -148,26 +148,30 @@ def round_to_grid(stats, q):
 @njit(**_COMPILE)
 def _add_leaf_values(raw, column, order, segments, leaf, value):
     """:func:`add_leaf_values` on checked arguments."""
-    n = raw.shape[0]
+    n, width = raw.shape[0], value.shape[1]
     for node in range(segments.shape[0]):
         if not leaf[node]:
             continue
-        v = value[node]
         for q in range(segments[node, 0], segments[node, 1]):
             r = order[q]
             if r < 0 or r >= n:
                 raise ValueError("order holds a row id outside 0 .. n-1")
-            raw[r, column] += v
+            for v in range(width):
+                raw[r, column + v] += value[node, v]
 
 
 def add_leaf_values(raw, column, order, segments, leaf, value):
-    """``raw[r, column] += value[node]`` for each leaf ``node`` and each row ``r`` in
-    ``order[segments[node, 0]:segments[node, 1]]`` (the grower's final row order and node
-    segments); ``raw`` (n, W) float64 C-contiguous, updated in place."""
+    """``raw[r, column : column + V] += value[node]`` for each leaf ``node`` and each row
+    ``r`` in ``order[segments[node, 0]:segments[node, 1]]`` (the grower's final row order
+    and node segments), ``value`` (nodes, V); ``raw`` (n, W) float64 C-contiguous,
+    updated in place: what a prediction pass adds for those rows, in the same order."""
     if raw.ndim != 2 or not raw.flags.c_contiguous or raw.dtype != np.float64:
         raise ValueError("raw must be a C-contiguous float64 (n, W) array")
-    if not 0 <= column < raw.shape[1]:
-        raise ValueError(f"column {column} is outside the {raw.shape[1]} output columns")
+    value = np.asarray(value, np.float64)
+    value = value[:, None] if value.ndim == 1 else value
+    if not 0 <= column <= raw.shape[1] - value.shape[1]:
+        raise ValueError(f"column {column} + {value.shape[1]} values are outside the "
+                         f"{raw.shape[1]} output columns")  # fmt: skip
     segments = np.asarray(segments, np.int64)
     if (
         segments.ndim != 2
@@ -175,7 +179,7 @@ def add_leaf_values(raw, column, order, segments, leaf, value):
         or (segments.size and (segments.min() < 0 or segments.max() > len(order)))
     ):
         raise ValueError(f"segments must be (nodes, 2) positions within 0 .. {len(order)}")
-    if np.shape(leaf) != (len(segments),) or np.shape(value) != (len(segments),):
+    if np.shape(leaf) != (len(segments),) or len(value) != len(segments):
         raise ValueError("leaf and value must have one entry per node")
     _add_leaf_values(raw, int(column), np.asarray(order, np.int64), segments,
-                     np.asarray(leaf, np.bool_), np.asarray(value, np.float64))  # fmt: skip
+                     np.asarray(leaf, np.bool_), np.ascontiguousarray(value))  # fmt: skip

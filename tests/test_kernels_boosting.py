@@ -94,3 +94,16 @@ def test_bad_arguments_raise_value_error():
         boosting.add_leaf_values(np.zeros((10, 1)), 1, np.arange(10), [[0, 10]], [True], [1.0])
     with pytest.raises(ValueError, match="segments"):
         boosting.add_leaf_values(np.zeros((10, 1)), 0, np.arange(10), [[0, 11]], [True], [1.0])
+
+
+def test_add_leaf_values_adds_a_row_of_values_from_its_column():
+    order = np.array([3, 0, 2, 1], dtype=np.int64)
+    segments = np.array([[0, 4], [0, 1], [1, 4]])
+    leaf = np.array([False, True, True])
+    value = np.array([[9.0, 9.0], [1.0, 2.0], [-0.5, 0.25]])  # a forest leaf's class shares
+    raw = np.zeros((4, 3))
+    boosting.add_leaf_values(raw, 1, order, segments, leaf, value)
+    np.testing.assert_array_equal(raw[:, 1:], [[-0.5, 0.25], [-0.5, 0.25], [-0.5, 0.25], [1, 2]])
+    assert not raw[:, 0].any()
+    with pytest.raises(ValueError, match="column"):
+        boosting.add_leaf_values(raw, 2, order, segments, leaf, value)

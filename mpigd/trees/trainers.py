@@ -18,9 +18,9 @@ passes itself to :meth:`step` as the grower's exchange.
   ``--early-stop K`` stops once K rounds passed without a lower test loss.
 
 Both keep the raw output of their training rows (``self.raw``), extended by each new
-tree's outputs: a forest's by a prediction pass, boosting's by each leaf's value added
-to the rows the grower left in it (:func:`kernels.boosting.add_leaf_values`; the rows not
-taking part by a prediction pass over theirs alone). After a resume it is recomputed
+tree's outputs: each leaf's values added to the rows the grower left in it
+(:func:`kernels.boosting.add_leaf_values`), the rows a tree did not grow from (out of
+bag, not in the subsample) by a prediction pass over theirs alone. After a resume it is recomputed
 from the restored trees by prediction, adding them in the same order, so it is bit for
 bit what the uninterrupted run had (a row's leaf is the same either way: ``code <= bin``
 exactly when ``x <= threshold``). Boosting's epoch loss comes from the pass that also
@@ -95,6 +95,24 @@ class _Trainer:
             self.raw[:] = self.ensemble.base_score
         for first in range(self._raw_trees, self.ensemble.n_trees, per_epoch):
             self.ensemble.raw_output(self.X, first, first + per_epoch, out=self.raw)
+        self._raw_trees = self.ensemble.n_trees
+
+    def _add_trees(self, grown_trees, columns, grew_from) -> None:
+        """Add one epoch's trees (``columns``: each one's first output column) to the
+        ensemble and to ``self.raw`` (in sync before): each leaf's values to the rows the
+        grower left in it, and the rows the trees did not grow from (``grew_from``,
+        bool (n,): out of bag, or not in the subsample) by a prediction pass over theirs."""
+        first = self.ensemble.n_trees
+        for column, grown in zip(columns, grown_trees, strict=True):
+            self.ensemble.add_tree(grown.arrays, column)
+            leaf = grown.arrays["feature"] < 0
+            boosting_kernels.add_leaf_values(self.raw, column, grown.order, grown.segments,
+                                             leaf, grown.arrays["value"])  # fmt: skip
+        others = np.flatnonzero(~grew_from)
+        if len(others):
+            out = self.raw[others]
+            self.ensemble.raw_output(self.X[others], first, self.ensemble.n_trees, out=out)
+            self.raw[others] = out
         self._raw_trees = self.ensemble.n_trees
 
     def train_loss(self, exchange) -> float:
@@ -175,8 +193,8 @@ class ForestTrainer(_Trainer):
 
         job = TreeJob(stats, np.flatnonzero(draws > 0).astype(np.int64), allowed,
                       node_features=k < d)  # fmt: skip
-        (grown,) = self.grower.grow([job])
-        self.ensemble.add_tree(grown.arrays)
+        self._sync_raw()
+        self._add_trees(self.grower.grow([job]), [0], draws > 0)
 
 
 @dataclass
@@ -267,18 +285,7 @@ class BoostingTrainer(_Trainer):
         rows = np.flatnonzero(prepared.taking_part).astype(np.int64)
         jobs = [TreeJob(prepared.stats[k], rows, self._columns(round_, k), prepared.totals[k])
                 for k in range(width)]  # fmt: skip
-        first = self.ensemble.n_trees
-        for column, grown in enumerate(self.grower.grow(jobs)):
-            self.ensemble.add_tree(grown.arrays, column)
-            leaf = grown.arrays["feature"] < 0
-            boosting_kernels.add_leaf_values(self.raw, column, grown.order, grown.segments,
-                                             leaf, grown.arrays["value"][:, 0])  # fmt: skip
-        others = np.flatnonzero(~prepared.taking_part)
-        if len(others):
-            out = self.raw[others]
-            self.ensemble.raw_output(self.X[others], first, self.ensemble.n_trees, out=out)
-            self.raw[others] = out
-        self._raw_trees = self.ensemble.n_trees
+        self._add_trees(self.grower.grow(jobs), range(width), prepared.taking_part)
         self._watch_test_loss(exchange, round_ + 1)
 
     def _columns(self, round_: int, k: int):
