@@ -394,6 +394,48 @@ def _predict(X, feature, threshold, left, right, value, tree_start, tree_column,
                     out[first + j, column + v] += value[nodes[j], v]
 
 
+@njit(**_COMPILE)
+def _gbt_best_bins(cells, totals, min_rows, min_hessian, l2, gain, best_bin):
+    """:func:`gbt_best_bins` on checked arguments."""
+    m, n_bins, _ = cells.shape
+    for p in range(m):
+        p0, p1, p2 = totals[p, 0], totals[p, 1], totals[p, 2]
+        c = p2 + l2
+        l0 = l1 = l2_sum = 0.0
+        best, at = -np.inf, 0
+        for b in range(n_bins - 1):
+            l0 += cells[p, b, 0]
+            l1 += cells[p, b, 1]
+            l2_sum += cells[p, b, 2]
+            r0, r1, r2 = p0 - l0, p1 - l1, p2 - l2_sum
+            if l0 >= min_rows and r0 >= min_rows and l2_sum >= min_hessian and r2 >= min_hessian:
+                a, bb = l2_sum + l2, r2 + l2
+                d = l1 * bb - r1 * a
+                g = (d * d - l2 * (l1 * l1 * bb + r1 * r1 * a)) / (a * bb * c)
+                if g > 0.0 and g < np.inf and g > best:
+                    best, at = g, b
+        gain[p], best_bin[p] = best, at
+
+
+def gbt_best_bins(cells, totals, min_rows, min_hessian, l2):
+    """The best gbt split bin of each (node, feature) pair in one pass over its (B, 3)
+    histogram ``cells`` (m, B, 3) with the node's ``totals`` (m, 3): ``(gain, bin)``, each
+    (m,), gain -inf (bin 0) where no split is valid. The same arithmetic, in the same
+    order, as :class:`mpigd.trees.split.GBT`'s numpy gains (running prefix sums over the
+    bins, then the exact-zero gain form), so the same bits; a split needs both children
+    to have ``min_rows`` rows and ``min_hessian`` Hessian, and a finite positive gain,
+    and ties go to the smaller bin."""
+    cells = np.ascontiguousarray(cells, dtype=np.float64)
+    totals = np.ascontiguousarray(totals, dtype=np.float64)
+    if cells.ndim != 3 or cells.shape[2] != 3 or totals.shape != (cells.shape[0], 3):
+        raise ValueError(f"cells must be (m, B, 3) and totals (m, 3), got {cells.shape} "
+                         f"and {totals.shape}")  # fmt: skip
+    gain = np.empty(cells.shape[0])
+    best_bin = np.empty(cells.shape[0], np.int64)
+    _gbt_best_bins(cells, totals, float(min_rows), float(min_hessian), float(l2), gain, best_bin)
+    return gain, best_bin
+
+
 def _check_array(name, a, dtypes, ndim):
     """Raise ValueError unless ``a`` is a C-contiguous ndarray of ``ndim`` dimensions and
     one of ``dtypes``."""

@@ -453,3 +453,36 @@ def test_best_pair_splits_equal_best_splits_whatever_the_pairs_order(criterion):
                                  criterion, Limits(), with_gaps=True)  # fmt: skip
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("l2, min_rows, min_hessian", [(0.0, 1, 0.0), (0.5, 3, 0.2)])
+def test_gbt_kernel_gives_the_numpy_gains_bit_for_bit(l2, min_rows, min_hessian, monkeypatch):
+    rng = np.random.default_rng(9)
+    n, d, n_nodes, n_bins = 2000, 5, 9, 30
+    codes = rng.integers(0, n_bins, (n, d))
+    codes[:, 3] = 0  # a feature with one bin: no valid split
+    stats = random_stats("gbt", n, rng)
+    hist, totals = histograms(codes, stats, rng.integers(0, n_nodes, n), n_nodes, n_bins)
+    limits = Limits(min_rows_leaf=min_rows, min_hessian_leaf=min_hessian, l2=l2)
+    mask = np.ones((n_nodes, d), bool)
+    compiled = best_splits(hist, totals, mask, "gbt", limits, with_gaps=True)
+    monkeypatch.setattr(split.tree_kernels, "gbt_best_bins", gbt_best_bins_in_numpy)
+    numpy_path = best_splits(hist, totals, mask, "gbt", limits, with_gaps=True)
+    for a, b in zip(compiled, numpy_path, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert np.isfinite(compiled[0]).any()
+
+
+def gbt_best_bins_in_numpy(cells, totals, min_rows, min_hessian, l2):
+    """The numpy gains of the GBT criterion, which the kernel must equal."""
+    crit = split.criterion("gbt")
+    m, n_bins, n_cols = cells.shape
+    lefts = np.moveaxis(np.cumsum(cells[:, :-1, :], axis=1), 2, 0)
+    parent = totals.T[:, :, None]
+    rights = parent - lefts
+    valid = crit.children_ok(lefts, rights, Limits(min_rows, min_hessian, l2))
+    with np.errstate(all="ignore"):
+        gains = crit.gain_columns(lefts, rights, parent, l2)
+    gains = np.where(valid & (gains > 0) & (gains < np.inf), gains, -np.inf)
+    best = gains.argmax(axis=1)
+    return gains[np.arange(m), best], best

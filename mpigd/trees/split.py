@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kernels import trees as tree_kernels
+
 #: How many (node, feature, bin) cells best_splits handles at once: its temporaries stay
 #: about 0.5 MiB each, whatever the number of nodes (K = 512 would need hundreds of MiB).
 _BLOCK_CELLS = 1 << 16
@@ -428,6 +430,9 @@ def _split_record(gain, best, bins, pair_feature, n_stats, cells_of, with_gaps):
 def _best_bins(cells, totals, crit, limits):
     """(gain, bin) of the best valid split of each (node, feature) pair, from its (m, B, S')
     histogram cells and (m, S') node stats: -inf (and bin 0) where none is valid."""
+    if crit.name == "gbt":  # boosting's every level: one compiled pass, the same bits
+        return tree_kernels.gbt_best_bins(cells, totals, limits.min_rows_leaf,
+                                          limits.min_hessian_leaf, limits.l2)  # fmt: skip
     m, n_bins, n_cols = cells.shape
     lefts = np.empty((n_cols, m, n_bins - 1))  # column-major: lefts[s] is contiguous
     np.cumsum(np.moveaxis(cells[:, :-1, :], 2, 0), axis=2, out=lefts)
