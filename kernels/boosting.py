@@ -79,7 +79,7 @@ def _gradient_stats(task, raw, y, weight, taking_part, stats, abs_sums):
     return loss_sum, weight_sum
 
 
-def gradient_stats(task, raw, y, weight, taking_part):
+def gradient_stats(task, raw, y, weight, taking_part, out=None):
     """One pass over this rank's rows at raw output ``raw`` (n, W) float64.
 
     ``y``: targets (regression, float) or labels (0 .. W-1 for multiclass, 0/1 binary);
@@ -89,7 +89,9 @@ def gradient_stats(task, raw, y, weight, taking_part):
     (W, n, 3) float64 (``stats[k]`` C-contiguous ``[taking part, w g_k, w h_k]`` per
     row, zero for rows not taking part), ``abs_sums`` (W, 3) the sums of ``|stats|``
     over the rows, ``loss_sum`` the weighted loss summed over all rows and
-    ``weight_sum`` their weights.
+    ``weight_sum`` their weights. ``out``: a (W, n, 3) float64 C-contiguous array to
+    write ``stats`` into (a round's buffer, reused: hundreds of MiB of fresh pages
+    would cost a page fault each).
     """
     raw = np.ascontiguousarray(raw, dtype=np.float64)
     n, width = raw.shape
@@ -102,7 +104,11 @@ def gradient_stats(task, raw, y, weight, taking_part):
     labels = np.asarray(y, np.float64 if code == 0 else np.int64)
     if code == 2 and n and (labels.min() < 0 or labels.max() >= width):
         raise ValueError(f"labels must lie in 0 .. {width - 1}")
-    stats = np.empty((width, n, 3))
+    if out is None:
+        out = np.empty((width, n, 3))
+    elif out.shape != (width, n, 3) or out.dtype != np.float64 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float64 ({width}, {n}, 3) array")
+    stats = out
     abs_sums = np.zeros((width, 3))
     loss_sum, weight_sum = _gradient_stats(code, raw, labels, np.asarray(weight, np.float64),
                                            np.asarray(taking_part, np.float64), stats,

@@ -107,3 +107,14 @@ def test_add_leaf_values_adds_a_row_of_values_from_its_column():
     assert not raw[:, 0].any()
     with pytest.raises(ValueError, match="column"):
         boosting.add_leaf_values(raw, 2, order, segments, leaf, value)
+
+
+def test_gradient_stats_write_into_a_given_buffer():
+    raw, y, weight, taking_part = problem("multiclass", 4, n=100)
+    expected = boosting.gradient_stats("multiclass", raw, y, weight, taking_part)[0]
+    out = np.full((4, 100, 3), np.nan)
+    stats = boosting.gradient_stats("multiclass", raw, y, weight, taking_part, out=out)[0]
+    assert stats is out
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(ValueError, match="out"):
+        boosting.gradient_stats("multiclass", raw, y, weight, taking_part, out=out[:3])

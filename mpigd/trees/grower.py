@@ -138,6 +138,7 @@ class Grower:
         #: passes over rows (rows read by the histogram kernel / rows of the trees).
         self.histogram_s = self.split_s = 0.0
         self.rows_read = 0
+        self._buffers: dict = {}  # see _scratch
 
     def grow(self, jobs: list[TreeJob]) -> list[GrownTree]:
         """Collective: grow one tree per job (all at once)."""
@@ -165,6 +166,17 @@ class Grower:
                 parent_hist = (hist, keep)  # the split nodes' histograms, uncopied
         return [self._finish(tree) for tree in trees]
 
+    def _scratch(self, key, shape) -> np.ndarray:
+        """An uninitialised float64 array of ``shape`` over a buffer kept per ``key`` (and
+        grown when too small): a level's histograms are up to hundreds of MiB, and fresh
+        pages cost a fault each (~0.1 s a softmax round). The keys alternate with the
+        depth's parity, so a level's buffers never overwrite its parents' histograms."""
+        size = int(np.prod(shape))
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.size < size:
+            buffer = self._buffers[key] = np.empty(size)
+        return buffer[:size].reshape(shape)
+
     def _may_split(self, node: _Node) -> bool:
         limits = self.growth
         return (node.depth < limits.max_depth
@@ -182,7 +194,8 @@ class Grower:
 
         to_build = [node for node in candidates if id(node) in from_rows or not derived(node)]
         d, S = self.codes.shape[1], jobs[0].stats.shape[1]
-        local = np.empty((d, len(to_build), self.n_bins, S))
+        depth = candidates[0].depth
+        local = self._scratch(("local", depth % 2), (d, len(to_build), self.n_bins, S))
         with self.timer.phase("compute"):
             start = time.perf_counter()
             by_tree: dict[int, list[int]] = {}
@@ -200,7 +213,8 @@ class Grower:
             return reduced
         position = {id(node): k for k, node in enumerate(to_build)}
         parents, kept = parent_hist
-        hist = np.empty((reduced.shape[0], len(candidates), self.n_bins, S))
+        hist = self._scratch(("hist", depth % 2),
+                             (reduced.shape[0], len(candidates), self.n_bins, S))  # fmt: skip
         for k, node in enumerate(candidates):
             if id(node) in position:
                 hist[:, k] = reduced[:, position[id(node)]]
@@ -245,7 +259,7 @@ class Grower:
         by_feature = np.lexsort((pair_node, pair_feature))
         slots = np.empty(len(by_feature), np.int64)
         slots[by_feature] = np.arange(len(by_feature))
-        local = np.empty((len(by_feature), self.n_bins, S))
+        local = self._scratch(("pairs", 0), (len(by_feature), self.n_bins, S))
         first_pair = np.concatenate([[0], np.cumsum(counts)])
         with self.timer.phase("compute"):
             start = time.perf_counter()

@@ -218,6 +218,7 @@ class BoostingTrainer(_Trainer):
         self.best_loss, self.best_round = math.inf, 0
         self._started = False  # base_score set (a resumed ensemble has its own)
         self._next: _Round | None = None
+        self._stats_buffer: np.ndarray | None = None  # the rounds' stats, (W, n, 3)
 
     def limits(self) -> GrowthLimits:
         config = self.config
@@ -263,8 +264,15 @@ class BoostingTrainer(_Trainer):
             taking_part = u < config.subsample
         weight = self.objective.sample_weight
         weight = np.ones(len(self.ids)) if weight is None else weight
+        if self._stats_buffer is None:  # the last round's stats are spent: reuse their pages
+            self._stats_buffer = np.empty((width, len(self.ids), 3))
         stats, abs_sums, loss_sum, weight_sum = boosting_kernels.gradient_stats(
-            self.task, self.raw, self.y, weight, taking_part.astype(np.float64)
+            self.task,
+            self.raw,
+            self.y,
+            weight,
+            taking_part.astype(np.float64),
+            out=self._stats_buffer,
         )
         total = exchange.sum(np.concatenate([[loss_sum, weight_sum], abs_sums.ravel()]))
         q = exact.exponents(total[2:].reshape(abs_sums.shape).max(axis=0))
