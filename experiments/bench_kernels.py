@@ -16,6 +16,13 @@ It prints a table and writes ``results/bench_kernels.json``. Times are the media
 ``--repeats`` calls after one warm-up call, with min and max; ratios matter, not absolute
 times. An MPI rank is one core, so BLAS is limited to one thread unless ``--threads N``.
 
+The logistic rows are issue 16's targets: the kernel at most :data:`TARGET_STREAM_RATIO`
+times one streaming read of the same ``X`` (float64, and float32 against its float32
+stream). That ratio is measured in pairs, a stream read then a kernel call back to back,
+``--repeats`` pairs (at least 5), and reported as the median of the pairs' ratios with
+their spread (min-max): on a shared machine the memory bandwidth drifts between seconds,
+and a pair sees the same bandwidth in both halves.
+
 Usage::
 
     python experiments/bench_kernels.py [--rows N] [--features D] [--classes C]
@@ -30,8 +37,10 @@ import sys
 import time
 from pathlib import Path
 
-TARGET_SPEEDUP = 1.8  # over plain numpy, logistic
-TARGET_STREAM_RATIO = 2.5  # kernel time / one streaming read of X, logistic
+#: Issue 16: logistic loss+gradient at most this many times one streaming read of X, for
+#: float64 X and for float32 X (against the float32 stream), 1 thread.
+TARGET_STREAM_RATIO = 1.5
+MIN_REPEATS = 5
 
 
 def parse_args(argv=None):
@@ -40,7 +49,9 @@ def parse_args(argv=None):
     parser.add_argument("--rows", type=int, default=400_000, help="rows of X (default 400000)")
     parser.add_argument("--features", type=int, default=100, help="columns of X (default 100)")
     parser.add_argument("--classes", type=int, default=10, help="softmax classes (default 10)")
-    parser.add_argument("--repeats", type=int, default=9, help="timed calls per variant (>= 7)")
+    parser.add_argument(
+        "--repeats", type=int, default=9, help=f"timed calls per variant (>= {MIN_REPEATS})"
+    )
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the data")
@@ -49,7 +60,9 @@ def parse_args(argv=None):
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.rows, args.features, args.repeats = 20_000, 50, 3
+        args.rows, args.features, args.repeats = 20_000, 50, MIN_REPEATS
+    if args.repeats < MIN_REPEATS:
+        parser.error(f"--repeats must be at least {MIN_REPEATS}")
     return args
 
 
@@ -75,6 +88,36 @@ def time_calls(function, repeats):
         "median_s": float(numpy.median(seconds)),
         "min_s": min(seconds),
         "max_s": max(seconds),
+    }
+
+
+def time_ratio(function, floor, repeats):
+    """Ratio ``function() time / floor() time`` over ``repeats`` back-to-back pairs.
+
+    One warm-up call of each first. Returns the median, min and max of the pairs' ratios
+    and the median seconds of each side.
+    """
+    import numpy
+
+    floor()
+    function()
+    ratios, kernel_s, floor_s = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        floor()
+        middle = time.perf_counter()
+        function()
+        stop = time.perf_counter()
+        floor_s.append(middle - start)
+        kernel_s.append(stop - middle)
+        ratios.append((stop - middle) / (middle - start))
+    return {
+        "median": float(numpy.median(ratios)),
+        "min": min(ratios),
+        "max": max(ratios),
+        "pairs": repeats,
+        "kernel_median_s": float(numpy.median(kernel_s)),
+        "stream_median_s": float(numpy.median(floor_s)),
     }
 
 
@@ -149,9 +192,8 @@ def variants(kind, X, y, params):
 def run_case(kind, dtype, args):
     """Time every variant of one case; return its JSON record."""
     X, y, params = make_problem(kind, args.rows, args.features, args.classes, dtype, args.seed)
-    timings = {
-        name: time_calls(f, args.repeats) for name, f in variants(kind, X, y, params).items()
-    }
+    timed = variants(kind, X, y, params)
+    timings = {name: time_calls(f, args.repeats) for name, f in timed.items()}
     for timing in timings.values():
         timing["GB_per_s"] = X.nbytes / timing["median_s"] / 1e9
     kernel_s = timings["mpigd"]["median_s"]
@@ -164,8 +206,9 @@ def run_case(kind, dtype, args):
         "kernel_over_stream": kernel_s / timings["stream"]["median_s"],
     }
     if kind == "logistic":
-        case["meets_speedup_target"] = case["speedup_over_numpy"] >= TARGET_SPEEDUP
-        case["meets_stream_target"] = case["kernel_over_stream"] <= TARGET_STREAM_RATIO
+        paired = time_ratio(timed["mpigd"], timed["stream"], args.repeats)
+        case["kernel_over_stream_paired"] = paired
+        case["meets_stream_target"] = paired["median"] <= TARGET_STREAM_RATIO
     return case
 
 
@@ -224,23 +267,26 @@ def main(argv=None):
         for dtype in (numpy.float64, numpy.float32)
     ]
     print(format_table(cases))
-    print(
-        f"logistic targets: speedup >= {TARGET_SPEEDUP}, kernel / stream <= {TARGET_STREAM_RATIO}"
-    )
-    verdicts = {True: " (meets target)", False: " (MISSES target)", None: ""}
+    print(f"issue 16 targets: logistic kernel / its stream <= {TARGET_STREAM_RATIO}, 1 thread")
     for case in cases:
-        print(
-            f"{case['kind']} {case['dtype']}: speedup over numpy {case['speedup_over_numpy']:.2f}x"
-            f"{verdicts[case.get('meets_speedup_target')]}, kernel / stream "
-            f"{case['kernel_over_stream']:.2f}{verdicts[case.get('meets_stream_target')]}"
-        )
+        line = f"{case['kind']} {case['dtype']}: "
+        line += f"speedup over numpy {case['speedup_over_numpy']:.2f}x"
+        paired = case.get("kernel_over_stream_paired")
+        if paired is None:
+            line += f", kernel / stream {case['kernel_over_stream']:.2f}"
+        else:
+            verdict = "meets target" if case["meets_stream_target"] else "MISSES target"
+            line += (
+                f", kernel / stream {paired['median']:.2f} (min {paired['min']:.2f}, max "
+                f"{paired['max']:.2f}; median of {paired['pairs']} back-to-back pairs, "
+                f"kernel {1e3 * paired['kernel_median_s']:.2f} ms, stream "
+                f"{1e3 * paired['stream_median_s']:.2f} ms) <= {TARGET_STREAM_RATIO}: {verdict}"
+            )
+        print(line)
     record = {
         "benchmark": "kernels",
         "environment": environment(args),
-        "targets": {
-            "speedup_over_numpy": TARGET_SPEEDUP,
-            "kernel_over_stream": TARGET_STREAM_RATIO,
-        },
+        "targets": {"logistic_kernel_over_stream": TARGET_STREAM_RATIO},
         "cases": cases,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,25 +4,47 @@ The gradients are memory-bandwidth-bound, so each kernel reads ``X`` from memory
 All arithmetic is float64; a float32 ``X`` is read as float32 (half the traffic) and
 widened per element. No kernel allocates anything proportional to ``n``.
 
-Linear losses: one loop over rows, four rows at a time. For four rows the kernel takes
-four dot products against ``w`` (one load of ``w`` serves four rows), the four losses
-and slopes ``r_i = s_i * dloss_i/dz``, then ``g += r_0 x_0 + ... + r_3 x_3`` while the rows
-are still in L1 (one load and store of ``g`` serves four rows). Only the dot and axpy
-helpers are compiled with ``fastmath={"reassoc", "contract"}``, which lets LLVM vectorise
-the dot-product reduction and use FMAs; the per-row loss math stays IEEE-exact. The
-logistic loss is branch-free (the sign of ``z`` is unpredictable) and uses one ``exp``,
-one ``log`` and one division per row (glibc's ``log1p`` costs three ``log``; see
-:func:`_logistic`).
+Linear losses (issue 16): blocks of :data:`LINEAR_BLOCK_ROWS` selected rows, in three
+phases per block. (1) The dot products, eight rows at a time (one load of ``w`` serves
+eight rows), read the rows from memory into L1. (2) The block's losses and slopes
+``r_i = s_i * dloss_i/dz`` in one loop over the block; for the logistic loss that loop
+is branch-free and calls no library function (:func:`_logistic_block`: ``exp`` and
+``log1p`` as polynomials, ``2**n`` from bits, one division per row), so LLVM vectorises
+the transcendental work that used to cost a scalar ``exp``, ``log`` and division per row.
+(3) ``g += r_0 x_0 + ... + r_7 x_7``, eight rows at a time from L1 (one load and store of
+``g`` per eight rows), summed as a balanced tree added to ``g`` last. Throughout, the
+rows :data:`LINEAR_PREFETCH_ROWS` ahead are prefetched into L2, four rows per eight-row
+step, spread over phases (1) and (3). Only the dot, axpy and sum helpers are compiled
+with ``fastmath={"reassoc", "contract"}``; the loss loop gets ``contract`` only (its
+rounding trick must not be reassociated) and stays within a few ulp of the library
+functions (:func:`_logistic`, kept for the per-row callers: the sparse and boosting
+kernels). A float32 ``X`` is widened per element in each of phases (1) and (3).
 
-Measured on the 2-core Xeon (Sapphire Rapids, KVM, 1 thread) this was written on, logistic
-loss+gradient of 400,000 x 100 float64: 31 ms, against 55 ms for plain numpy (1.75x) and
-18.5 ms for one streaming read of X (1.7x the bandwidth floor). One row at a time took
-38 ms, eight rows at a time 35 ms. The squared loss takes 27 ms: the logistic's ``exp``
-and ``log`` add ~4 ms that do not overlap with the memory traffic. Tried and slower:
-software prefetch (+3..7 ms), software-pipelining the next rows' dot products (+2 ms),
-Numba-level inlining of the row helpers (+2.5 ms), and ``exp``/``log`` as vectorisable
-polynomials over blocks of 16 rows (34 ms). With a float32 ``X`` the kernel (24 ms) is
-compute-bound at 2.7x the float32 stream (9 ms): every element is widened twice.
+Measured on the 2-core Xeon (Sapphire Rapids, KVM, AVX-512; 1 thread; the other core
+running another benchmark), 400,000 x 100, logistic loss+gradient, as the ratio to one
+streaming read of the same ``X`` (OpenBLAS ``dot``, 1 thread) in back-to-back pairs
+(median of 9; see ``experiments/bench_kernels.py``): float64 ~1.3x (about 21 ms against
+a 16-17 ms stream; the former one-pass, four-rows-at-a-time kernel 1.65-1.75x), float32
+~1.5x (about 12 ms against 8 ms; formerly 2.6-2.9x). What mattered, each measured alone:
+the axpy's chain of FMAs through ``g`` (a four-row axpy took 6.5 ms in L1 for the
+400,000 rows, eight rows as a tree 2.6 ms); prefetching (float32 went from 2.3x to
+1.5x with it; for float64, prefetching into L1 in one burst per block was slower than
+none, spread over the block into L2 it is no slower); spreading the prefetches (one burst
+of 200 per block: 1.75x float32, four rows per eight-row step: 1.5x); passing the eight
+rows to the dot helper as separate row arrays (float32 2.4x slower in L1 than ``X`` and
+indices). The vectorised logistic loop takes ~1.1 ms for 400,000 rows, against ~4 ms of
+scalar ``exp``/``log``. Tried and no faster: blocks of 16 or 64 rows; prefetching 128 or
+256 rows ahead; a float32 block widened once into a float64 L1 buffer (1.9-2.2x: the
+extra store and load cost more than the second widening); software-pipelining the next
+block's dot products with this block's axpy (slower); OpenBLAS ``dgemv`` on each block
+(in L2: 10.4 ms against 9 ms here, float32 needs the widened buffer); 512-bit vectors
+(``NUMBA_CPU_FEATURES=...,-prefer-256-bit``: LLVM's default on this CPU is 256-bit; no
+faster within the noise); one instead of two divisions in the logistic loop (no faster,
+kept: fewer operations). Intel's SVML is no option here: ``numba -s`` reports that the
+pip llvmlite is not built with the SVML patch, so ``intel-cmplr-lib-rt`` would not be
+used, and the polynomials need no dependency. On this shared KVM guest, compute-bound
+timings are bimodal (the sibling hardware thread is sometimes busy): compare ratios from
+the same run, not times across runs.
 
 Softmax (C classes): blocks of :data:`SOFTMAX_BLOCK_ROWS` rows. Per block, a BLAS GEMM
 ``Z = Xb @ W.T`` reads the rows from memory into L2, a compiled loop turns ``Z`` into
@@ -42,11 +64,17 @@ buffer.
 """
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 #: Row blocks of the softmax kernel: 256 x d float64 stays in L2 for d up to ~1000.
 SOFTMAX_BLOCK_ROWS = 256
+#: Row blocks of the linear kernel: 32 rows of 100 float64 (25 KB) stay in L1 between
+#: the dot products and the gradient update; a multiple of 8 (rows go 8 at a time).
+LINEAR_BLOCK_ROWS = 32
+#: The linear kernel prefetches, into L2, the rows this far ahead of the block it is on.
+LINEAR_PREFETCH_ROWS = 64
 
 #: Loss codes of :func:`linear_loss_grad`, indexed by name (order of ``LINEAR_LOSSES``).
 SQUARED, LOGISTIC, HINGE, SQUARED_HINGE = range(4)
@@ -55,6 +83,65 @@ SQUARED, LOGISTIC, HINGE, SQUARED_HINGE = range(4)
 _COMPILE = {"cache": True, "nogil": True, "error_model": "numpy"}
 #: Only for the dot and axpy loops: reassociation lets LLVM vectorise the reduction.
 _VECTORISE = {"reassoc", "contract"}
+
+# exp(x) = 2**n exp(r), n = round(x / ln 2), r = x - n ln 2 (Cody-Waite, fdlibm's split).
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_LOG2_E = 1.44269504088896338700e00
+#: ``fl(x + 1.5 * 2**52)`` rounds ``x`` to an integer held in the low mantissa bits.
+_ROUNDER = 6755399441055744.0
+#: Below this, ``exp`` is 0 in float64; clamping keeps the exponent arithmetic in range.
+_EXP_ARG_MIN = -800.0
+
+
+@intrinsic
+def _bits_of(typingctx, value):
+    """The bits of a float64 as an int64 (a no-op for the CPU; LLVM vectorises it)."""
+    del typingctx
+    if value != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _float_of(typingctx, bits):
+    """The float64 whose bits are the int64 ``bits``."""
+    del typingctx
+    if bits != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+@intrinsic
+def _prefetch_l2(typingctx, array, offset):
+    """Ask the CPU to bring into L2, for reading, the cache line of the element ``offset``
+    elements past the start of ``array``'s buffer (row-major). A hint: it never faults and
+    never changes a result, so ``offset`` is not checked."""
+    del typingctx
+
+    def codegen(context, builder, signature, args):
+        array_type, offset_type = signature.args
+        array_struct = context.make_array(array_type)(context, builder, args[0])
+        position = context.cast(builder, args[1], offset_type, types.intp)
+        pointer = builder.gep(array_struct.data, [position])
+        byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+        int32 = ir.IntType(32)
+        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer.type, int32, int32, int32])
+        llvm_prefetch = builder.module.declare_intrinsic("llvm.prefetch", [byte_pointer.type],
+                                                         function_type)  # fmt: skip
+        # read, locality 2 (prefetcht1: into L2), data cache
+        builder.call(llvm_prefetch, [byte_pointer, int32(0), int32(2), int32(1)])
+        return context.get_dummy_value()
+
+    return types.void(array, offset), codegen
 
 
 @njit(**_COMPILE)
@@ -94,16 +181,25 @@ def _dot(x, w, b):
 
 
 @njit(fastmath=_VECTORISE, **_COMPILE)
-def _dot4(x0, x1, x2, x3, w, b):
-    """Four dot products ``x_k . w + b`` sharing each load of ``w``."""
-    z0 = z1 = z2 = z3 = b
+def _dot8(X, i0, i1, i2, i3, i4, i5, i6, i7, w, b):
+    """Dot products ``X[i_k] . w + b`` of eight rows, sharing each load of ``w``.
+
+    The rows are taken here from ``X`` and their indices: passed as eight separate row
+    arrays, a float32 ``X`` ran 2.4x slower (measured in L1).
+    """
+    x0, x1, x2, x3, x4, x5, x6, x7 = X[i0], X[i1], X[i2], X[i3], X[i4], X[i5], X[i6], X[i7]
+    z0 = z1 = z2 = z3 = z4 = z5 = z6 = z7 = 0.0
     for j in range(w.shape[0]):
         wj = w[j]
         z0 += x0[j] * wj
         z1 += x1[j] * wj
         z2 += x2[j] * wj
         z3 += x3[j] * wj
-    return z0, z1, z2, z3
+        z4 += x4[j] * wj
+        z5 += x5[j] * wj
+        z6 += x6[j] * wj
+        z7 += x7[j] * wj
+    return z0 + b, z1 + b, z2 + b, z3 + b, z4 + b, z5 + b, z6 + b, z7 + b
 
 
 @njit(fastmath=_VECTORISE, **_COMPILE)
@@ -114,10 +210,26 @@ def _axpy(r, x, g):
 
 
 @njit(fastmath=_VECTORISE, **_COMPILE)
-def _axpy4(r0, r1, r2, r3, x0, x1, x2, x3, g):
-    """``g += r0 x0 + r1 x1 + r2 x2 + r3 x3`` with one load and store of ``g``."""
+def _axpy8(r0, r1, r2, r3, r4, r5, r6, r7, X, i0, i1, i2, i3, i4, i5, i6, i7, g):
+    """``g += r0 X[i0] + ... + r7 X[i7]`` with one load and store of ``g``.
+
+    The sum is a balanced tree added to ``g`` last: ``g`` then carries one dependent add
+    per call, not a chain of FMAs (that chain made the former 4-row version 2.5x slower).
+    """
+    x0, x1, x2, x3, x4, x5, x6, x7 = X[i0], X[i1], X[i2], X[i3], X[i4], X[i5], X[i6], X[i7]
     for j in range(g.shape[0]):
-        g[j] += r0 * x0[j] + r1 * x1[j] + r2 * x2[j] + r3 * x3[j]
+        g[j] += ((r0 * x0[j] + r1 * x1[j]) + (r2 * x2[j] + r3 * x3[j])) + (
+            (r4 * x4[j] + r5 * x5[j]) + (r6 * x6[j] + r7 * x7[j])
+        )
+
+
+@njit(fastmath=_VECTORISE, **_COMPILE)
+def _sum(values, count):
+    """``values[:count].sum()``, vectorised."""
+    total = 0.0
+    for k in range(count):
+        total += values[k]
+    return total
 
 
 @njit(**_COMPILE)
@@ -135,6 +247,74 @@ def _logistic(z, y):
     log1p_e = np.log(u) - ((u - 1.0) - e) * inv_u
     sigmoid = (1.0 if z >= 0.0 else e) * inv_u
     return log1p_e + max(z, 0.0) - y * z, sigmoid - y
+
+
+@njit(fastmath={"contract"}, **_COMPILE)
+def _logistic_block(z, y, s, loss, slope, count):
+    """:func:`_logistic` of ``count`` rows at once, weighted, in one vectorisable loop.
+
+    ``loss[k] = s_k (log(1 + e^z_k) - y_k z_k)``, ``slope[k] = s_k (sigmoid(z_k) - y_k)``.
+    No library call (glibc's scalar ``exp`` and ``log`` keep LLVM from vectorising), no
+    branch: ``e = exp(-|z|)`` is ``2**n p(r)`` (Cody-Waite reduction, degree-13 Taylor
+    polynomial on ``|r| <= ln(2) / 2``, ``2**n`` built from bits as two factors so that a
+    subnormal result is rounded once), and ``log(1 + e) = 2 atanh(t)``, ``t = e / (2 + e)``
+    in [0, 1/3], by its series to ``t**33`` (truncation < 2e-17 relative; exact for tiny
+    ``e``, no cancellation). One division serves ``1 / (1 + e)`` and ``t``. Within a few
+    ulp of :func:`_logistic`. Only FMA contraction: reassociation would undo the rounding
+    trick. A NaN ``z`` gives NaN loss and slope, as the library functions do.
+    """
+    for k in range(count):
+        zk = z[k]
+        x = -abs(zk)
+        x = x if not x < _EXP_ARG_MIN else _EXP_ARG_MIN  # NaN passes through
+        shifted = x * _LOG2_E + _ROUNDER
+        n_float = shifted - _ROUNDER
+        r = (x - n_float * _LN2_HI) - n_float * _LN2_LO
+        p = 1.0 / 6227020800.0
+        p = p * r + 1.0 / 479001600.0
+        p = p * r + 1.0 / 39916800.0
+        p = p * r + 1.0 / 3628800.0
+        p = p * r + 1.0 / 362880.0
+        p = p * r + 1.0 / 40320.0
+        p = p * r + 1.0 / 5040.0
+        p = p * r + 1.0 / 720.0
+        p = p * r + 1.0 / 120.0
+        p = p * r + 1.0 / 24.0
+        p = p * r + 1.0 / 6.0
+        p = p * r + 0.5
+        p = p * r + 1.0
+        p = p * r + 1.0
+        n = _bits_of(shifted) - _bits_of(_ROUNDER)  # round(x / ln 2), in -1155 .. 0
+        n_half = n >> 1
+        e = p * _float_of((n_half + 1023) << 52) * _float_of((n - n_half + 1023) << 52)
+        u = 1.0 + e
+        v = 2.0 + e
+        q = 1.0 / (u * v)
+        inv_u = v * q
+        t = e * u * q
+        t2 = t * t
+        a = 1.0 / 33.0
+        a = a * t2 + 1.0 / 31.0
+        a = a * t2 + 1.0 / 29.0
+        a = a * t2 + 1.0 / 27.0
+        a = a * t2 + 1.0 / 25.0
+        a = a * t2 + 1.0 / 23.0
+        a = a * t2 + 1.0 / 21.0
+        a = a * t2 + 1.0 / 19.0
+        a = a * t2 + 1.0 / 17.0
+        a = a * t2 + 1.0 / 15.0
+        a = a * t2 + 1.0 / 13.0
+        a = a * t2 + 1.0 / 11.0
+        a = a * t2 + 1.0 / 9.0
+        a = a * t2 + 1.0 / 7.0
+        a = a * t2 + 1.0 / 5.0
+        a = a * t2 + 1.0 / 3.0
+        a = a * t2 + 1.0
+        log1p_e = 2.0 * t * a
+        sigmoid = (1.0 if zk >= 0.0 else e) * inv_u
+        yk, sk = y[k], s[k]
+        loss[k] = sk * (log1p_e + max(zk, 0.0) - yk * zk)
+        slope[k] = sk * (sigmoid - yk)
 
 
 @njit(**_COMPILE)
@@ -155,30 +335,81 @@ def _loss_slope(loss_code, z, y):
 
 
 @njit(**_COMPILE)
-def _linear_rows4(loss_code, X, y, sample_weight, w, b, gw, i0, i1, i2, i3):
-    """Add four rows' gradient to ``gw``; return their weighted loss and slope sums."""
-    x0, x1, x2, x3 = X[i0], X[i1], X[i2], X[i3]
-    z0, z1, z2, z3 = _dot4(x0, x1, x2, x3, w, b)
-    l0, r0 = _loss_slope(loss_code, z0, y[i0])
-    l1, r1 = _loss_slope(loss_code, z1, y[i1])
-    l2, r2 = _loss_slope(loss_code, z2, y[i2])
-    l3, r3 = _loss_slope(loss_code, z3, y[i3])
-    s0, s1 = _weight(sample_weight, i0), _weight(sample_weight, i1)
-    s2, s3 = _weight(sample_weight, i2), _weight(sample_weight, i3)
-    r0, r1, r2, r3 = s0 * r0, s1 * r1, s2 * r2, s3 * r3
-    if r0 != 0.0 or r1 != 0.0 or r2 != 0.0 or r3 != 0.0:  # hinges: rows past the margin add nothing
-        _axpy4(r0, r1, r2, r3, x0, x1, x2, x3, gw)
-    return s0 * l0 + s1 * l1 + s2 * l2 + s3 * l3, r0 + r1 + r2 + r3
+def _loss_block(loss_code, z, y, s, loss, slope, count):
+    """Weighted losses and slopes of ``count`` rows: ``s_k loss(z_k, y_k)`` and the like."""
+    if loss_code == LOGISTIC:
+        _logistic_block(z, y, s, loss, slope, count)
+        return
+    for k in range(count):
+        row_loss, row_slope = _loss_slope(loss_code, z[k], y[k])
+        loss[k] = s[k] * row_loss
+        slope[k] = s[k] * row_slope
 
 
 @njit(**_COMPILE)
-def _linear_row(loss_code, X, y, sample_weight, w, b, gw, i):
-    """One-row version of :func:`_linear_rows4`, for the last ``m % 4`` rows."""
-    x = X[i]
-    loss, slope = _loss_slope(loss_code, _dot(x, w, b), y[i])
-    s = _weight(sample_weight, i)
-    _axpy(s * slope, x, gw)
-    return s * loss, s * slope
+def _prefetch_rows(X, rows, m, first, count):
+    """Prefetch into L2 the selected rows ``first .. first + count - 1`` (those below ``m``).
+
+    Consecutive rows: one prefetch per 64 bytes of their span. Selected rows: one per
+    64 bytes of each row and one for its last element (a row need not start on a cache
+    line). Indices are not checked: a prefetch never faults, and :func:`_row_index`
+    checks each row before it is read.
+    """
+    d = X.shape[1]
+    step = 64 // X.itemsize
+    stop = min(first + count, m)
+    if rows is None:
+        for offset in range(first * d, stop * d, step):
+            _prefetch_l2(X, offset)
+        return
+    for q in range(first, stop):
+        row_start = rows[q] * d
+        for j in range(0, d, step):
+            _prefetch_l2(X, row_start + j)
+        _prefetch_l2(X, row_start + d - 1)
+
+
+@njit(**_COMPILE)
+def _block_targets(y, sample_weight, rows, start, count, index, target, weight):
+    """Targets and weights of the selected rows ``start .. start + count - 1``.
+
+    All rows: views of ``y`` and ``sample_weight`` (``weight``, all ones, when there are no
+    weights). Selected rows: their indices, checked, gathered into ``index`` and their
+    targets and weights into ``target`` and ``weight``.
+    """
+    if rows is None:
+        if sample_weight is None:
+            return y[start : start + count], weight
+        return y[start : start + count], sample_weight[start : start + count]
+    n_rows = y.shape[0]
+    for k in range(count):
+        i = _row_index(n_rows, rows, start + k)
+        index[k], target[k] = i, y[i]
+        weight[k] = _weight(sample_weight, i)
+    return target, weight
+
+
+@njit(**_COMPILE)
+def _block_row(index, rows, start, k):
+    """Index in ``X`` of the block's ``k``-th row (``start + k`` when all rows are used)."""
+    if rows is None:
+        return start + k
+    return index[k]
+
+
+@njit(**_COMPILE)
+def _block_rows8(index, rows, start, k):
+    """Indices in ``X`` of the block's rows ``k .. k + 7``."""
+    return (
+        _block_row(index, rows, start, k),
+        _block_row(index, rows, start, k + 1),
+        _block_row(index, rows, start, k + 2),
+        _block_row(index, rows, start, k + 3),
+        _block_row(index, rows, start, k + 4),
+        _block_row(index, rows, start, k + 5),
+        _block_row(index, rows, start, k + 6),
+        _block_row(index, rows, start, k + 7),
+    )
 
 
 @njit(**_COMPILE)
@@ -208,20 +439,45 @@ def linear_loss_grad(loss_code, X, y, sample_weight, params, grad_out, rows, acc
     if not accumulate:
         grad_out[:] = 0.0
     m = _n_selected(n_rows, rows)
-    m4 = m - m % 4
+    block = LINEAR_BLOCK_ROWS
+    half = block // 2
+    index = np.empty(block, dtype=np.int64)
+    z, loss, slope = np.empty(block), np.empty(block), np.empty(block)
+    target, weight = np.empty(block), np.ones(block)
     total = 0.0
     grad_b = 0.0
-    for k in range(0, m4, 4):
-        i0, i1 = _row_index(n_rows, rows, k), _row_index(n_rows, rows, k + 1)
-        i2, i3 = _row_index(n_rows, rows, k + 2), _row_index(n_rows, rows, k + 3)
-        loss, slope = _linear_rows4(loss_code, X, y, sample_weight, w, b, gw, i0, i1, i2, i3)
-        total += loss
-        grad_b += slope
-    for k in range(m4, m):
-        i = _row_index(n_rows, rows, k)
-        loss, slope = _linear_row(loss_code, X, y, sample_weight, w, b, gw, i)
-        total += loss
-        grad_b += slope
+    for start in range(0, m, block):
+        count = min(block, m - start)
+        count8 = count - count % 8
+        block_y, block_s = _block_targets(y, sample_weight, rows, start, count, index,
+                                          target, weight)  # fmt: skip
+        ahead = start + LINEAR_PREFETCH_ROWS
+        # 1. the block's dot products, from memory (half the block's prefetches here) ...
+        for k in range(0, count8, 8):
+            _prefetch_rows(X, rows, m, ahead + k // 2, 4)
+            i0, i1, i2, i3, i4, i5, i6, i7 = _block_rows8(index, rows, start, k)
+            z0, z1, z2, z3, z4, z5, z6, z7 = _dot8(X, i0, i1, i2, i3, i4, i5, i6, i7, w, b)
+            z[k], z[k + 1], z[k + 2], z[k + 3] = z0, z1, z2, z3
+            z[k + 4], z[k + 5], z[k + 6], z[k + 7] = z4, z5, z6, z7
+        for k in range(count8, count):
+            z[k] = _dot(X[_block_row(index, rows, start, k)], w, b)
+        # 2. ... their losses and slopes, vectorised ...
+        _loss_block(loss_code, z, block_y, block_s, loss, slope, count)
+        total += _sum(loss, count)
+        grad_b += _sum(slope, count)
+        # 3. ... and the gradient, the rows read again from L1 (the other prefetches here).
+        for k in range(0, count8, 8):
+            _prefetch_rows(X, rows, m, ahead + half + k // 2, 4)
+            r0, r1, r2, r3 = slope[k], slope[k + 1], slope[k + 2], slope[k + 3]
+            r4, r5, r6, r7 = slope[k + 4], slope[k + 5], slope[k + 6], slope[k + 7]
+            if r0 == 0.0 and r1 == 0.0 and r2 == 0.0 and r3 == 0.0:  # hinges: rows past
+                if r4 == 0.0 and r5 == 0.0 and r6 == 0.0 and r7 == 0.0:  # the margin add 0
+                    continue
+            i0, i1, i2, i3, i4, i5, i6, i7 = _block_rows8(index, rows, start, k)
+            _axpy8(r0, r1, r2, r3, r4, r5, r6, r7, X, i0, i1, i2, i3, i4, i5, i6, i7, gw)
+        for k in range(count8, count):
+            if slope[k] != 0.0:
+                _axpy(slope[k], X[_block_row(index, rows, start, k)], gw)
     grad_out[d] += grad_b
     return total
 

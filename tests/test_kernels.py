@@ -172,6 +172,49 @@ def test_logistic_loss_is_accurate_for_confident_rows(backend):
     assert value == pytest.approx(2 * math.log1p(math.exp(-40.0)), rel=1e-14)
 
 
+def test_logistic_block_matches_the_scalar_logistic():
+    """The vectorised exp/log of the linear kernel against the library-based row helper."""
+    z = np.concatenate(
+        [
+            np.linspace(-60.0, 60.0, 4001),
+            [0.0, -0.0, 1e-300, -1e-300, 5e-324, 36.7, -36.7, 709.0, -709.0, 744.0, -745.0],
+            [-745.2, -746.0, -800.0, -801.0, 1e3, -1e3, 1e308, -1e308, np.inf, -np.inf, np.nan],
+        ]
+    )
+    rng = np.random.default_rng(3)
+    y = (rng.random(z.size) < 0.5).astype(float)
+    s = rng.uniform(0.5, 2.0, z.size)
+    loss, slope = np.empty_like(z), np.empty_like(z)
+    fused._logistic_block(z, y, s, loss, slope, z.size)
+    expected = np.array([fused._logistic(zk, yk) for zk, yk in zip(z, y, strict=True)])
+    expected *= s[:, None]
+    np.testing.assert_array_equal(np.isnan(loss), np.isnan(expected[:, 0]))
+    np.testing.assert_array_equal(np.isnan(slope), np.isnan(expected[:, 1]))
+    finite = np.isfinite(expected[:, 0])
+    np.testing.assert_allclose(loss[finite], expected[finite, 0], rtol=4e-15, atol=0.0)
+    # sigmoid - y cancels when y = 1: a few ulp of y there, relative accuracy where y = 0
+    finite = np.isfinite(expected[:, 1])
+    np.testing.assert_allclose(slope[finite], expected[finite, 1], rtol=4e-15, atol=2e-15)
+    zero = finite & (y == 0.0)
+    np.testing.assert_allclose(slope[zero], expected[zero, 1], rtol=4e-15, atol=0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("selection", ["all", "subset"])
+def test_linear_numba_matches_reference_over_many_blocks(dtype, selection):
+    """Several row blocks, rows prefetched past the end, and a last block of 8 k + 5 rows."""
+    n = 3 * fused.LINEAR_BLOCK_ROWS + fused.LINEAR_PREFETCH_ROWS + 13
+    for loss in LOSSES:
+        X, y, weight, params = linear_problem(loss, n=n, d=37, dtype=dtype, seed=4)
+        rows = row_selections(n)[selection]
+        expected_grad = np.empty_like(params)
+        expected = reference.linear_loss_grad(loss, X, y, weight, params, expected_grad, rows=rows)
+        grad = np.full_like(params, np.nan)
+        value = get_backend("numba").linear_loss_grad(loss, X, y, weight, params, grad, rows=rows)
+        assert_close(value, expected)
+        assert_close(grad, expected_grad)
+
+
 @pytest.mark.filterwarnings("error")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_softmax_huge_logits_are_finite(backend):
