@@ -4,19 +4,20 @@ The gradients are memory-bandwidth-bound, so each kernel reads ``X`` from memory
 All arithmetic is float64; a float32 ``X`` is read as float32 (half the traffic) and
 widened per element. No kernel allocates anything proportional to ``n``.
 
-Linear losses (issue 16): blocks of :data:`LINEAR_BLOCK_ROWS` selected rows, in three
-phases per block. (1) The dot products, eight rows at a time (one load of ``w`` serves
-eight rows), read the rows from memory into L1. (2) The block's losses and slopes
-``r_i = s_i * dloss_i/dz`` in one loop over the block; for the logistic loss that loop
-is branch-free and calls no library function (:func:`_logistic_block`: ``exp`` and
-``log1p`` as polynomials, ``2**n`` from bits, one division per row), so LLVM vectorises
-the transcendental work that used to cost a scalar ``exp``, ``log`` and division per row.
-(3) ``g += r_0 x_0 + ... + r_7 x_7``, eight rows at a time from L1 (one load and store of
-``g`` per eight rows), summed as a balanced tree added to ``g`` last. Throughout, the
-rows :data:`LINEAR_PREFETCH_ROWS` ahead are prefetched into L2, four rows per eight-row
-step, spread over phases (1) and (3). Only the dot, axpy and sum helpers are compiled
-with ``fastmath={"reassoc", "contract"}``; the loss loop gets ``contract`` only (its
-rounding trick must not be reassociated) and stays within a few ulp of the library
+Linear losses (issue 16): blocks of selected rows, :data:`LINEAR_BLOCK_BYTES` of ``X``
+each (32 rows of 100 float64, 64 of 100 float32: L1-sized), in three phases per block.
+(1) The dot products, eight rows at a time (one load of ``w`` serves eight rows), read
+the rows from memory into L1. (2) The block's losses and slopes ``r_i = s_i *
+dloss_i/dz`` in one loop over the block; for the logistic loss that loop is branch-free
+and calls no library function (:func:`_logistic_block`: ``exp`` and ``log1p`` as
+polynomials, ``2**n`` from bits, one division per row), so LLVM vectorises the
+transcendental work that used to cost a scalar ``exp``, ``log`` and division per row.
+(3) ``g += r_0 x_0 + ... + r_7 x_7``, eight rows at a time from L1 (one load and store
+of ``g`` per eight rows), summed as a balanced tree added to ``g`` last. Throughout, the
+rows :data:`LINEAR_PREFETCH_BLOCKS` blocks ahead are prefetched into L2, four rows per
+eight-row step, spread over phases (1) and (3). Only the dot, axpy and sum helpers are
+compiled with ``fastmath={"reassoc", "contract"}``; the loss loop gets ``contract`` only
+(its rounding trick must not be reassociated) and stays within a few ulp of the library
 functions (:func:`_logistic`, kept for the per-row callers: the sparse and boosting
 kernels). A float32 ``X`` is widened per element in each of phases (1) and (3).
 
@@ -70,11 +71,12 @@ from numba.extending import intrinsic, overload
 
 #: Row blocks of the softmax kernel: 256 x d float64 stays in L2 for d up to ~1000.
 SOFTMAX_BLOCK_ROWS = 256
-#: Row blocks of the linear kernel: 32 rows of 100 float64 (25 KB) stay in L1 between
-#: the dot products and the gradient update; a multiple of 8 (rows go 8 at a time).
-LINEAR_BLOCK_ROWS = 32
-#: The linear kernel prefetches, into L2, the rows this far ahead of the block it is on.
-LINEAR_PREFETCH_ROWS = 64
+#: Row blocks of the linear kernel hold about this many bytes of ``X`` (32 rows of 100
+#: float64, 64 of 100 float32), to stay in L1 between the dot products and the gradient
+#: update; see :func:`_linear_block_rows`.
+LINEAR_BLOCK_BYTES = 25_600
+#: The linear kernel prefetches, into L2, the rows this many blocks ahead of its block.
+LINEAR_PREFETCH_BLOCKS = 2
 
 #: Loss codes of :func:`linear_loss_grad`, indexed by name (order of ``LINEAR_LOSSES``).
 SQUARED, LOGISTIC, HINGE, SQUARED_HINGE = range(4)
@@ -370,6 +372,14 @@ def _prefetch_rows(X, rows, m, first, count):
 
 
 @njit(**_COMPILE)
+def _linear_block_rows(d, itemsize):
+    """Rows per block of :func:`linear_loss_grad`: :data:`LINEAR_BLOCK_BYTES` of rows, in
+    multiples of 8 (rows go 8 at a time), 8 to 256."""
+    rows = LINEAR_BLOCK_BYTES // max(d * itemsize, 1)
+    return max(8, min(256, rows - rows % 8))
+
+
+@njit(**_COMPILE)
 def _block_targets(y, sample_weight, rows, start, count, index, target, weight):
     """Targets and weights of the selected rows ``start .. start + count - 1``.
 
@@ -439,7 +449,7 @@ def linear_loss_grad(loss_code, X, y, sample_weight, params, grad_out, rows, acc
     if not accumulate:
         grad_out[:] = 0.0
     m = _n_selected(n_rows, rows)
-    block = LINEAR_BLOCK_ROWS
+    block = _linear_block_rows(d, X.itemsize)
     half = block // 2
     index = np.empty(block, dtype=np.int64)
     z, loss, slope = np.empty(block), np.empty(block), np.empty(block)
@@ -451,7 +461,7 @@ def linear_loss_grad(loss_code, X, y, sample_weight, params, grad_out, rows, acc
         count8 = count - count % 8
         block_y, block_s = _block_targets(y, sample_weight, rows, start, count, index,
                                           target, weight)  # fmt: skip
-        ahead = start + LINEAR_PREFETCH_ROWS
+        ahead = start + LINEAR_PREFETCH_BLOCKS * block
         # 1. the block's dot products, from memory (half the block's prefetches here) ...
         for k in range(0, count8, 8):
             _prefetch_rows(X, rows, m, ahead + k // 2, 4)

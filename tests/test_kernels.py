@@ -203,9 +203,12 @@ def test_logistic_block_matches_the_scalar_logistic():
 @pytest.mark.parametrize("selection", ["all", "subset"])
 def test_linear_numba_matches_reference_over_many_blocks(dtype, selection):
     """Several row blocks, rows prefetched past the end, and a last block of 8 k + 5 rows."""
-    n = 3 * fused.LINEAR_BLOCK_ROWS + fused.LINEAR_PREFETCH_ROWS + 13
+    d = 37
+    block = fused._linear_block_rows(d, np.dtype(dtype).itemsize)
+    assert block % 8 == 0 and 8 <= block <= 256
+    n = (3 + fused.LINEAR_PREFETCH_BLOCKS) * block + 13
     for loss in LOSSES:
-        X, y, weight, params = linear_problem(loss, n=n, d=37, dtype=dtype, seed=4)
+        X, y, weight, params = linear_problem(loss, n=n, d=d, dtype=dtype, seed=4)
         rows = row_selections(n)[selection]
         expected_grad = np.empty_like(params)
         expected = reference.linear_loss_grad(loss, X, y, weight, params, expected_grad, rows=rows)
