@@ -75,8 +75,11 @@ SOFTMAX_BLOCK_ROWS = 256
 #: float64, 64 of 100 float32), to stay in L1 between the dot products and the gradient
 #: update; see :func:`_linear_block_rows`.
 LINEAR_BLOCK_BYTES = 25_600
-#: The linear kernel prefetches, into L2, the rows this many blocks ahead of its block.
+#: The linear kernel prefetches, into L2, the rows this many blocks ahead of its block ...
 LINEAR_PREFETCH_BLOCKS = 2
+#: ... when a row is at most this many bytes (longer rows are streams the hardware
+#: prefetcher follows on its own).
+LINEAR_PREFETCH_MAX_ROW_BYTES = 4096
 
 #: Loss codes of :func:`linear_loss_grad`, indexed by name (order of ``LINEAR_LOSSES``).
 SQUARED, LOGISTIC, HINGE, SQUARED_HINGE = range(4)
@@ -451,6 +454,7 @@ def linear_loss_grad(loss_code, X, y, sample_weight, params, grad_out, rows, acc
     m = _n_selected(n_rows, rows)
     block = _linear_block_rows(d, X.itemsize)
     half = block // 2
+    prefetch = d * X.itemsize <= LINEAR_PREFETCH_MAX_ROW_BYTES
     index = np.empty(block, dtype=np.int64)
     z, loss, slope = np.empty(block), np.empty(block), np.empty(block)
     target, weight = np.empty(block), np.ones(block)
@@ -464,7 +468,8 @@ def linear_loss_grad(loss_code, X, y, sample_weight, params, grad_out, rows, acc
         ahead = start + LINEAR_PREFETCH_BLOCKS * block
         # 1. the block's dot products, from memory (half the block's prefetches here) ...
         for k in range(0, count8, 8):
-            _prefetch_rows(X, rows, m, ahead + k // 2, 4)
+            if prefetch:
+                _prefetch_rows(X, rows, m, ahead + k // 2, 4)
             i0, i1, i2, i3, i4, i5, i6, i7 = _block_rows8(index, rows, start, k)
             z0, z1, z2, z3, z4, z5, z6, z7 = _dot8(X, i0, i1, i2, i3, i4, i5, i6, i7, w, b)
             z[k], z[k + 1], z[k + 2], z[k + 3] = z0, z1, z2, z3
@@ -477,7 +482,8 @@ def linear_loss_grad(loss_code, X, y, sample_weight, params, grad_out, rows, acc
         grad_b += _sum(slope, count)
         # 3. ... and the gradient, the rows read again from L1 (the other prefetches here).
         for k in range(0, count8, 8):
-            _prefetch_rows(X, rows, m, ahead + half + k // 2, 4)
+            if prefetch:
+                _prefetch_rows(X, rows, m, ahead + half + k // 2, 4)
             r0, r1, r2, r3 = slope[k], slope[k + 1], slope[k + 2], slope[k + 3]
             r4, r5, r6, r7 = slope[k + 4], slope[k + 5], slope[k + 6], slope[k + 7]
             if r0 == 0.0 and r1 == 0.0 and r2 == 0.0 and r3 == 0.0:  # hinges: rows past

@@ -201,10 +201,12 @@ def test_logistic_block_matches_the_scalar_logistic():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("selection", ["all", "subset"])
-def test_linear_numba_matches_reference_over_many_blocks(dtype, selection):
+@pytest.mark.parametrize("d", [37, 1100])  # rows prefetched; rows too long to prefetch
+def test_linear_numba_matches_reference_over_many_blocks(dtype, selection, d):
     """Several row blocks, rows prefetched past the end, and a last block of 8 k + 5 rows."""
-    d = 37
-    block = fused._linear_block_rows(d, np.dtype(dtype).itemsize)
+    itemsize = np.dtype(dtype).itemsize
+    assert (d * itemsize <= fused.LINEAR_PREFETCH_MAX_ROW_BYTES) == (d == 37)
+    block = fused._linear_block_rows(d, itemsize)
     assert block % 8 == 0 and 8 <= block <= 256
     n = (3 + fused.LINEAR_PREFETCH_BLOCKS) * block + 13
     for loss in LOSSES:
