@@ -428,18 +428,24 @@ def fit_lightgbm(X, y, X_test, n_classes: int, args) -> dict:
         num_boost_round=args.rounds,
         callbacks=[lambda env: ticks.append(time.perf_counter())],
     )
+
+    def predict():
+        return booster.predict(X_test, num_threads=args.worker_threads)
+
+    return _boosting_result(clock, bin_s, ticks, n_classes, lgb.__version__, predict)
+
+
+def _boosting_result(clock, bin_s: float, ticks: list, n_classes: int, version: str,
+                     predict) -> dict:  # fmt: skip
+    """A baseline's result once its fit is done (``clock`` started before binning):
+    fit and binning times, the cores it kept busy, the time per round from the
+    iterations' ``ticks``, and the test labels from ``predict()``'s probabilities, timed."""
     fit_s, fit_cores = clock.read()
     clock = _Stopwatch()
-    labels = _labels(booster.predict(X_test, num_threads=args.worker_threads), n_classes)
-    return {
-        "fit_s": fit_s,
-        "fit_cores": fit_cores,
-        "bin_s": bin_s,
-        "per_round_s": _per_round(ticks),
-        "predict_s": clock.read()[0],
-        "labels": labels,
-        "version": lgb.__version__,
-    }
+    labels = _labels(predict(), n_classes)
+    return {"fit_s": fit_s, "fit_cores": fit_cores, "bin_s": bin_s,
+            "per_round_s": _per_round(ticks), "predict_s": clock.read()[0], "labels": labels,
+            "version": version}  # fmt: skip
 
 
 def fit_xgboost(X, y, X_test, n_classes: int, args) -> dict:
@@ -473,18 +479,8 @@ def fit_xgboost(X, y, X_test, n_classes: int, args) -> dict:
     bin_s, _ = clock.read()
     ticks.append(time.perf_counter())
     booster = xgb.train(params, train, num_boost_round=args.rounds, callbacks=[Tick()])
-    fit_s, fit_cores = clock.read()
-    clock = _Stopwatch()
-    labels = _labels(booster.inplace_predict(X_test), n_classes)
-    return {
-        "fit_s": fit_s,
-        "fit_cores": fit_cores,
-        "bin_s": bin_s,
-        "per_round_s": _per_round(ticks),
-        "predict_s": clock.read()[0],
-        "labels": labels,
-        "version": xgb.__version__,
-    }
+    return _boosting_result(clock, bin_s, ticks, n_classes, xgb.__version__,
+                            lambda: booster.inplace_predict(X_test))  # fmt: skip
 
 
 def fit_hgb(X, y, X_test, n_classes: int, args) -> dict:
