@@ -7,45 +7,60 @@ widened per element. No kernel allocates anything proportional to ``n``.
 Linear losses (issue 16): blocks of selected rows, :data:`LINEAR_BLOCK_BYTES` of ``X``
 each (32 rows of 100 float64, 64 of 100 float32: L1-sized), in three phases per block.
 (1) The dot products, eight rows at a time (one load of ``w`` serves eight rows), read
-the rows from memory into L1. (2) The block's losses and slopes ``r_i = s_i *
-dloss_i/dz`` in one loop over the block; for the logistic loss that loop is branch-free
-and calls no library function (:func:`_logistic_block`: ``exp`` and ``log1p`` as
-polynomials, ``2**n`` from bits, one division per row), so LLVM vectorises the
-transcendental work that used to cost a scalar ``exp``, ``log`` and division per row.
-(3) ``g += r_0 x_0 + ... + r_7 x_7``, eight rows at a time from L1 (one load and store
-of ``g`` per eight rows), summed as a balanced tree added to ``g`` last. Throughout, the
-rows :data:`LINEAR_PREFETCH_BLOCKS` blocks ahead are prefetched into L2, four rows per
-eight-row step, spread over phases (1) and (3). Only the dot, axpy and sum helpers are
-compiled with ``fastmath={"reassoc", "contract"}``; the loss loop gets ``contract`` only
-(its rounding trick must not be reassociated) and stays within a few ulp of the library
-functions (:func:`_logistic`, kept for the per-row callers: the sparse and boosting
-kernels). A float32 ``X`` is widened per element in each of phases (1) and (3).
+the rows from memory into L1. (2) The block's losses and slopes ``r_i = s_i dloss_i/dz``
+in one loop over the block; for the logistic loss that loop is branch-free and calls no
+library function (:func:`_logistic_block`: ``exp`` and ``log1p`` as polynomials,
+``2**n`` from bits, one division per row), so LLVM vectorises the transcendental work
+that was a scalar ``exp``, ``log`` and division per row. (3) ``g += sum_k r_k x_k``,
+eight rows at a time from L1 (one load and store of ``g`` per eight rows), summed as a
+balanced tree added to ``g`` last. Throughout, the rows :data:`LINEAR_PREFETCH_BLOCKS`
+blocks ahead are prefetched into L2, four rows per eight-row step, spread over phases
+(1) and (3), unless a row is longer than :data:`LINEAR_PREFETCH_MAX_ROW_BYTES`. Only the
+dot, axpy and sum helpers are compiled with ``fastmath={"reassoc", "contract"}``; the
+loss loop gets ``contract`` only (its rounding trick must not be reassociated) and stays
+within a few ulp of the library functions (:func:`_logistic`, kept for the per-row
+callers, the sparse and boosting kernels). A float32 ``X`` is widened per element in
+each of phases (1) and (3).
 
-Measured on the 2-core Xeon (Sapphire Rapids, KVM, AVX-512; 1 thread; the other core
-running another benchmark), 400,000 x 100, logistic loss+gradient, as the ratio to one
-streaming read of the same ``X`` (OpenBLAS ``dot``, 1 thread) in back-to-back pairs
-(median of 9; see ``experiments/bench_kernels.py``): float64 ~1.3x (about 21 ms against
-a 16-17 ms stream; the former one-pass, four-rows-at-a-time kernel 1.65-1.75x), float32
-~1.5x (about 12 ms against 8 ms; formerly 2.6-2.9x). What mattered, each measured alone:
-the axpy's chain of FMAs through ``g`` (a four-row axpy took 6.5 ms in L1 for the
-400,000 rows, eight rows as a tree 2.6 ms); prefetching (float32 went from 2.3x to
-1.5x with it; for float64, prefetching into L1 in one burst per block was slower than
-none, spread over the block into L2 it is no slower); spreading the prefetches (one burst
-of 200 per block: 1.75x float32, four rows per eight-row step: 1.5x); passing the eight
-rows to the dot helper as separate row arrays (float32 2.4x slower in L1 than ``X`` and
-indices). The vectorised logistic loop takes ~1.1 ms for 400,000 rows, against ~4 ms of
-scalar ``exp``/``log``. Tried and no faster: blocks of 16 or 64 rows; prefetching 128 or
-256 rows ahead; a float32 block widened once into a float64 L1 buffer (1.9-2.2x: the
-extra store and load cost more than the second widening); software-pipelining the next
-block's dot products with this block's axpy (slower); OpenBLAS ``dgemv`` on each block
-(in L2: 10.4 ms against 9 ms here, float32 needs the widened buffer); 512-bit vectors
-(``NUMBA_CPU_FEATURES=...,-prefer-256-bit``: LLVM's default on this CPU is 256-bit; no
-faster within the noise); one instead of two divisions in the logistic loop (no faster,
-kept: fewer operations). Intel's SVML is no option here: ``numba -s`` reports that the
-pip llvmlite is not built with the SVML patch, so ``intel-cmplr-lib-rt`` would not be
-used, and the polynomials need no dependency. On this shared KVM guest, compute-bound
-timings are bimodal (the sibling hardware thread is sometimes busy): compare ratios from
-the same run, not times across runs.
+Measured on the 2-core Xeon (Sapphire Rapids, KVM, AVX-512, 1 thread, the other core
+running another benchmark), logistic loss+gradient of 400,000 x 100, as the ratio to one
+streaming read of the same ``X`` (OpenBLAS ``dot``, 1 thread) in back-to-back pairs,
+median of 9 (``experiments/bench_kernels.py``), four separate runs: float64 1.28, 1.28,
+1.30, 1.31 (about 22 ms against a 16-18 ms stream; the former kernel, one pass four rows
+at a time, 1.65-1.75), float32 1.31-1.55, mostly ~1.36 (about 12.5 ms against 8.5-9.5
+ms; formerly 2.6-2.9). Float32 is the fragile one: it is close to compute-bound (in L2
+the kernel takes 9.1 ms for the 400,000 rows against an 8.2 ms stream from memory), so
+it slows whenever the sibling hardware thread is busy; on this guest compute-bound
+timings are bimodal, so compare ratios from one run, not times across runs. Other shapes
+against the former kernel, same pairs: 4,000,000 x 10 2.8-3.3x faster, 40,000 x 1,000
+and 8,000 x 5,000 as fast (0.9-1.0x the time); 512 random rows (``rows=``) 2.3x faster
+at d = 10, 1.4-3x at d = 100, as fast at d = 1,000 and 5,000.
+
+What mattered, each measured alone. The axpy's dependence through ``g``: a four-row axpy
+chaining four FMAs through ``g`` took 6.5 ms in L1 for the 400,000 rows, eight rows as a
+tree 2.6 ms. Software prefetching: without it float32 stays at ~2.3x (the dot phase
+alone, from memory, ran at 1.9x the stream); in one burst per block it reached 1.75x;
+spread over the block, four rows per eight-row step, 1.4-1.5x; all in phase (1) or all
+in phase (3) 1.45-1.6x. For float64 a burst into L1 was slower than none (1.62 against
+1.48) and prefetching into L2 (``prefetcht1``) beats L1 (1.36-1.42 against 1.47-1.52);
+one prefetch per 128 bytes instead of 64 was much slower (1.65); rows over 4 KB were
+slower prefetched (8,000 x 5,000: 1.94 against 1.22, the hardware prefetcher follows
+long rows). Rows passed to the dot helper as eight separate row arrays ran 2.4x slower
+in L1 for float32 than ``X`` and eight indices. Out of cache the logistic loop costs ~2
+ms (1.1 ms alone in L1), against ~4 ms for the scalar ``exp``/``log``.
+
+Tried and no faster: 12.8 or 51 KB blocks; prefetching 1 or 4 blocks ahead (1 is as
+fast, 2 kept for margin); the float32 block widened once into a float64 L1 buffer (the
+extra store and load cost more than the second widening: 1.9-2.2x); software-pipelining
+the next block's dot products with this block's axpy (float64 1.71 against 1.54
+without); OpenBLAS ``dgemv`` per block (10.4 ms in L2 against 9-10 ms here, and float32
+needs the widened buffer); 512-bit vectors
+(``NUMBA_CPU_FEATURES=<host>,-prefer-256-bit``; LLVM's default here is 256-bit): 4%
+faster in L2 for float32, nothing measurable from memory, not worth a process-wide
+setting; one division per row instead of two in the logistic loop (as fast; kept).
+Intel's SVML is not an option: ``numba -s`` reports that the PyPI llvmlite is not built
+with the SVML patch (``SVML Operational: False``), so ``intel-cmplr-lib-rt`` would
+change nothing, and the polynomials need no dependency.
 
 Softmax (C classes): blocks of :data:`SOFTMAX_BLOCK_ROWS` rows. Per block, a BLAS GEMM
 ``Z = Xb @ W.T`` reads the rows from memory into L2, a compiled loop turns ``Z`` into
