@@ -25,16 +25,17 @@ each of phases (1) and (3).
 Measured on the 2-core Xeon (Sapphire Rapids, KVM, AVX-512, 1 thread, the other core
 running another benchmark), logistic loss+gradient of 400,000 x 100, as the ratio to one
 streaming read of the same ``X`` (OpenBLAS ``dot``, 1 thread) in back-to-back pairs,
-median of 9 (``experiments/bench_kernels.py``), four separate runs: float64 1.28, 1.28,
-1.30, 1.31 (about 22 ms against a 16-18 ms stream; the former kernel, one pass four rows
-at a time, 1.65-1.75), float32 1.31-1.55, mostly ~1.36 (about 12.5 ms against 8.5-9.5
-ms; formerly 2.6-2.9). Float32 is the fragile one: it is close to compute-bound (in L2
-the kernel takes 9.1 ms for the 400,000 rows against an 8.2 ms stream from memory), so
-it slows whenever the sibling hardware thread is busy; on this guest compute-bound
-timings are bimodal, so compare ratios from one run, not times across runs. Other shapes
-against the former kernel, same pairs: 4,000,000 x 10 2.8-3.3x faster, 40,000 x 1,000
-and 8,000 x 5,000 as fast (0.9-1.0x the time); 512 random rows (``rows=``) 2.3x faster
-at d = 10, 1.4-3x at d = 100, as fast at d = 1,000 and 5,000.
+median of 9 (``experiments/bench_kernels.py``), seven separate runs at load 1.8-2.4:
+float64 1.28-1.31 in every run (about 22 ms against a 16-18 ms stream; the former
+kernel, one pass four rows at a time, 1.65-1.75), float32 1.31, 1.36, 1.37, 1.55, 1.62,
+1.36, 1.51 (about 12.5 ms against 8.2-9.2 ms; formerly 2.6-2.9): the float32 target of
+1.5 is met in the median run, not in every run. Float32 is the fragile one: it is close
+to compute-bound (in L2 the kernel takes 9.1 ms for the 400,000 rows against an 8.2 ms
+stream from memory), so it slows whenever the sibling hardware thread is busy; on this
+guest compute-bound timings are bimodal, so compare ratios from one run, not times
+across runs. Other shapes against the former kernel, same pairs: 4,000,000 x 10 2.8-3.3x
+faster, 40,000 x 1,000 and 8,000 x 5,000 as fast (0.9-1.0x the time); 512 random rows
+(``rows=``) 2.3x faster at d = 10, 1.4-3x at d = 100, as fast at d = 1,000 and 5,000.
 
 What mattered, each measured alone. The axpy's dependence through ``g``: a four-row axpy
 chaining four FMAs through ``g`` took 6.5 ms in L1 for the 400,000 rows, eight rows as a
