@@ -18,6 +18,8 @@ from mpigd.trees.binning import Bins, bin_edges, fit_bins
 from mpigd.trees.sampling import (
     BIN_STREAM,
     bagging_stream,
+    feature_stream,
+    node_features,
     poisson1,
     subsample_stream,
     uniform,
@@ -75,6 +77,7 @@ def test_streams_and_seeds_are_decorrelated():
 def test_stream_ids_are_distinct():
     ids = [BIN_STREAM] + [bagging_stream(t) for t in range(1000)]
     ids += [subsample_stream(r) for r in range(1000)]
+    ids += [feature_stream(t) for t in range(1000)]
     assert len(set(ids)) == len(ids)
     with pytest.raises(ValueError, match="tree"):
         bagging_stream(-1)
@@ -269,3 +272,15 @@ def test_mid_gap_lies_between_the_bins_values_and_falls_back_to_the_edge():
     a = 1.0
     b = np.nextafter(a, 2.0)  # neighbouring floats: the midpoint is a, never b
     assert binning.mid_gap(np.array([a]), np.array([a, b]), np.array([a, b]), 0, 0) == a
+
+
+def test_node_features_draw_k_features_uniformly_per_node_whatever_the_batch():
+    d, k, nodes = 20, 4, np.arange(20_000)
+    masks = node_features(5, 3, nodes, d, k)
+    assert masks.shape == (len(nodes), d) and np.all(masks.sum(axis=1) == k)
+    shares = masks.mean(axis=0)  # each feature k/d of the time, within 5 sigma
+    assert np.abs(shares - k / d).max() < 5 * np.sqrt(k / d * (1 - k / d) / len(nodes))
+    picked = nodes[[7, 3, 19_000]]  # asked alone, in another order: the same draws
+    np.testing.assert_array_equal(node_features(5, 3, picked, d, k), masks[picked])
+    assert not np.array_equal(node_features(5, 4, nodes[:50], d, k), masks[:50])  # per tree
+    assert node_features(5, 3, nodes[:3], d, d).all()

@@ -92,9 +92,10 @@ def test_same_trees_on_any_rank_count(mpi_tmp_path, model, task, options, strate
     assert_same_trees(saved_trees(mpi_tmp_path / "run"), expected)
 
 
-def reference_forest_tree(X, y, n_classes, max_bins, seed, max_depth):
-    """The first tree of a Gini forest with every feature at each node, grown by the
-    serial reference builder from the same bins and bagging weights."""
+def reference_forest_tree(X, y, n_classes, max_bins, seed, max_depth, per_node=None):
+    """The first tree of a Gini forest (``per_node`` features at each node; None: all),
+    grown by the serial reference builder from the same bins, bagging weights and
+    features per node."""
     bins = fit_bins(MPI.COMM_SELF, X, 0, len(X), max_bins, seed)
     codes = bins.codes(X)
     draws = sampling.poisson1(sampling.uniform(seed, sampling.bagging_stream(0),
@@ -103,8 +104,13 @@ def reference_forest_tree(X, y, n_classes, max_bins, seed, max_depth):
     stats[:, 0] = draws
     stats[np.arange(len(X)), 1 + y] = draws
     exact.round_to_grid(stats, exact.exponents(np.abs(stats).sum(axis=0)))
+    d = X.shape[1]
+
+    def allowed(node):
+        return sampling.node_features(seed, 0, np.array([node]), d, per_node)[0]
+
     return grow_reference(codes, stats, splits.criterion("gini"), splits.Limits(min_rows_leaf=1),
-                          max_depth)  # fmt: skip
+                          max_depth, allowed=None if per_node is None else allowed)  # fmt: skip
 
 
 def test_forest_equals_the_reference_builder(mpi_tmp_path):
@@ -113,6 +119,21 @@ def test_forest_equals_the_reference_builder(mpi_tmp_path):
              max_bins=16, features_per_node="all", seed=3)  # fmt: skip
     got = saved_trees(mpi_tmp_path / "run")
     reference = reference_forest_tree(X, y, 2, 16, 3, 4)
+    for name in ("feature", "bin", "left", "right"):
+        np.testing.assert_array_equal(got[name], reference[name], err_msg=name)
+    np.testing.assert_allclose(got["value"], reference["value"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("strategy", ["allreduce", "reduce-scatter"])
+def test_forest_with_few_features_per_node_equals_the_reference_builder(mpi_tmp_path, strategy):
+    """Nodes that each try their own 2 features (histograms of those alone)."""
+    data, X, y = shared_dataset(mpi_tmp_path, "binary")
+    train_on(mpi.world(), data, mpi_tmp_path / "run", model="forest", trees=1, max_depth=5,
+             max_bins=16, features_per_node=str(2.5 / X.shape[1]), seed=4,
+             strategy=strategy)  # fmt: skip
+    got = saved_trees(mpi_tmp_path / "run")
+    reference = reference_forest_tree(X, y, 2, 16, 4, 5, per_node=2)
+    assert len(reference["feature"]) > 7  # it grew
     for name in ("feature", "bin", "left", "right"):
         np.testing.assert_array_equal(got[name], reference[name], err_msg=name)
     np.testing.assert_allclose(got["value"], reference["value"], rtol=1e-10, atol=1e-12)

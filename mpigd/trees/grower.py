@@ -43,14 +43,15 @@ from mpigd.trees.binning import mid_gap
 class TreeJob:
     """One tree to grow: this rank's ``stats`` (n, S) of all its rows, the local ids of
     the rows taking part (``rows``, int64, increasing: those of positive weight),
-    ``allowed(node_id)``: the features a node may split on (bool (d,); None: all), and
+    ``allowed(node_ids)``: the features each of the nodes (an int64 array of node ids)
+    may split on (bool (len(node_ids), d); None: all), and
     ``totals`` (S,), the sums of ``stats`` over this rank's rows when the caller has
     them (None: summed here). Rows not taking part have all-zero stats, so the sums
     over all rows and over ``rows`` are the same (and exact, on the grid)."""
 
     stats: np.ndarray
     rows: np.ndarray
-    allowed: Callable[[int], np.ndarray | None] = lambda node_id: None
+    allowed: Callable[[np.ndarray], np.ndarray | None] = lambda node_ids: None
     totals: np.ndarray | None = None
     #: Whether ``allowed`` differs from node to node (a forest's few features per node):
     #: each node's histograms are then built for its own features only.
@@ -228,12 +229,7 @@ class Grower:
         """Collective (reduce-scatter): each candidate's best split over its allowed
         features, ``(gain, feature, bin, left, upper)`` as every rank agrees."""
         start = time.perf_counter()
-        d = self.codes.shape[1]
-        masks = np.ones((len(candidates), d), bool)
-        for k, node in enumerate(candidates):
-            allowed = jobs[node.tree].allowed(node.id)
-            if allowed is not None:
-                masks[k] = allowed
+        masks = self._masks(jobs, candidates)
         totals = np.array([node.totals for node in candidates])
         with self.timer.phase("compute"):
             found = self.exchange.best_splits(hist, totals, masks, self.growth.criterion,
@@ -248,14 +244,10 @@ class Grower:
         differ), packed as (node, feature) pairs ordered by feature, then node (so that a
         feature range is a contiguous block, for reduce-scatter), combined in one
         collective and searched (:func:`mpigd.trees.split.best_pair_splits`)."""
-        d, S = self.codes.shape[1], jobs[0].stats.shape[1]
-        features = []
-        for node in candidates:
-            allowed = jobs[node.tree].allowed(node.id)
-            features.append(np.arange(d) if allowed is None else np.flatnonzero(allowed))
-        counts = np.array([len(f) for f in features], np.int64)
-        pair_node = np.repeat(np.arange(len(candidates)), counts)
-        pair_feature = np.concatenate(features).astype(np.int64)
+        S = jobs[0].stats.shape[1]
+        masks = self._masks(jobs, candidates)
+        counts = masks.sum(axis=1)
+        pair_node, pair_feature = np.nonzero(masks)  # node-major, features increasing
         by_feature = np.lexsort((pair_node, pair_feature))
         slots = np.empty(len(by_feature), np.int64)
         slots[by_feature] = np.arange(len(by_feature))
@@ -286,6 +278,19 @@ class Grower:
                 self.growth.criterion, self.growth.limits)  # fmt: skip
         self.split_s += time.perf_counter() - start
         return found
+
+    def _masks(self, jobs, candidates) -> np.ndarray:
+        """bool (K, d): the features each candidate may split on, asked of each tree's
+        job for all its candidates at once."""
+        masks = np.ones((len(candidates), self.codes.shape[1]), bool)
+        by_tree: dict[int, list[int]] = {}
+        for k, node in enumerate(candidates):
+            by_tree.setdefault(node.tree, []).append(k)
+        for t, ks in by_tree.items():
+            allowed = jobs[t].allowed(np.array([candidates[k].id for k in ks], np.int64))
+            if allowed is not None:
+                masks[ks] = allowed
+        return masks
 
     def _choose(self, trees, candidates, found) -> list:
         """The split of each candidate (None: it stays a leaf) from the agreed best

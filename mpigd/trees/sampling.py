@@ -7,9 +7,10 @@ are or in which order they draw: the bootstrap weights of a forest's trees, the 
 subsample of a boosting round and the rows that choose the bin edges are the same for
 any number of ranks and any split of the rows, and a P-rank ensemble is the serial one.
 
-Streams keep the uses apart: :data:`BIN_STREAM`, :func:`bagging_stream` (tree t) and
-:func:`subsample_stream` (boosting round r) are distinct by construction (``stream %
-3`` names the use), so no two uses ever share draws.
+Streams keep the uses apart: :data:`BIN_STREAM`, :func:`bagging_stream` (tree t),
+:func:`subsample_stream` (boosting round r) and :func:`feature_stream` (tree t) are
+distinct by construction (``stream % 4`` names the use), so no two uses ever share
+draws.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _MUL2 = np.uint64(0x94D049BB133111EB)
 _MANTISSA = 2.0**-53
 
-_USES = 3  # stream % _USES: 0 the bin sample, 1 bagging, 2 the gbt row subsample
+_USES = 4  # stream % _USES: 0 the bin sample, 1 bagging, 2 the gbt row subsample,
+# 3 a forest's features per node
 #: The stream of the rows that choose the bin edges (:func:`mpigd.trees.binning.fit_bins`).
 BIN_STREAM = 0
 
@@ -37,6 +39,26 @@ def bagging_stream(tree: int) -> int:
 def subsample_stream(round: int) -> int:
     """The stream of the row subsample of boosting round ``round`` (0, 1, ...)."""
     return _USES * _index(round, "round") + 2
+
+
+def feature_stream(tree: int) -> int:
+    """The stream of the features each node of forest tree ``tree`` tries."""
+    return _USES * _index(tree, "tree") + 3
+
+
+def node_features(seed: int, tree: int, nodes: np.ndarray, d: int, k: int) -> np.ndarray:
+    """bool (len(nodes), d): the ``k`` of ``d`` features each node (ids ``nodes`` of forest
+    tree ``tree``) tries, the ``k`` smallest of one draw per (node, feature) of
+    :func:`feature_stream` (a uniformly random subset, drawn for a whole level at once;
+    the same on every rank)."""
+    nodes = np.asarray(nodes, dtype=np.int64)
+    mask = np.zeros((len(nodes), d), bool)
+    if len(nodes) == 0 or k <= 0:
+        return mask
+    u = uniform(seed, feature_stream(tree), nodes[:, None] * d + np.arange(d))
+    chosen = np.argpartition(u, k - 1, axis=1)[:, :k] if k < d else np.arange(d)[None, :]
+    np.put_along_axis(mask, np.broadcast_to(chosen, (len(nodes), chosen.shape[1])), True, axis=1)
+    return mask
 
 
 def _index(value: int, name: str) -> int:

@@ -7,7 +7,8 @@ passes itself to :meth:`step` as the grower's exchange.
 
 - :class:`ForestTrainer` (``--model forest``): one tree an epoch, grown from Poisson(1)
   bagging weights drawn per (seed, tree, global row id), each node trying
-  ``--features-per-node`` features drawn per (seed, tree, node): the forest does not
+  ``--features-per-node`` features drawn per (seed, tree, node)
+  (:func:`mpigd.trees.sampling.node_features`): the forest does not
   depend on the number of ranks. Leaves hold class shares (Gini or entropy) or the mean
   target (variance). Predictions average the trees.
 - :class:`BoostingTrainer` (``--model gbt``): one round an epoch, a tree per output column
@@ -184,12 +185,8 @@ class ForestTrainer(_Trainer):
         self._exact([stats], exchange)
         d, k = self.n_features, self.per_node
 
-        def allowed(node_id: int):
-            if k == d:
-                return None
-            mask = np.zeros(d, bool)
-            mask[np.random.default_rng([seed, tree, node_id]).choice(d, k, replace=False)] = True
-            return mask
+        def allowed(node_ids: np.ndarray):
+            return None if k == d else sampling.node_features(seed, tree, node_ids, d, k)
 
         job = TreeJob(stats, np.flatnonzero(draws > 0).astype(np.int64), allowed,
                       node_features=k < d)  # fmt: skip
@@ -300,12 +297,12 @@ class BoostingTrainer(_Trainer):
         """The features tree ``k`` of round ``round_`` may split on (``--colsample``)."""
         d, fraction = self.n_features, self.config.colsample
         if fraction >= 1:
-            return lambda node_id: None
+            return lambda node_ids: None
         mask = np.zeros(d, bool)
         chosen = np.random.default_rng([self.config.seed, 1, round_, k]).choice(
             d, max(1, round(fraction * d)), replace=False)  # fmt: skip
         mask[chosen] = True
-        return lambda node_id: mask
+        return lambda node_ids: np.broadcast_to(mask, (len(node_ids), d))
 
     def _watch_test_loss(self, exchange, round_: int) -> None:
         """Collective (with ``--early-stop K``): the test loss after this round; stop
