@@ -455,27 +455,35 @@ def test_best_pair_splits_equal_best_splits_whatever_the_pairs_order(criterion):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("criterion", ["gbt", "gini"])
 @pytest.mark.parametrize("l2, min_rows, min_hessian", [(0.0, 1, 0.0), (0.5, 3, 0.2)])
-def test_gbt_kernel_gives_the_numpy_gains_bit_for_bit(l2, min_rows, min_hessian, monkeypatch):
+def test_compiled_split_search_gives_the_numpy_gains_bit_for_bit(
+    criterion, l2, min_rows, min_hessian, monkeypatch
+):
     rng = np.random.default_rng(9)
     n, d, n_nodes, n_bins = 2000, 5, 9, 30
     codes = rng.integers(0, n_bins, (n, d))
     codes[:, 3] = 0  # a feature with one bin: no valid split
-    stats = random_stats("gbt", n, rng)
+    stats = random_stats(criterion, n, rng)
     hist, totals = histograms(codes, stats, rng.integers(0, n_nodes, n), n_nodes, n_bins)
     limits = Limits(min_rows_leaf=min_rows, min_hessian_leaf=min_hessian, l2=l2)
+    if criterion == "gini":
+        limits = Limits(min_rows_leaf=min_rows)
     mask = np.ones((n_nodes, d), bool)
-    compiled = best_splits(hist, totals, mask, "gbt", limits, with_gaps=True)
-    monkeypatch.setattr(split.tree_kernels, "gbt_best_bins", gbt_best_bins_in_numpy)
-    numpy_path = best_splits(hist, totals, mask, "gbt", limits, with_gaps=True)
+    compiled = best_splits(hist, totals, mask, criterion, limits, with_gaps=True)
+    monkeypatch.setattr(split.tree_kernels, "gbt_best_bins", lambda *a: numpy_best_bins("gbt", *a))
+    monkeypatch.setattr(split.tree_kernels, "gini_best_bins",
+                        lambda cells, totals, rows: numpy_best_bins("gini", cells, totals, rows,
+                                                                    0.0, 0.0))  # fmt: skip
+    numpy_path = best_splits(hist, totals, mask, criterion, limits, with_gaps=True)
     for a, b in zip(compiled, numpy_path, strict=True):
         np.testing.assert_array_equal(a, b)
     assert np.isfinite(compiled[0]).any()
 
 
-def gbt_best_bins_in_numpy(cells, totals, min_rows, min_hessian, l2):
-    """The numpy gains of the GBT criterion, which the kernel must equal."""
-    crit = split.criterion("gbt")
+def numpy_best_bins(criterion, cells, totals, min_rows, min_hessian, l2):
+    """The numpy gains of ``criterion``, which the compiled search must equal."""
+    crit = split.criterion(criterion)
     m, n_bins, n_cols = cells.shape
     lefts = np.moveaxis(np.cumsum(cells[:, :-1, :], axis=1), 2, 0)
     parent = totals.T[:, :, None]

@@ -430,9 +430,11 @@ def _split_record(gain, best, bins, pair_feature, n_stats, cells_of, with_gaps):
 def _best_bins(cells, totals, crit, limits):
     """(gain, bin) of the best valid split of each (node, feature) pair, from its (m, B, S')
     histogram cells and (m, S') node stats: -inf (and bin 0) where none is valid."""
-    if crit.name == "gbt":  # boosting's every level: one compiled pass, the same bits
+    if crit.name == "gbt":  # boosting's and forests' levels: one compiled pass, same bits
         return tree_kernels.gbt_best_bins(cells, totals, limits.min_rows_leaf,
                                           limits.min_hessian_leaf, limits.l2)  # fmt: skip
+    if crit.name == "gini":
+        return tree_kernels.gini_best_bins(cells, totals, limits.min_rows_leaf)
     m, n_bins, n_cols = cells.shape
     lefts = np.empty((n_cols, m, n_bins - 1))  # column-major: lefts[s] is contiguous
     np.cumsum(np.moveaxis(cells[:, :-1, :], 2, 0), axis=2, out=lefts)
