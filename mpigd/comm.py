@@ -231,6 +231,13 @@ def sum_across(comm: MPI.Comm, values):
     return values
 
 
+def min_across(comm: MPI.Comm, values: np.ndarray) -> np.ndarray:
+    """Collective: element-wise minimum of a float64 numpy array over ranks, in place
+    (exact in any order, so the same for every rank count)."""
+    comm.Allreduce(MPI.IN_PLACE, values, op=MPI.MIN)
+    return values
+
+
 def mean_and_max(comm: MPI.Comm, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Element-wise mean and maximum over all ranks of a float64 array (every rank)."""
     total, largest = values.copy(), values.copy()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kernels import trees as tree_kernels
-from mpigd.comm import agree
+from mpigd.comm import agree, min_across
 from mpigd.errors import DataError
 from mpigd.trees.sampling import BIN_STREAM, uniform
 
@@ -242,12 +242,9 @@ def value_ranges(comm, X_local: np.ndarray, codes: np.ndarray, bins: Bins):
     largest value of every feature among all ranks' rows in each bin (+inf, -inf for a
     bin no row falls in). Minima and maxima are exact in any order, so they are the same
     for every rank count. A forest places its thresholds from them (:func:`mid_gap`)."""
-    from mpi4py import MPI
-
     low, high = tree_kernels.bin_value_ranges(np.ascontiguousarray(X_local), codes,
                                               bins.max_bins_used)  # fmt: skip
-    both = np.concatenate([low.ravel(), -high.ravel()])
-    comm.Allreduce(MPI.IN_PLACE, both, op=MPI.MIN)
+    both = min_across(comm, np.concatenate([low.ravel(), -high.ravel()]))
     return both[: low.size].reshape(low.shape), -both[low.size :].reshape(high.shape)
 
 
