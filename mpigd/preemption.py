@@ -70,9 +70,23 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+#: The stop signal that ended a command that does not train (None: none yet).
+_terminated: int | None = None
+
+
 def _terminate(signum, frame) -> None:
+    global _terminated
     del frame
+    _terminated = signum
     raise Terminated(signum)
+
+
+def raise_if_terminated() -> None:
+    """Raise :class:`Terminated` again if a stop signal arrived: Python ignores an
+    exception raised while it runs a finaliser or a weakref callback (the handler runs
+    wherever the main thread is), so a writer calls this before it commits its output."""
+    if _terminated is not None:
+        raise Terminated(_terminated)
 
 
 @contextmanager

@@ -39,6 +39,7 @@ from mpigd import __version__
 from mpigd.data import csr
 from mpigd.data.dataset import TASKS
 from mpigd.errors import DataError
+from mpigd.preemption import raise_if_terminated
 
 
 def shard_sizes(n_rows: int, n_shards: int) -> list[int]:
@@ -78,6 +79,7 @@ def staged_output(
     try:
         staged = tmp_dir if directory else os.path.join(tmp_dir, os.path.basename(out))
         yield staged
+        raise_if_terminated()  # a stop signal whose exception a finaliser swallowed
         _refuse_existing(out, overwrite)
         _move_into_place(staged, out)
     finally:
