@@ -321,7 +321,7 @@ def test_json_mode_ends_with_the_runs_final_status(many_steps, tmp_path):
 
 def test_a_batch_log_hears_from_a_long_epoch(many_steps, tmp_path):
     result = run_mpigd(2, *train_args(many_steps, tmp_path / "run", "--epochs", "1",
-                                      "--batch-size", "4", "--progress-every", "0.05"),
+                                      "--batch-size", "4", "--progress-every", "0.002"),
                        timeout=50)  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -118,8 +118,13 @@ def test_preempted_training_checkpoints_requeues_and_resumes(slurm_env, dataset,
     # at once: slurmd revokes the first start's credential with a timestamp in whole
     # seconds, and a start in that same second is killed ("Job credential revoked").
     _wait_for(lambda: _job_state(slurm_env, job_id) == "PENDING")
-    held = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%r %S"], env=slurm_env,
-                          capture_output=True, text=True).stdout.split()  # fmt: skip
+
+    def hold() -> list[str]:  # the reason shows "None" for a moment after the requeue
+        return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%r %S"], env=slurm_env,
+                              capture_output=True, text=True).stdout.split()  # fmt: skip
+
+    _wait_for(lambda: hold()[:1] != ["None"], timeout_s=10)
+    held = hold()
     assert held[0] == "BeginTime", held  # as README "On a cluster" says
     wait_s = time.mktime(time.strptime(held[1], "%Y-%m-%dT%H:%M:%S")) - time.time()
     assert 60 < wait_s <= 125, held
