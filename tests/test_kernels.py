@@ -101,6 +101,18 @@ def test_softmax_gradient_matches_finite_differences(backend, weighted):
     assert_close(grad, finite_difference_gradient(loss_of, params), rtol=1e-6)
 
 
+def assert_numba_matches_reference(loss, X, y, weight, params, rows):
+    """The numba linear kernel's loss and gradient agree with the numpy reference's on
+    ``rows``; returns the kernel's ``(loss, gradient)``."""
+    expected_grad = np.empty_like(params)
+    expected = reference.linear_loss_grad(loss, X, y, weight, params, expected_grad, rows=rows)
+    grad = np.full_like(params, np.nan)
+    value = get_backend("numba").linear_loss_grad(loss, X, y, weight, params, grad, rows=rows)
+    assert_close(value, expected)
+    assert_close(grad, expected_grad)
+    return value, grad
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("weighted", [False, True])
@@ -109,12 +121,7 @@ def test_linear_numba_matches_reference(loss, dtype, weighted, selection):
     X, y, weight, params = linear_problem(loss, n=103, d=13, dtype=dtype)
     weight = weight if weighted else None
     rows = row_selections(len(y))[selection]
-    expected_grad = np.empty_like(params)
-    expected = reference.linear_loss_grad(loss, X, y, weight, params, expected_grad, rows=rows)
-    grad = np.full_like(params, np.nan)
-    value = get_backend("numba").linear_loss_grad(loss, X, y, weight, params, grad, rows=rows)
-    assert_close(value, expected)
-    assert_close(grad, expected_grad)
+    value, grad = assert_numba_matches_reference(loss, X, y, weight, params, rows)
     if selection == "empty":
         assert value == 0.0 and not grad.any()
 
@@ -211,13 +218,7 @@ def test_linear_numba_matches_reference_over_many_blocks(dtype, selection, d):
     n = (3 + fused.LINEAR_PREFETCH_BLOCKS) * block + 13
     for loss in LOSSES:
         X, y, weight, params = linear_problem(loss, n=n, d=d, dtype=dtype, seed=4)
-        rows = row_selections(n)[selection]
-        expected_grad = np.empty_like(params)
-        expected = reference.linear_loss_grad(loss, X, y, weight, params, expected_grad, rows=rows)
-        grad = np.full_like(params, np.nan)
-        value = get_backend("numba").linear_loss_grad(loss, X, y, weight, params, grad, rows=rows)
-        assert_close(value, expected)
-        assert_close(grad, expected_grad)
+        assert_numba_matches_reference(loss, X, y, weight, params, row_selections(n)[selection])
 
 
 @pytest.mark.filterwarnings("error")
