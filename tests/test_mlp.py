@@ -60,6 +60,39 @@ def test_float32_data_computes_in_float32_close_to_float64():
     np.testing.assert_allclose(grad32, grad64, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_buffers_reused_across_passes_give_a_fresh_models_results(dtype, monkeypatch):
+    # Passes of two batch sizes in turn, a pass too large to keep its buffers, a
+    # prediction and an accumulating pass in between: each pass's loss, gradient and
+    # predictions are bit for bit those of a model that never ran a pass before.
+    X, y = make_problem("multiclass", n_rows=60, d=4, n_classes=3, seed=2)
+    X = X.astype(dtype)
+    model = mlp()
+    # 4 + 3 (7 + 5) + 2 * 3 = 46 values a row: passes of up to 20 float64 rows keep buffers
+    monkeypatch.setattr(model, "WORKSPACE_BYTES", 20 * 46 * 8)
+    params = model.init_params(np.random.default_rng(0))
+    targets = model.targets(y)
+
+    def passes(model, rows, accumulate=False):
+        grad = np.full(model.n_params, 0.5)
+        loss = model.loss_grad(X, targets, None, params, grad, rows=rows,
+                               accumulate=accumulate)  # fmt: skip
+        return loss, grad, model.predict(X[: len(rows)], params)
+
+    batches = [np.arange(0, 16), np.arange(16, 26), np.arange(26, 42), np.arange(60),
+               np.arange(42, 52), np.arange(5, 21)]  # fmt: skip
+    for step, rows in enumerate(batches):
+        params += 0.01  # the optimiser's update between two steps
+        accumulate = step == 4
+        loss, grad, predicted = passes(model, rows, accumulate)
+        fresh_loss, fresh_grad, fresh_predicted = passes(mlp(), rows, accumulate)
+        assert loss == fresh_loss
+        np.testing.assert_array_equal(grad, fresh_grad)
+        np.testing.assert_array_equal(predicted, fresh_predicted)
+    assert 0 < len(model._workspaces) <= model.WORKSPACES
+    assert all(n_rows < 60 for n_rows, _ in model._workspaces)
+
+
 def test_accumulated_micro_batches_give_the_same_sums():
     X, y = make_problem("multiclass", n_rows=50, d=4, n_classes=3)
     model = mlp()
