@@ -77,10 +77,8 @@ class AllreduceHistograms:
     def reduce_pairs(self, local: np.ndarray, pair_feature: np.ndarray):
         """Collective: the sum over ranks of ``local`` (m, B, S), histograms of (node,
         feature) pairs ordered by feature; with the pairs this rank received (all)."""
-        self._bytes += local.nbytes
-        with self.timer.phase("comm", "Allreduce", local.nbytes):
-            self.comm.Allreduce(MPI.IN_PLACE, local, op=MPI.SUM)
-        return local, slice(None)
+        del pair_feature
+        return self.reduce(local), slice(None)
 
     def best_pair_splits(self, cells, pair_node, pair_feature, totals, criterion, limits):
         """Each node's best split over its pairs: ``(gain, feature, bin, left, upper)``."""
@@ -167,13 +165,7 @@ class ReduceScatterHistograms(AllreduceHistograms):
 
     def reduce(self, local: np.ndarray) -> np.ndarray:
         """Collective: this rank's feature range of the sum over ranks of ``local``."""
-        per_feature = local[0].size if local.shape[0] else 0
-        counts = [int(size) * per_feature for size in self.sizes]
-        own = np.empty((int(self.sizes[self.ranks.rank]),) + local.shape[1:])
-        self._bytes += local.nbytes
-        with self.timer.phase("comm", "Reduce_scatter", local.nbytes):
-            self.comm.Reduce_scatter(local, own, recvcounts=counts, op=MPI.SUM)
-        return own
+        return self._scatter_sum(local, self.sizes)
 
     def best_splits(self, hist, totals, masks, criterion, limits):
         """Each node's best split: this rank's over its features, then agreed
@@ -194,14 +186,19 @@ class ReduceScatterHistograms(AllreduceHistograms):
         """Collective: this rank's feature range of the sum over ranks of ``local`` (m,
         B, S) pair histograms, ordered by feature so that the range is one block."""
         bounds = np.searchsorted(pair_feature, self.first)
-        per_pair = local.shape[1] * local.shape[2]
-        counts = [int(bounds[p + 1] - bounds[p]) * per_pair for p in range(self.ranks.size)]
         mine = slice(int(bounds[self.ranks.rank]), int(bounds[self.ranks.rank + 1]))
-        own = np.empty((mine.stop - mine.start,) + local.shape[1:])
+        return self._scatter_sum(local, np.diff(bounds)), mine
+
+    def _scatter_sum(self, local: np.ndarray, sizes) -> np.ndarray:
+        """Collective: rank p's block of the sum over ranks of ``local``, its
+        ``sizes[p]`` entries along axis 0 (the blocks in rank order)."""
+        per_entry = int(np.prod(local.shape[1:]))
+        counts = [int(size) * per_entry for size in sizes]
+        own = np.empty((int(sizes[self.ranks.rank]),) + local.shape[1:])
         self._bytes += local.nbytes
         with self.timer.phase("comm", "Reduce_scatter", local.nbytes):
             self.comm.Reduce_scatter(local, own, recvcounts=counts, op=MPI.SUM)
-        return own, mine
+        return own
 
     def best_pair_splits(self, cells, pair_node, pair_feature, totals, criterion, limits):
         """Each node's best split: this rank's over its pairs, then agreed as

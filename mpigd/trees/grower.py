@@ -199,10 +199,7 @@ class Grower:
         local = self._scratch(("local", depth % 2), (d, len(to_build), self.n_bins, S))
         with self.timer.phase("compute"):
             start = time.perf_counter()
-            by_tree: dict[int, list[int]] = {}
-            for k, node in enumerate(to_build):
-                by_tree.setdefault(node.tree, []).append(k)
-            for t, ks in by_tree.items():  # a tree's nodes are neighbours in to_build
+            for t, ks in _by_tree(to_build).items():  # a tree's nodes are neighbours
                 starts = np.array([to_build[k].start for k in ks], np.int64)
                 ends = np.array([to_build[k].end for k in ks], np.int64)
                 tree_kernels.histograms(self.codes, jobs[t].stats, trees[t].order, starts,
@@ -255,15 +252,12 @@ class Grower:
         first_pair = np.concatenate([[0], np.cumsum(counts)])
         with self.timer.phase("compute"):
             start = time.perf_counter()
-            by_tree: dict[int, list[int]] = {}
-            for k, node in enumerate(candidates):
-                by_tree.setdefault(node.tree, []).append(k)
-            for t, ks in by_tree.items():
+            for t, ks in _by_tree(candidates).items():  # neighbours: their pairs are too
                 order = trees[t].order
                 rows = np.concatenate([order[candidates[k].start : candidates[k].end] for k in ks])
                 starts = np.concatenate([[0], np.cumsum([candidates[k].end - candidates[k].start
                                                          for k in ks])])  # fmt: skip
-                pairs = np.concatenate([np.arange(first_pair[k], first_pair[k + 1]) for k in ks])
+                pairs = slice(first_pair[ks[0]], first_pair[ks[-1] + 1])
                 tree_kernels.pair_histograms(self.codes, jobs[t].stats, rows, starts,
                                              np.concatenate([[0], np.cumsum(counts[ks])]),
                                              pair_feature[pairs], slots[pairs], local)  # fmt: skip
@@ -283,10 +277,7 @@ class Grower:
         """bool (K, d): the features each candidate may split on, asked of each tree's
         job for all its candidates at once."""
         masks = np.ones((len(candidates), self.codes.shape[1]), bool)
-        by_tree: dict[int, list[int]] = {}
-        for k, node in enumerate(candidates):
-            by_tree.setdefault(node.tree, []).append(k)
-        for t, ks in by_tree.items():
+        for t, ks in _by_tree(candidates).items():
             allowed = jobs[t].allowed(np.array([candidates[k].id for k in ks], np.int64))
             if allowed is not None:
                 masks[ks] = allowed
@@ -298,11 +289,8 @@ class Grower:
         start = time.perf_counter()
         gain, feature, bin_, left, upper = found
         chosen = [None] * len(candidates)
-        by_tree: dict[int, list[int]] = {}
-        for k, node in enumerate(candidates):
-            if np.isfinite(gain[k]) and gain[k] > 0:
-                by_tree.setdefault(node.tree, []).append(k)
-        for t, ks in by_tree.items():
+        splitting = [np.isfinite(g) and g > 0 for g in gain]
+        for t, ks in _by_tree(candidates, splitting).items():
             if self.growth.max_leaves is not None:
                 room = self.growth.max_leaves - trees[t].leaves
                 ks = sorted(ks, key=lambda k: (-gain[k], candidates[k].id))[: max(room, 0)]
@@ -319,12 +307,8 @@ class Grower:
         rows, ``{id(child): (parent position, sibling)}`` for the others, and the
         positions (in ``candidates``) of the split nodes, whose histograms are kept."""
         level, built, sibling_of, keep = [], [], {}, []
-        by_tree: dict[int, list[int]] = {}
-        for k, node in enumerate(candidates):
-            if chosen[k] is not None:
-                by_tree.setdefault(node.tree, []).append(k)
         with self.timer.phase("compute"):
-            for t, ks in by_tree.items():
+            for t, ks in _by_tree(candidates, [c is not None for c in chosen]).items():
                 ks.sort(key=lambda k: candidates[k].id)
                 self._partition(trees[t], [candidates[k] for k in ks], [chosen[k] for k in ks])
         for k, node in enumerate(candidates):
@@ -397,3 +381,13 @@ class Grower:
                   "left": np.array(tree.left, np.int32), "right": np.array(tree.right, np.int32),
                   "value": value, "gain": np.array(tree.gain), "rows": totals[:, 0]}  # fmt: skip
         return GrownTree(arrays, tree.order, np.array(tree.segments, np.int64).reshape(-1, 2))
+
+
+def _by_tree(nodes: list, include=None) -> dict[int, list[int]]:
+    """The positions in ``nodes`` of each tree's nodes (those ``include`` marks, when
+    given), in order: ``{tree: [k, ...]}``."""
+    by_tree: dict[int, list[int]] = {}
+    for k, node in enumerate(nodes):
+        if include is None or include[k]:
+            by_tree.setdefault(node.tree, []).append(k)
+    return by_tree

@@ -342,10 +342,13 @@ def best_splits(
             f"({n_nodes}, {d}), not {totals.shape} and {feature_mask.shape}"
         )
     pair_node, pair_feature = np.nonzero(feature_mask)  # the allowed pairs, node-major
-    gain, best, bins = _best_of_pairs(lambda p: hist[pair_feature[p], pair_node[p]], pair_node,
-                                      pair_feature, totals, crit, limits)  # fmt: skip
-    return _split_record(gain, best, bins, pair_feature + feature_offset, n_stats,
-                         lambda p: hist[pair_feature[p], pair_node[p]], with_gaps)  # fmt: skip
+
+    def cells_of(p):
+        return hist[pair_feature[p], pair_node[p]]
+
+    gain, best, bins = _best_of_pairs(cells_of, pair_node, pair_feature, totals, crit, limits)
+    return _split_record(gain, best, bins, pair_feature + feature_offset, n_stats, cells_of,
+                         with_gaps)  # fmt: skip
 
 
 def best_pair_splits(cells, pair_node, pair_feature, totals, criterion, limits,
@@ -369,10 +372,9 @@ def best_pair_splits(cells, pair_node, pair_feature, totals, criterion, limits,
         raise ValueError(f"cells {cells.shape} need (m,) pairs and totals (K, "
                          f"{cells.shape[2]}), not {pair_node.shape}, {pair_feature.shape}, "
                          f"{totals.shape}")  # fmt: skip
-    gain, best, bins = _best_of_pairs(lambda p: cells[p], pair_node, pair_feature, totals, crit,
-                                      limits)  # fmt: skip
-    return _split_record(gain, best, bins, pair_feature, totals.shape[1], lambda p: cells[p],
-                         with_gaps)  # fmt: skip
+    cells_of = cells.__getitem__
+    gain, best, bins = _best_of_pairs(cells_of, pair_node, pair_feature, totals, crit, limits)
+    return _split_record(gain, best, bins, pair_feature, totals.shape[1], cells_of, with_gaps)
 
 
 def _best_of_pairs(cells_of, pair_node, pair_feature, totals, crit, limits):
@@ -430,7 +432,7 @@ def _split_record(gain, best, bins, pair_feature, n_stats, cells_of, with_gaps):
 def _best_bins(cells, totals, crit, limits):
     """(gain, bin) of the best valid split of each (node, feature) pair, from its (m, B, S')
     histogram cells and (m, S') node stats: -inf (and bin 0) where none is valid."""
-    if crit.name == "gbt":  # boosting's and forests' levels: one compiled pass, same bits
+    if crit.name == "gbt":  # boosting's and Gini forests': one compiled pass, same bits
         return tree_kernels.gbt_best_bins(cells, totals, limits.min_rows_leaf,
                                           limits.min_hessian_leaf, limits.l2)  # fmt: skip
     if crit.name == "gini":

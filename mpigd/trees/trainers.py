@@ -213,7 +213,6 @@ class BoostingTrainer(_Trainer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.best_loss, self.best_round = math.inf, 0
-        self._started = False  # base_score set (a resumed ensemble has its own)
         self._next: _Round | None = None
         self._stats_buffer: np.ndarray | None = None  # the rounds' stats, (W, n, 3)
 
@@ -236,7 +235,6 @@ class BoostingTrainer(_Trainer):
             sums[np.arange(len(self.y)), self.y] = w
         self._exact([sums], exchange)
         self.ensemble.base_score = losses.base_score(self.task, exchange.sum(sums.sum(axis=0)))
-        self._started = True
 
     def train_loss(self, exchange) -> float:
         """Collective: the mean (class-weighted) loss over all training rows, from the
@@ -250,7 +248,7 @@ class BoostingTrainer(_Trainer):
         the weights and the sums of ``|stats|`` that fix the exact grid."""
         if self._next is not None and self._next.trees == self.ensemble.n_trees:
             return self._next
-        if self.ensemble.n_trees == 0 and not self._started:
+        if self.ensemble.n_trees == 0:  # once: the next call at 0 trees returns above
             self.start(exchange)
         self._sync_raw()
         config, width = self.config, self.ensemble.width
