@@ -87,9 +87,11 @@ class MLP(Model):
         self._n_params = offset
         #: Buffers reused from pass to pass (:meth:`_buffer`), by (n_rows, dtype) of the
         #: pass: at most :attr:`WORKSPACES` such sets, each of at most
-        #: :attr:`WORKSPACE_BYTES`; the float32 weights by dtype.
+        #: :attr:`WORKSPACE_BYTES`; the cast weights, and the layer gradients before
+        #: they reach ``grad_out``, by dtype.
         self._workspaces: dict = {}
         self._weight_spaces: dict = {}
+        self._grad_spaces: dict = {}
 
     @property
     def n_params(self) -> int:
@@ -288,7 +290,7 @@ class MLP(Model):
             and grad_out.dtype == logits.dtype
             and grad_out.flags.c_contiguous
         )
-        grads = self._weight_spaces.setdefault(("grad", logits.dtype.str), {})
+        grads = self._grad_spaces.setdefault(logits.dtype.str, {})
         for layer in reversed(range(len(layers))):
             W, b = layers[layer]
             w_start, b_start, end, _ = self.blocks[layer]
